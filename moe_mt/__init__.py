@@ -1,0 +1,29 @@
+"""moemt: Mixture-of-Experts Transformers for machine translation, on fairseq 0.12.2.
+
+Importing ``moe_mt`` applies the fairseq compatibility patches (:mod:`moe_mt.compat`) before
+fairseq is imported; it does not import fairseq itself, so ``moe_mt.moe`` stays usable without
+it. :func:`register` imports the fairseq-facing modules (architectures, criterions), which
+registers them with fairseq; ``USER_DIR`` is the path to hand fairseq as ``--user-dir``.
+"""
+
+import os
+import sys
+
+from moe_mt import compat as _compat
+
+__version__ = "0.1.0"
+
+_compat.apply()
+
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def register() -> None:
+    """Register moemt's architectures and criterions with fairseq (idempotent)."""
+    import moe_mt.criterions  # noqa: F401
+    import moe_mt.models  # noqa: F401
+
+
+# fairseq's --user-dir imports this package after fairseq itself: register then too.
+if "fairseq" in sys.modules:
+    register()

@@ -1,0 +1,191 @@
+"""The one place that adapts fairseq 0.12.2 to Python 3.11, torch 2.13 and numpy 2.
+
+fairseq is never edited or vendored: :func:`apply` patches it at runtime, once per process,
+before fairseq is imported (``import moe_mt`` calls it). Patches to fairseq's own modules are
+installed by an import hook, so that they take effect whenever fairseq loads the module,
+lazily or not. Each patch names the test that fails without it.
+
+1. Dataclass defaults (Python 3.11). ``dataclasses`` rejects a field default whose class is
+   unhashable; a dataclass with ``eq=True`` is unhashable, and fairseq (``CommonConfig()`` as
+   the default of ``FairseqConfig.common``) and hydra-core 1.0.7 (``JobConf.JobConfig.
+   OverrideDirname``) use such defaults. Python <= 3.10 only rejected list/dict/set. We give
+   the default's class an identity hash at the moment the field is created, for classes of
+   fairseq, hydra and omegaconf only; behaviour then equals 3.10's.
+   Test: ``tests/test_compat.py::test_fairseq_imports``.
+2. Safe checkpoint loading (torch >= 2.6 loads with ``weights_only=True``). Checkpoints written
+   by fairseq 0.12.2 hold one non-tensor global, ``argparse.Namespace`` (the legacy ``args``
+   field). We add exactly the classes in :data:`CHECKPOINT_SAFE_GLOBALS` to torch's allow-list;
+   ``weights_only`` stays on, so loading a checkpoint never runs arbitrary code.
+   Test: ``tests/test_compat.py::test_train_resume_generate``.
+3. BetterTransformer fast path in generation. On checkpoint load fairseq's
+   ``TransformerEncoderLayerBase`` switches itself to torch's fused encoder kernel, which fails
+   ("Mask Type should be defined") with torch 2.13. The encoder and each layer read the layer's
+   ``can_use_fastpath`` flag, so we switch it off after the layer is built (the speed is the same
+   on CPU). Test: ``tests/test_compat.py::test_train_resume_generate``.
+4. ``--no-repeat-ngram-size`` on CPU: fairseq's Python fallback of ``NGramRepeatBlock`` reads the
+   n-gram tail of the whole padded token buffer instead of the tokens generated so far, so the
+   blocking silently does nothing. We replace the fallback by one that reads ``tokens[:, :step+1]``.
+   Test: ``tests/test_compat.py::test_no_repeat_ngram_blocks_repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Callable
+
+_PATCHED_PACKAGES = ("fairseq", "fairseq_cli", "hydra", "omegaconf")
+
+#: Every non-tensor global a fairseq 0.12.2 checkpoint may hold (the legacy ``args`` field).
+CHECKPOINT_SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+
+_applied = False
+
+
+def apply() -> None:
+    """Install every patch (idempotent). Must run before fairseq is imported."""
+    global _applied
+    if _applied:
+        return
+    if "fairseq" in sys.modules and not _dataclass_patch_installed():
+        raise RuntimeError(
+            "fairseq was imported before moe_mt: import moe_mt first so that its "
+            "Python 3.11 compatibility patches apply"
+        )
+    _patch_dataclass_defaults()
+    _allow_checkpoint_globals()
+    _after_import("fairseq.modules.transformer_layer", _disable_bettertransformer)
+    _after_import("fairseq.ngram_repeat_block", _fix_ngram_repeat_block)
+    _applied = True
+
+
+# -- 1. dataclass defaults -------------------------------------------------------------------
+
+
+def _from_patched_package(cls: type) -> bool:
+    return cls.__module__.split(".")[0] in _PATCHED_PACKAGES
+
+
+def _patch_dataclass_defaults() -> None:
+    original = dataclasses._get_field
+
+    def get_field(cls, a_name, a_type, *args, **kwargs):
+        default = getattr(cls, a_name, dataclasses.MISSING)
+        if isinstance(default, dataclasses.Field):
+            default = default.default
+        default_cls = type(default)
+        if (
+            default_cls.__hash__ is None
+            and dataclasses.is_dataclass(default_cls)
+            and _from_patched_package(default_cls)
+        ):
+            default_cls.__hash__ = object.__hash__
+        return original(cls, a_name, a_type, *args, **kwargs)
+
+    get_field._moe_mt_original = original
+    dataclasses._get_field = get_field
+
+
+def _dataclass_patch_installed() -> bool:
+    return hasattr(dataclasses._get_field, "_moe_mt_original")
+
+
+# -- 2. checkpoint allow-list ----------------------------------------------------------------
+
+
+def _allow_checkpoint_globals() -> None:
+    import torch.serialization
+
+    torch.serialization.add_safe_globals(list(CHECKPOINT_SAFE_GLOBALS))
+
+
+# -- post-import hook --------------------------------------------------------------------------
+
+_HOOKS: dict[str, list[Callable]] = {}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader, patches):
+        self._loader = loader
+        self._patches = patches
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        for patch in self._patches:
+            patch(module)
+
+
+class _PatchingFinder(importlib.abc.MetaPathFinder):
+    """Wraps the loader of the modules in ``_HOOKS`` so that their patches run after import."""
+
+    def find_spec(self, fullname, path, target=None):
+        patches = _HOOKS.get(fullname)
+        if not patches:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _PatchingLoader(spec.loader, patches)
+        return spec
+
+
+def _after_import(module_name: str, patch: Callable) -> None:
+    if module_name in sys.modules:
+        patch(sys.modules[module_name])
+        return
+    _HOOKS.setdefault(module_name, []).append(patch)
+    if not any(isinstance(f, _PatchingFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchingFinder())
+
+
+# -- 3. BetterTransformer fast path --------------------------------------------------------------
+
+
+def _disable_bettertransformer(module) -> None:
+    layer_cls = module.TransformerEncoderLayerBase
+    original_init = layer_cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        # The encoder reads this flag as well as the layer, so both skip the fused kernel.
+        self.can_use_fastpath = False
+
+    layer_cls.__init__ = __init__
+
+
+# -- 4. n-gram blocking on CPU -----------------------------------------------------------------
+
+
+def _fix_ngram_repeat_block(module) -> None:
+    import torch
+
+    block_cls = module.NGramRepeatBlock
+
+    def _no_repeat_ngram(self, tokens, lprobs, bsz: int, beam_size: int, step: int):
+        """Ban every token that would complete an n-gram already present in ``tokens[:, :step+1]``."""
+        n = self.no_repeat_ngram_size
+        if step + 2 - n < 0:
+            return lprobs
+        generated = tokens[:, : step + 1].tolist()
+        banned: list[list[int]] = []
+        for hyp in generated:
+            prefix = tuple(hyp[len(hyp) - n + 1 :]) if n > 1 else ()
+            banned.append(
+                [
+                    hyp[i + n - 1]
+                    for i in range(len(hyp) - n + 1)
+                    if tuple(hyp[i : i + n - 1]) == prefix
+                ]
+            )
+        for row, tokens_to_ban in enumerate(banned):
+            if tokens_to_ban:
+                lprobs[row, torch.tensor(tokens_to_ban, dtype=torch.long)] = -float("inf")
+        return lprobs
+
+    block_cls._no_repeat_ngram = _no_repeat_ngram
