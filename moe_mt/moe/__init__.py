@@ -3,3 +3,51 @@
 Imports torch only, never fairseq, so that every method can be tested, benchmarked and
 reused without a trainer.
 """
+
+from moe_mt.moe.dispatch import (
+    DispatchPlan,
+    combine,
+    dispatch,
+    expert_capacity,
+    plan_dispatch,
+)
+from moe_mt.moe.experts import ExpertBank
+from moe_mt.moe.layer import MoEFeedForward, MoEOutput
+from moe_mt.moe.losses import combine_aux_losses, load_balance_loss, router_z_loss
+from moe_mt.moe.router_cosine import CosineRouter
+from moe_mt.moe.router_random import RandomRouter
+from moe_mt.moe.router_topk import TopKRouter
+from moe_mt.moe.routing import Router, Routing, flatten_tbd, route_top_k, sentence_index_tbd
+from moe_mt.moe.soft import SoftRouting, SoftSlotRouter, soft_combine, soft_counts, soft_dispatch
+from moe_mt.moe.stats import MoEStats, dispatch_stats, mean_stats, router_entropy
+
+__all__ = [
+    "CosineRouter",
+    "DispatchPlan",
+    "ExpertBank",
+    "MoEFeedForward",
+    "MoEOutput",
+    "MoEStats",
+    "RandomRouter",
+    "Router",
+    "Routing",
+    "SoftRouting",
+    "SoftSlotRouter",
+    "TopKRouter",
+    "combine",
+    "combine_aux_losses",
+    "dispatch",
+    "dispatch_stats",
+    "expert_capacity",
+    "flatten_tbd",
+    "load_balance_loss",
+    "mean_stats",
+    "plan_dispatch",
+    "route_top_k",
+    "router_entropy",
+    "router_z_loss",
+    "sentence_index_tbd",
+    "soft_combine",
+    "soft_counts",
+    "soft_dispatch",
+]

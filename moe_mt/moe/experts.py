@@ -1,0 +1,134 @@
+"""Expert bank: ``E`` feed-forward experts held as batched weights, run over grouped tokens.
+
+Axes: ``e`` experts, ``m`` grouped rows (contiguous per expert), ``d`` expert input width,
+``f`` hidden width, ``o`` output width (``d`` unless set: MH-MoE's sub-token experts have input
+width ``d_model / h``, which is just a smaller ``d`` here).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
+    "silu": F.silu,
+}
+
+
+class ExpertBank(nn.Module):
+    """``E`` FFN experts ``fc2(dropout(act(fc1(x))))``, weights ``[e, d, f]`` and ``[e, f, o]``.
+
+    Args:
+        num_experts: ``e``.
+        d_model: expert input width ``d``.
+        d_ff: hidden width ``f``.
+        d_out: output width ``o`` (default ``d_model``).
+        activation: name in :data:`ACTIVATIONS`.
+        dropout: dropout on the hidden activations inside each expert (Switch's "expert dropout",
+            typically higher than the model's dropout).
+        bias: add per-expert biases ``[e, f]`` and ``[e, o]``.
+        impl: ``"loop"`` (one matmul pair per expert over its contiguous rows; any dtype) or
+            ``"grouped_mm"`` (``torch.nn.functional.grouped_mm``; fp32/bf16/fp16 only, falls back
+            to ``"loop"`` otherwise).
+
+    Initialisation matches ``nn.Linear`` per expert: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        d_model: int,
+        d_ff: int,
+        d_out: int | None = None,
+        activation: str = "gelu",
+        dropout: float = 0.0,
+        bias: bool = True,
+        impl: str = "loop",
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+        if impl not in ("loop", "grouped_mm"):
+            raise ValueError(f"unknown impl {impl!r}; known: 'loop', 'grouped_mm'")
+        d_out = d_model if d_out is None else d_out
+        self.num_experts, self.d_model, self.d_ff, self.d_out = num_experts, d_model, d_ff, d_out
+        self.activation, self.impl = activation, impl
+        self.act = ACTIVATIONS[activation]
+        self.dropout = nn.Dropout(dropout)
+        self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
+        self.w2 = nn.Parameter(torch.empty(num_experts, d_ff, d_out))
+        self.b1 = nn.Parameter(torch.empty(num_experts, d_ff)) if bias else None
+        self.b2 = nn.Parameter(torch.empty(num_experts, d_out)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for w, b, fan_in in ((self.w1, self.b1, self.d_model), (self.w2, self.b2, self.d_ff)):
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(w, -bound, bound)
+            if b is not None:
+                nn.init.uniform_(b, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
+            f"d_out={self.d_out}, activation={self.activation}, impl={self.impl}"
+        )
+
+    def forward(self, x: Tensor, counts: Tensor | list[int]) -> Tensor:
+        """Run ``x`` ``[m, d]``, grouped contiguously by expert with ``counts`` ``[e]`` rows each.
+
+        Returns:
+            ``[m, o]``, row ``r`` processed by the expert whose group contains ``r``.
+        """
+        sizes = counts.tolist() if isinstance(counts, Tensor) else list(counts)
+        if len(sizes) != self.num_experts or sum(sizes) != x.shape[0]:
+            raise ValueError(
+                f"counts {sizes} do not split {x.shape[0]} rows over {self.num_experts} experts"
+            )
+        if self.impl == "grouped_mm" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+            return self._forward_grouped_mm(x, sizes)
+        return self._forward_loop(x, sizes)
+
+    def forward_expert(self, x: Tensor, expert: int) -> Tensor:
+        """Run every row of ``x`` ``[m, d]`` through expert ``expert`` (THOR's ``fixed`` mode)."""
+        sizes = [0] * self.num_experts
+        sizes[expert] = x.shape[0]
+        return self._forward_loop(x, sizes)
+
+    def _bias(self, b: Tensor | None, e: int) -> Tensor | None:
+        return None if b is None else b[e]
+
+    def _forward_loop(self, x: Tensor, sizes: list[int]) -> Tensor:
+        # unbind, not w[e]: its backward stacks the per-expert grads once instead of E zero-filled
+        # full-size buffers.
+        w1, w2 = self.w1.unbind(0), self.w2.unbind(0)
+        b1 = self.b1.unbind(0) if self.b1 is not None else [None] * self.num_experts
+        b2 = self.b2.unbind(0) if self.b2 is not None else [None] * self.num_experts
+        outs = []
+        for e, xe in enumerate(x.split(sizes)):
+            if xe.shape[0] == 0:
+                outs.append(x.new_empty(0, self.d_out))
+                continue
+            h = torch.addmm(b1[e], xe, w1[e]) if b1[e] is not None else xe @ w1[e]
+            h = self.dropout(self.act(h))
+            outs.append(torch.addmm(b2[e], h, w2[e]) if b2[e] is not None else h @ w2[e])
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def _forward_grouped_mm(self, x: Tensor, sizes: list[int]) -> Tensor:
+        counts = torch.tensor(sizes, device=x.device)
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        h = F.grouped_mm(x, self.w1.to(x.dtype), offs=offs)
+        if self.b1 is not None:
+            h = h + self.b1.to(x.dtype).repeat_interleave(counts, dim=0, output_size=x.shape[0])
+        h = self.dropout(self.act(h))
+        y = F.grouped_mm(h, self.w2.to(x.dtype), offs=offs)
+        if self.b2 is not None:
+            y = y + self.b2.to(x.dtype).repeat_interleave(counts, dim=0, output_size=x.shape[0])
+        return y

@@ -1,0 +1,67 @@
+"""Top-k softmax router (Switch for k = 1, GShard-style for k = 2).
+
+Axes: ``t`` tokens, ``d`` model width, ``e`` experts, ``k`` choices per token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moe_mt.moe.routing import Router, Routing, route_top_k, router_dtype
+
+
+class TopKRouter(Router):
+    """Linear gate ``logits = x W`` (no bias), softmax over experts, top-k.
+
+    Args:
+        d_model: input width ``d``.
+        num_experts: ``e``.
+        k: experts per token.
+        jitter: multiplicative input noise in training, ``x * U(1 - jitter, 1 + jitter)``
+            (Switch §2.4); 0 disables it.
+        init_scale: weights drawn from a truncated normal with std ``sqrt(init_scale / d)``
+            (Switch §2.4 uses a 10x smaller scale than usual, 0.1).
+        normalize_top_k: renormalise the top-k weights to sum to 1 when ``k > 1``.
+
+    Numerics: the logits, softmax and losses run in fp32 (or wider) with autocast disabled
+    (selective precision, Switch §2.4).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_experts: int,
+        k: int = 1,
+        jitter: float = 0.0,
+        init_scale: float = 0.1,
+        normalize_top_k: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 1 <= k <= num_experts:
+            raise ValueError(f"k={k} must be in [1, num_experts={num_experts}]")
+        self.num_experts, self.k = num_experts, k
+        self.jitter, self.normalize_top_k = jitter, normalize_top_k
+        self.weight = nn.Parameter(torch.empty(num_experts, d_model))
+        std = math.sqrt(init_scale / d_model)
+        nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """``[t, e]`` router logits in fp32 or wider (jitter applied in training)."""
+        dtype = router_dtype(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            h = x.to(dtype)
+            if self.training and self.jitter > 0:
+                h = h * torch.empty_like(h).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+            return F.linear(h, self.weight.to(dtype))
+
+    def forward(
+        self, x: Tensor, pad_mask: Tensor | None = None, sentence_index: Tensor | None = None
+    ) -> Routing:
+        """Route ``x`` ``[t, d]``; ``pad_mask`` ``[t]`` (True = pad) keeps pads out of losses."""
+        logits = self.logits(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return route_top_k(logits, self.k, pad_mask, self.normalize_top_k)

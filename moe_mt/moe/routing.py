@@ -1,0 +1,113 @@
+"""The routing decision every router returns, and token-layout helpers.
+
+Axes: ``t`` tokens (flat, pads included), ``k`` experts chosen per token, ``e`` experts,
+``d`` model width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from moe_mt.moe.losses import load_balance_loss, router_z_loss
+from moe_mt.moe.stats import router_entropy
+
+
+@dataclass
+class Routing:
+    """What a token-choice router decided for a flat batch of ``t`` tokens.
+
+    Attributes:
+        expert_index: ``[t, k]`` long, the experts chosen for each token, column 0 first.
+            Rows of pad tokens are meaningless (dispatch ignores them).
+        combine_weight: ``[t, k]`` float (at least fp32), the weight of each chosen expert's
+            output; zero for pad tokens. Differentiable w.r.t. the router's parameters.
+        probs: ``[t, e]`` router probabilities (softmax over ``e``) or ``None`` for routers
+            without one; used for entropy statistics.
+        aux_losses: named scalar auxiliary losses of this layer (e.g. ``"balance"``, ``"z"``),
+            unweighted; coefficients are applied by :func:`~moe_mt.moe.losses.combine_aux_losses`.
+        stats: named router statistics (detached scalars), e.g. ``"router_entropy"``.
+    """
+
+    expert_index: Tensor
+    combine_weight: Tensor
+    probs: Tensor | None = None
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return self.expert_index.shape[1]
+
+
+def router_dtype(x: Tensor) -> torch.dtype:
+    """At least fp32: router math is never in half precision (Switch §2.4, selective precision)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def flatten_tbd(x: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """fairseq layout to flat tokens.
+
+    Args:
+        x: ``[n, b, d]`` (fairseq's time-major layer input).
+        padding_mask: ``[b, n]`` bool, True = pad, or ``None``.
+
+    Returns:
+        ``([n * b, d], [n * b] bool or None)``; flat index ``i * b + j`` is position ``i`` of
+        sentence ``j``, so "sequence order" over the flat batch visits position 0 of every
+        sentence first.
+    """
+    n, b, d = x.shape
+    flat_mask = None if padding_mask is None else padding_mask.t().reshape(n * b)
+    return x.reshape(n * b, d), flat_mask
+
+
+def sentence_index_tbd(n: int, b: int, device: torch.device | None = None) -> Tensor:
+    """``[n * b]`` long: sentence (batch column) of each flat token of an ``[n, b, d]`` input."""
+    return torch.arange(b, device=device).repeat(n)
+
+
+class Router(torch.nn.Module):
+    """Base of token-choice routers: ``forward(x [t, d], pad_mask [t]) -> Routing``.
+
+    Subclasses set ``num_experts`` and ``k``. ``sentence_index`` (``[t]`` long, the sentence of
+    each flat token) is used by routers that decide per sentence and ignored by the others.
+    """
+
+    num_experts: int
+    k: int
+
+    def forward(
+        self, x: Tensor, pad_mask: Tensor | None = None, sentence_index: Tensor | None = None
+    ) -> Routing:
+        raise NotImplementedError
+
+
+def route_top_k(
+    logits: Tensor, k: int, pad_mask: Tensor | None = None, normalize_top_k: bool = True
+) -> Routing:
+    """Top-k routing from router logits ``[t, e]`` (call with autocast disabled, fp32 or wider).
+
+    Combine weights are the chosen softmax probabilities; with ``k > 1`` and ``normalize_top_k``
+    they are renormalised to sum to 1 per token (GShard). Aux losses: ``"balance"``
+    (:func:`~moe_mt.moe.losses.load_balance_loss`) and ``"z"``
+    (:func:`~moe_mt.moe.losses.router_z_loss`), both over non-pad tokens.
+    """
+    probs = logits.softmax(dim=-1)  # normalises over experts e
+    top_p, top_i = probs.topk(k, dim=-1)
+    if k > 1 and normalize_top_k:
+        top_p = top_p / top_p.sum(dim=-1, keepdim=True)
+    if pad_mask is not None:
+        top_p = top_p.masked_fill(pad_mask[:, None], 0.0)
+    return Routing(
+        expert_index=top_i,
+        combine_weight=top_p,
+        probs=probs,
+        aux_losses={
+            "balance": load_balance_loss(probs, top_i, pad_mask),
+            "z": router_z_loss(logits, pad_mask),
+        },
+        stats={"router_entropy": router_entropy(probs, pad_mask)},
+    )
