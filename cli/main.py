@@ -1,0 +1,87 @@
+"""The ``moemt`` command: parse, load the config, call one workflow, print the result.
+
+No logic lives here beyond turning arguments into a config and results into tables; the
+workflows in :mod:`moe_mt.workflows` are what tests call directly. A :class:`MoeMtError` becomes
+one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+import moe_mt
+from moe_mt.errors import MoeMtError
+
+app = typer.Typer(
+    name="moemt",
+    help="Train, compare and distil Mixture-of-Experts Transformers for machine translation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+CONFIG_HELP = "Recipe YAML, or a run directory holding config.yaml."
+OVERRIDES_HELP = "key=value overrides, e.g. data.spm.vocab_size=4000"
+
+
+def user_errors(fn):
+    """Report a MoeMtError as one line on stderr and exit non-zero."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MoeMtError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            sys.exit(130)
+
+    return wrapper
+
+
+@app.callback()
+def main() -> None:
+    """moemt: one experiment directory per run; see README.md."""
+
+
+@app.command()
+@user_errors
+def prep(
+    config: str = typer.Argument(..., help=CONFIG_HELP),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),  # noqa: UP045
+) -> None:
+    """Validate, clean, tokenise (sentencepiece) and binarise a parallel corpus."""
+    from moe_mt.cli import report
+    from moe_mt.config import load_config
+    from moe_mt.workflows.prep import prep as run_prep
+
+    cfg = load_config(config, overrides or [])
+    result = run_prep(cfg, console=err_console)
+    if result.up_to_date:
+        console.print(f"data in {result.run_dir}/data is up to date (same inputs and config): nothing to do")
+    console.print(report.prep_table(result.manifest))
+    console.print(f"wrote {result.run_dir}/data (manifest.json)")
+
+
+@app.command()
+def version() -> None:
+    """Print the moemt version and the versions it runs with."""
+    from moe_mt.provenance import provenance
+
+    info = provenance()
+    console.print(f"moemt {moe_mt.__version__} (commit {info['git_commit']})")
+    for name, value in info["versions"].items():
+        console.print(f"  {name} {value}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,61 @@
+"""sentencepiece: train on the cleaned training text, encode every split into pieces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sentencepiece as spm
+
+from moe_mt.config import SpmConfig
+from moe_mt.errors import MoeMtError
+
+MODEL_TYPES = ("unigram", "bpe", "char", "word")
+
+
+def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
+    """Train one model on the concatenated ``inputs``; return the ``.model`` path.
+
+    sentencepiece's own log goes to ``<model_prefix>.log``.
+    """
+    if cfg.model_type not in MODEL_TYPES:
+        raise MoeMtError(
+            f"data.spm.model_type: '{cfg.model_type}' is not one of {', '.join(MODEL_TYPES)}"
+        )
+    # The seed of spm's sentence sampling is process-global in sentencepiece's API.
+    spm.set_random_generator_seed(cfg.seed)
+    log = open(model_prefix.with_suffix(".log"), "w")
+    try:
+        spm.SentencePieceTrainer.train(
+            input=[str(p) for p in inputs],
+            model_prefix=str(model_prefix),
+            vocab_size=cfg.vocab_size,
+            model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            input_sentence_size=cfg.input_sentence_size,
+            shuffle_input_sentence=True,
+            # fairseq adds its own <s>, <pad>, </s>, <unk>: keep spm's specials out of the text.
+            bos_id=-1,
+            eos_id=-1,
+            unk_id=0,
+            num_threads=1,
+            logstream=log,
+        )
+    except RuntimeError as exc:
+        # spm says e.g. "Vocabulary size too high (8000). Please set it to a value <= 3612."
+        raise MoeMtError(f"data.spm: sentencepiece training failed: {str(exc).strip()}") from exc
+    finally:
+        log.close()
+    return model_prefix.with_suffix(".model")
+
+
+class Encoder:
+    """Encodes lines into space-separated pieces with one trained model."""
+
+    def __init__(self, model: Path):
+        self.processor = spm.SentencePieceProcessor(model_file=str(model))
+
+    def encode(self, lines: list[str]) -> list[str]:
+        return [" ".join(p) for p in self.processor.encode(lines, out_type=str)]
+
+    def decode(self, pieces: list[str]) -> list[str]:
+        return [self.processor.decode(p.split()) for p in pieces]

@@ -1,0 +1,42 @@
+"""Shared fixtures: the shipped corpus, a prepared copy of it, the shared real corpora."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import moe_mt  # noqa: F401  (compat patches before anything imports fairseq)
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "corpora" / "tatoeba_en_de"
+SHARED_DATA = Path(os.environ.get("MOEMT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shipped_corpus() -> Path:
+    return SHIPPED
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared corpora not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def demo_config(run_dir: Path, *overrides: str):
+    from moe_mt.config import load_config
+
+    return load_config(REPO / "recipes" / "demo.yaml", [f"run_dir={run_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def prepped_demo(tmp_path_factory) -> Path:
+    """The shipped corpus prepared once per test session (small vocabulary for speed)."""
+    from moe_mt.workflows.prep import prep
+
+    run_dir = tmp_path_factory.mktemp("prepped") / "demo"
+    prep(demo_config(run_dir, "data.spm.vocab_size=2000"))
+    return run_dir
