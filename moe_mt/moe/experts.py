@@ -35,8 +35,8 @@ class ExpertBank(nn.Module):
             typically higher than the model's dropout).
         bias: add per-expert biases ``[e, f]`` and ``[e, o]``.
         impl: ``"loop"`` (one matmul pair per expert over its contiguous rows; any dtype) or
-            ``"grouped_mm"`` (``torch.nn.functional.grouped_mm``; fp32/bf16/fp16 only, falls back
-            to ``"loop"`` otherwise).
+            ``"grouped_mm"`` (``torch.nn.functional.grouped_mm``; fp32/bf16/fp16 with widths whose
+            rows are multiples of 16 bytes, else it falls back to ``"loop"``).
 
     Initialisation matches ``nn.Linear`` per expert: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
     """
@@ -92,7 +92,7 @@ class ExpertBank(nn.Module):
             raise ValueError(
                 f"counts {sizes} do not split {x.shape[0]} rows over {self.num_experts} experts"
             )
-        if self.impl == "grouped_mm" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        if self.impl == "grouped_mm" and self._grouped_mm_supports(x):
             return self._forward_grouped_mm(x, sizes)
         return self._forward_loop(x, sizes)
 
@@ -102,8 +102,11 @@ class ExpertBank(nn.Module):
         sizes[expert] = x.shape[0]
         return self._forward_loop(x, sizes)
 
-    def _bias(self, b: Tensor | None, e: int) -> Tensor | None:
-        return None if b is None else b[e]
+    def _grouped_mm_supports(self, x: Tensor) -> bool:
+        """grouped_mm takes fp32/bf16/fp16 with row strides that are multiples of 16 bytes."""
+        if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return False
+        return all((w * x.element_size()) % 16 == 0 for w in (self.d_model, self.d_ff, self.d_out))
 
     def _forward_loop(self, x: Tensor, sizes: list[int]) -> Tensor:
         # unbind, not w[e]: its backward stacks the per-expert grads once instead of E zero-filled
