@@ -177,7 +177,8 @@ class Source:
             for part in parts:
                 _validate_part(where, split, part, self.languages)
         for holdout in self.holdouts:
-            if holdout.from_split not in self.splits or holdout.every < 2:
+            bad = holdout.split in self.splits or holdout.from_split not in self.splits
+            if bad or holdout.every < 2:
                 raise SourceError(f"{where}: bad holdout {holdout}")
 
 
