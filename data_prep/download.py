@@ -320,7 +320,12 @@ def download_archive(
                 kwargs.get("retries", 5),
                 kwargs.get("backoff", 1.0),
             )
-        except ChecksumError:
+        except ChecksumError as err:
+            if archive.sha256 is None and recorded is not None:
+                raise ChecksumError(
+                    f"{err} (the expected sha256 is the one recorded on first use in "
+                    f"{cache_dir / CHECKSUMS_FILE}; delete its entry if upstream changed the file)"
+                ) from None
             raise
         except DownloadError as err:
             errors.append(str(err))

@@ -274,6 +274,7 @@ GIGAFREN = Archive(
     urls=("https://www.statmt.org/wmt10/training-giga-fren.tar",),
     filename="training-giga-fren.tar",
     sha256=None,
+    size=2595102720,  # as recorded by TensorFlow's translate tutorial (_WMT_ENFR_TRAIN_SIZE)
     # huggingface/datasets publishes a sha256 only for its re-zipped copy (main-zip/*.zip).
     sha256_note=_TOFU,
 )

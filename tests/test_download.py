@@ -90,7 +90,9 @@ class Server:
                 self.wfile.write(payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
@@ -391,7 +393,7 @@ def test_first_use_checksum_is_enforced_later(server, tmp_path, fake_source):
     (cache / "downloads" / "dev2.en").unlink()
     (cache / "downloads" / "dev2.en.sha256").unlink()
     (cache / "corpora" / "fake_en_de" / ".moemt-corpus.json").unlink()
-    with pytest.raises(ChecksumError, match="dev2.en"):
+    with pytest.raises(ChecksumError, match="dev2.en.*recorded on first use"):
         fetch_corpus(fake_source, cache, progress=False, **FAST)
     assert not (cache / "downloads" / "dev2.en").exists()
 
