@@ -20,6 +20,7 @@ names the URL or the file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import http.client
 import json
@@ -34,9 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moe_mt.data_prep.download_extract import ExtractError, extract
-from moe_mt.data_prep.source_text import TextError, read_part
-from moe_mt.data_prep.sources import Archive, Format, Part, SacrebleuPart, Source, get_source
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -46,6 +44,10 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+from moe_mt.data_prep.download_extract import ExtractError, extract
+from moe_mt.data_prep.source_text import TextError, read_part
+from moe_mt.data_prep.sources import Archive, Format, Part, SacrebleuPart, Source, get_source
 
 __all__ = [
     "ChecksumError",
@@ -147,6 +149,21 @@ def download(
     return _download(url, dest, sha256, md5, progress, timeout, retries, backoff)[0]
 
 
+@contextlib.contextmanager
+def _exclusive(lock: Path, what: str):
+    """Hold an exclusive lock on ``lock`` (released if the process dies); refuse if taken."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DownloadError(f"{what} is in use by another process ({lock})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _download(url, dest, sha256, md5, progress, timeout, retries, backoff) -> tuple[Path, str]:
     sha256 = sha256.lower() if sha256 else None
     md5 = md5.lower() if md5 else None
@@ -154,7 +171,11 @@ def _download(url, dest, sha256, md5, progress, timeout, retries, backoff) -> tu
         known = _cached_hash(dest)
         if sha256 is None or known == sha256:
             return dest, known
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest.with_name(dest.name + ".lock"), f"download {dest}"):
+        return _download_locked(url, dest, sha256, md5, progress, timeout, retries, backoff)
+
+
+def _download_locked(url, dest, sha256, md5, progress, timeout, retries, backoff):
     part = dest.with_name(dest.name + ".part")
     attempt = 0
     with _progress(progress) as bar:
@@ -373,7 +394,8 @@ def fetch_corpus(
     done = _complete_corpus(source, out_dir, cache_dir)
     if done is not None:
         return done
-    counts = _build(source, cache_dir, out_dir, progress, download_kwargs)
+    with _exclusive(cache_dir / "corpora" / f".{source.name}.lock", f"corpus {source.name!r}"):
+        counts = _build(source, cache_dir, out_dir, progress, download_kwargs)
     marker = {"source": source.name, "lines": counts, "files": _file_sizes(source, out_dir)}
     tmp = out_dir / (CORPUS_MARKER + ".tmp")
     tmp.write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from moe_mt.data_prep import download as dl
 from moe_mt.data_prep.download import (
     ChecksumError,
@@ -75,6 +76,9 @@ class Server:
                 start = 0
                 if rng and mode != "ignore_range":
                     start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_error(416, "Range Not Satisfiable")
+                        return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
@@ -152,6 +156,27 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     download(url, dest, sha(BODY), progress=False, **FAST)
     assert dest.read_bytes() == BODY
     assert server.requests[0][1] == "bytes=33-"
+
+
+def test_part_longer_than_the_file_restarts(server, tmp_path):
+    url = server.add("/long.bin", BODY)
+    dest = tmp_path / "long.bin"
+    (tmp_path / "long.bin.part").write_bytes(BODY + b"extra")
+    download(url, dest, sha(BODY), progress=False, **FAST)
+    assert dest.read_bytes() == BODY
+    assert [r for _, r in server.requests] == [f"bytes={len(BODY) + 5}-", None]
+
+
+def test_a_download_in_progress_elsewhere_is_refused(server, tmp_path):
+    import fcntl
+
+    url = server.add("/locked.bin", BODY)
+    dest = tmp_path / "locked.bin"
+    with open(tmp_path / "locked.bin.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        with pytest.raises(DownloadError, match="in use by another process"):
+            download(url, dest, progress=False, **FAST)
+    assert download(url, dest, progress=False, **FAST).read_bytes() == BODY
 
 
 def test_checksum_mismatch_names_file_and_both_hashes(server, tmp_path):
