@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moe_mt.moe.grouped_ffn import ACTIVATION_BACKWARD, GroupedFFN
+
+IMPLS = ("fused", "loop", "grouped_mm")
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,
@@ -34,9 +37,11 @@ class ExpertBank(nn.Module):
         dropout: dropout on the hidden activations inside each expert (Switch's "expert dropout",
             typically higher than the model's dropout).
         bias: add per-expert biases ``[e, f]`` and ``[e, o]``.
-        impl: ``"loop"`` (one matmul pair per expert over its contiguous rows; any dtype) or
-            ``"grouped_mm"`` (``torch.nn.functional.grouped_mm``; fp32/bf16/fp16 with widths whose
-            rows are multiples of 16 bytes, else it falls back to ``"loop"``).
+        impl: ``"fused"`` (default: :class:`~moe_mt.moe.grouped_ffn.GroupedFFN`, one matmul pair
+            per expert over its contiguous rows, written in place, with its own backward),
+            ``"loop"`` (the same loop under plain autograd) or ``"grouped_mm"``
+            (``torch.nn.functional.grouped_mm``; fp32/bf16/fp16 with rows that are multiples of
+            16 bytes, else it falls back to ``"loop"``).
 
     Initialisation matches ``nn.Linear`` per expert: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
     """
@@ -50,13 +55,13 @@ class ExpertBank(nn.Module):
         activation: str = "gelu",
         dropout: float = 0.0,
         bias: bool = True,
-        impl: str = "loop",
+        impl: str = "fused",
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
+        if activation not in ACTIVATIONS or activation not in ACTIVATION_BACKWARD:
             raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
-        if impl not in ("loop", "grouped_mm"):
-            raise ValueError(f"unknown impl {impl!r}; known: 'loop', 'grouped_mm'")
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; known: {IMPLS}")
         d_out = d_model if d_out is None else d_out
         self.num_experts, self.d_model, self.d_ff, self.d_out = num_experts, d_model, d_ff, d_out
         self.activation, self.impl = activation, impl
@@ -94,13 +99,26 @@ class ExpertBank(nn.Module):
             )
         if self.impl == "grouped_mm" and self._grouped_mm_supports(x):
             return self._forward_grouped_mm(x, sizes)
+        if self.impl == "fused":
+            p = self.dropout.p if self.training else 0.0
+            return GroupedFFN.apply(
+                x.contiguous(),
+                self.w1,
+                self.b1,
+                self.w2,
+                self.b2,
+                sizes,
+                self.act,
+                self.activation,
+                p,
+            )
         return self._forward_loop(x, sizes)
 
     def forward_expert(self, x: Tensor, expert: int) -> Tensor:
         """Run every row of ``x`` ``[m, d]`` through expert ``expert`` (THOR's ``fixed`` mode)."""
         sizes = [0] * self.num_experts
         sizes[expert] = x.shape[0]
-        return self._forward_loop(x, sizes)
+        return self(x, sizes)
 
     def _grouped_mm_supports(self, x: Tensor) -> bool:
         """grouped_mm takes fp32/bf16/fp16 with row strides that are multiples of 16 bytes."""
