@@ -150,12 +150,13 @@ def download(
 
 
 @contextlib.contextmanager
-def _exclusive(lock: Path, what: str):
-    """Hold an exclusive lock on ``lock`` (released if the process dies); refuse if taken."""
+def _exclusive(lock: Path, what: str, wait: bool = False):
+    """Hold an exclusive lock on ``lock`` (released if the process dies); unless ``wait``,
+    refuse when another process holds it."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise DownloadError(f"{what} is in use by another process ({lock})") from None
         try:
@@ -304,25 +305,33 @@ def _load_checksums(cache_dir: Path) -> dict:
 
 def _record_checksum(cache_dir: Path, archive: Archive, url: str, digest: str) -> None:
     path = cache_dir / CHECKSUMS_FILE
-    records = _load_checksums(cache_dir)
-    records[archive.filename] = {
-        "sha256": digest,
-        "url": url,
-        "verified": False,
-        "note": "UNVERIFIED: trusted on first use (no published checksum); later runs must match",
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with _exclusive(path.with_name(path.name + ".lock"), str(path), wait=True):
+        records = _load_checksums(cache_dir)
+        records[archive.filename] = {
+            "sha256": digest,
+            "url": url,
+            "verified": False,
+            "note": "UNVERIFIED: trusted on first use (nothing published); later runs must match",
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def download_archive(
-    archive: Archive, cache_dir: Path | str, progress: bool = True, **kwargs
+    archive: Archive,
+    cache_dir: Path | str,
+    progress: bool = True,
+    *,
+    timeout: float = 60.0,
+    retries: int = 5,
+    backoff: float = 1.0,
 ) -> Path:
     """Download ``archive`` into ``<cache_dir>/downloads/`` (trying each mirror in turn).
 
     With no published sha256, the first download's hash is recorded in
     ``<cache_dir>/checksums.json`` as unverified and later downloads are checked against it.
+    ``timeout`` / ``retries`` / ``backoff`` are :func:`download`'s.
     """
     cache_dir = Path(cache_dir)
     dest = cache_dir / "downloads" / archive.filename
@@ -332,14 +341,7 @@ def download_archive(
     for url in archive.urls:
         try:
             path, digest = _download(
-                url,
-                dest,
-                expected,
-                archive.md5,
-                progress,
-                kwargs.get("timeout", 60.0),
-                kwargs.get("retries", 5),
-                kwargs.get("backoff", 1.0),
+                url, dest, expected, archive.md5, progress, timeout, retries, backoff
             )
         except ChecksumError as err:
             if archive.sha256 is None and recorded is not None:
@@ -381,12 +383,20 @@ class Corpus:
 
 
 def fetch_corpus(
-    name: str | Source, cache_dir: Path | str, progress: bool = True, **download_kwargs
+    name: str | Source,
+    cache_dir: Path | str,
+    progress: bool = True,
+    *,
+    timeout: float = 60.0,
+    retries: int = 5,
+    backoff: float = 1.0,
 ) -> Corpus:
     """Download, verify and extract the archives of source ``name`` and write its splits.
 
-    Returns a :class:`Corpus` whose ``files[split][lang]`` are ``<cache_dir>/corpora/<name>/
-    <split>.<lang>``. Re-running once they are complete does no download and no write.
+    ``name`` is a registry name (or a :class:`Source`). Returns a :class:`Corpus` whose
+    ``files[split][lang]`` are ``<cache_dir>/corpora/<name>/<split>.<lang>``. Re-running once
+    they are complete (same source definition, same file sizes) downloads and writes nothing.
+    ``timeout`` / ``retries`` / ``backoff`` are :func:`download`'s.
     """
     source = name if isinstance(name, Source) else get_source(name)
     cache_dir = Path(cache_dir)
@@ -394,13 +404,24 @@ def fetch_corpus(
     done = _complete_corpus(source, out_dir, cache_dir)
     if done is not None:
         return done
+    net = {"timeout": timeout, "retries": retries, "backoff": backoff}
     with _exclusive(cache_dir / "corpora" / f".{source.name}.lock", f"corpus {source.name!r}"):
-        counts = _build(source, cache_dir, out_dir, progress, download_kwargs)
-    marker = {"source": source.name, "lines": counts, "files": _file_sizes(source, out_dir)}
-    tmp = out_dir / (CORPUS_MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / CORPUS_MARKER)
+        counts = _build(source, cache_dir, out_dir, progress, net)
+        marker = {
+            "source": source.name,
+            "definition": _fingerprint(source),
+            "lines": counts,
+            "files": _file_sizes(source, out_dir),
+        }
+        tmp = out_dir / (CORPUS_MARKER + ".tmp")
+        tmp.write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, out_dir / CORPUS_MARKER)
     return _corpus(source, out_dir, counts, cache_dir)
+
+
+def _fingerprint(source: Source) -> str:
+    """A hash of the source's definition: a changed registry entry invalidates its corpus."""
+    return hashlib.sha256(repr(source).encode("utf-8")).hexdigest()
 
 
 def _corpus(source: Source, out_dir: Path, counts: dict[str, int], cache_dir: Path) -> Corpus:
@@ -429,6 +450,8 @@ def _complete_corpus(source: Source, out_dir: Path, cache_dir: Path) -> Corpus |
     """The corpus if its marker is there and every file has the recorded size."""
     try:
         marker = json.loads((out_dir / CORPUS_MARKER).read_text(encoding="utf-8"))
+        if marker.get("definition") != _fingerprint(source):
+            return None
         if marker.get("files") != _file_sizes(source, out_dir):
             return None
     except (OSError, ValueError):
@@ -436,7 +459,7 @@ def _complete_corpus(source: Source, out_dir: Path, cache_dir: Path) -> Corpus |
     return _corpus(source, out_dir, marker["lines"], cache_dir)
 
 
-def _build(source: Source, cache_dir: Path, out_dir: Path, progress, kwargs) -> dict[str, int]:
+def _build(source: Source, cache_dir: Path, out_dir: Path, progress, net) -> dict[str, int]:
     """Write every split to temporary files, then rename them all; return line counts."""
     (out_dir / CORPUS_MARKER).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -454,7 +477,7 @@ def _build(source: Source, cache_dir: Path, out_dir: Path, progress, kwargs) -> 
         for split, parts in source.splits.items():
             holdout = holdouts.get(split)
             for part in parts:
-                pairs = _part_lines(part, source, cache_dir, progress, kwargs)
+                pairs = _part_lines(part, source, cache_dir, progress, net)
                 for src, tgt in pairs:
                     target = split
                     if holdout is not None:
@@ -481,12 +504,12 @@ def _build(source: Source, cache_dir: Path, out_dir: Path, progress, kwargs) -> 
     return counts
 
 
-def _part_lines(part, source: Source, cache_dir: Path, progress, kwargs):
+def _part_lines(part, source: Source, cache_dir: Path, progress, net):
     """Aligned (source, target) sentence pairs of one part; a length mismatch is an error."""
     if isinstance(part, SacrebleuPart):
-        part, paths = _sacrebleu_files(part, source, cache_dir, progress, kwargs)
+        part, paths = _sacrebleu_files(part, source, cache_dir, progress, net)
     else:
-        paths = _member_files(part, source, cache_dir, progress, kwargs)
+        paths = _member_files(part, source, cache_dir, progress, net)
     src_lang, tgt_lang = source.languages
     src_lines = read_part(part, paths[src_lang])
     tgt_lines = read_part(part, paths[tgt_lang])
@@ -505,12 +528,12 @@ def _part_lines(part, source: Source, cache_dir: Path, progress, kwargs):
         yield src, tgt
 
 
-def _member_files(part: Part, source: Source, cache_dir: Path, progress, kwargs) -> dict:
+def _member_files(part: Part, source: Source, cache_dir: Path, progress, net) -> dict:
     """The extracted file of each language of ``part``."""
     paths = {}
     for lang in source.languages:
         archive = part.archive_for(lang)
-        downloaded = download_archive(archive, cache_dir, progress, **kwargs)
+        downloaded = download_archive(archive, cache_dir, progress, **net)
         kind = archive.kind
         if kind == "file":
             paths[lang] = downloaded
@@ -525,10 +548,10 @@ def _member_files(part: Part, source: Source, cache_dir: Path, progress, kwargs)
     return paths
 
 
-def _sacrebleu_files(part: SacrebleuPart, source: Source, cache_dir: Path, progress, kwargs):
+def _sacrebleu_files(part: SacrebleuPart, source: Source, cache_dir: Path, progress, net):
     """Resolve a sacrebleu test set to an equivalent SGML Part and its extracted files."""
     resolved = resolve_sacrebleu(part)
-    return resolved, _member_files(resolved, source, cache_dir, progress, kwargs)
+    return resolved, _member_files(resolved, source, cache_dir, progress, net)
 
 
 def resolve_sacrebleu(part: SacrebleuPart) -> Part:

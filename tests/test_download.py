@@ -6,6 +6,7 @@ mid-body, ignore Range requests, or serve changed bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -494,3 +495,85 @@ def test_outputs_are_written_atomically(tmp_path, server, fake_source, monkeypat
         fetch_corpus(fake_source, tmp_path / "cache", progress=False, **FAST)
     out = tmp_path / "cache" / "corpora" / "fake_en_de"
     assert os.listdir(out) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Registry entries on fixture archives with the real layout
+# --------------------------------------------------------------------------------------------
+
+
+def served_copy(source: Source, server: Server, bodies: dict[str, bytes]) -> Source:
+    """``source`` with each archive served locally from ``bodies[filename]``."""
+
+    def local(archive: Archive) -> Archive:
+        body = bodies[archive.filename]
+        url = server.add("/" + archive.filename, body)
+        return dataclasses.replace(archive, urls=(url,), sha256=sha(body))
+
+    def part(p):
+        if isinstance(p.archive, dict):
+            return dataclasses.replace(p, archive={k: local(a) for k, a in p.archive.items()})
+        return dataclasses.replace(p, archive=local(p.archive))
+
+    splits = {split: [part(p) for p in parts] for split, parts in source.splits.items()}
+    return dataclasses.replace(source, splits=splits)
+
+
+def iwslt_xml(stem: str, lang: str, n: int) -> bytes:
+    segs = "".join(f'<seg id="{i}"> {stem} {lang} {i} it’s </seg>\n' for i in range(1, n + 1))
+    return f'<mteval>\n<refset>\n<doc docid="1">\n<talkid>1</talkid>\n{segs}</doc>\n'.encode()
+
+
+def train_tags(lang: str, n: int) -> bytes:
+    head = "<url>http://www.ted.com/x</url>\n<keywords>k</keywords>\n<talkid>7</talkid>\n"
+    head += f"<title>Title {lang}</title>\n<description>About {lang}</description>\n"
+    return (head + "".join(f"line {lang} {i}\n" for i in range(1, n + 1))).encode()
+
+
+def test_iwslt14_entry_on_a_fixture_archive(server, tmp_path):
+    from moe_mt.data_prep.sources import get_source
+
+    stems = ["TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012"]
+    members = {}
+    for lang in ("de", "en"):
+        members[f"de-en/train.tags.de-en.{lang}"] = train_tags(lang, 44)
+        for stem in stems:
+            members[f"de-en/IWSLT14.{stem}.de-en.{lang}.xml"] = iwslt_xml(stem, lang, 2)
+    tgz = make_tar(tmp_path / "iwslt14.tgz", members)
+    source = served_copy(
+        get_source("iwslt14_de_en"), server, {"iwslt14-de-en.tgz": tgz.read_bytes()}
+    )
+    corpus = fetch_corpus(source, tmp_path / "cache", progress=False, **FAST)
+    en = {split: corpus.files[split]["en"].read_text().splitlines() for split in corpus.files}
+    extracted = ["Title en", "About en"] + [f"line en {i}" for i in range(1, 45)]  # 46 lines
+    assert en["valid"] == [extracted[22], extracted[45]]  # NR % 23 == 0
+    assert en["train"] == [x for i, x in enumerate(extracted, 1) if i % 23]
+    assert en["test"] == [f"{stem} en {i} it's" for stem in stems for i in (1, 2)]
+    assert corpus.lowercase and corpus.unverified == ()
+    de = corpus.files["train"]["de"].read_text().splitlines()
+    assert de == [x.replace(" en", " de") for x in en["train"]]
+
+
+def test_iwslt17_entry_on_a_fixture_archive(server, tmp_path):
+    from moe_mt.data_prep.sources import get_source
+
+    members = {}
+    for lang in ("en", "de"):
+        tags = train_tags(lang, 3).decode()
+        head = "<doc docid='1'>\n<speaker>S</speaker>\n<reviewer href='r'>R</reviewer>\n"
+        tags = f"{head}{tags}</doc>\n"
+        members[f"en-de/train.tags.en-de.{lang}"] = tags.encode()
+        members[f"en-de/IWSLT17.TED.dev2010.en-de.{lang}.xml"] = iwslt_xml("dev2010", lang, 2)
+        for year in range(2010, 2016):
+            stem = f"tst{year}"
+            members[f"en-de/IWSLT17.TED.{stem}.en-de.{lang}.xml"] = iwslt_xml(stem, lang, 1)
+    tgz = make_tar(tmp_path / "iwslt17.tgz", members)
+    source = served_copy(
+        get_source("iwslt17_en_de"), server, {"iwslt17-en-de.tgz": tgz.read_bytes()}
+    )
+    corpus = fetch_corpus(source, tmp_path / "cache", progress=False, **FAST)
+    read = {s: corpus.files[s]["de"].read_text().splitlines() for s in corpus.files}
+    assert read["train"] == ["Title de", "About de", "line de 1", "line de 2", "line de 3"]
+    assert read["valid"] == ["dev2010 de 1 it’s", "dev2010 de 2 it’s"]
+    assert read["test"] == [f"tst{year} de 1 it’s" for year in range(2010, 2016)]
+    assert corpus.lines == {"train": 5, "valid": 2, "test": 6}
