@@ -8,8 +8,9 @@ one line on stderr and exit code 1.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -25,10 +26,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+# fairseq announces at import that an optional speech dependency is missing: not our concern.
+logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
 err_console = Console(stderr=True)
 
-CONFIG_HELP = "Recipe YAML, or a run directory holding config.yaml."
-OVERRIDES_HELP = "key=value overrides, e.g. data.spm.vocab_size=4000"
+ConfigArg = Annotated[
+    str, typer.Argument(help="Recipe YAML, or a run directory holding config.yaml.")
+]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="key=value overrides, e.g. data.spm.vocab_size=4000")
+]
 
 
 def user_errors(fn):
@@ -56,8 +63,8 @@ def main() -> None:
 @app.command()
 @user_errors
 def prep(
-    config: str = typer.Argument(..., help=CONFIG_HELP),
-    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),  # noqa: UP045
+    config: ConfigArg,
+    overrides: OverridesArg = None,
 ) -> None:
     """Validate, clean, tokenise (sentencepiece) and binarise a parallel corpus."""
     from moe_mt.cli import report
@@ -67,7 +74,9 @@ def prep(
     cfg = load_config(config, overrides or [])
     result = run_prep(cfg, console=err_console)
     if result.up_to_date:
-        console.print(f"data in {result.run_dir}/data is up to date (same inputs and config): nothing to do")
+        console.print(
+            f"data in {result.run_dir}/data is up to date (same inputs and config): nothing to do"
+        )
     console.print(report.prep_table(result.manifest))
     console.print(f"wrote {result.run_dir}/data (manifest.json)")
 

@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import moe_mt  # noqa: F401  (compat patches before fairseq is imported)
 from fairseq.data import Dictionary, indexed_dataset
 from fairseq.tokenizer import tokenize_line
+
+import moe_mt  # noqa: F401  (compat patches before fairseq is imported)
 
 
 @dataclass

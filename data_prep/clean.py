@@ -24,7 +24,9 @@ def clean_pairs(
     seen: set[bytes] = set()
     for src, tgt in pairs:
         n_src, n_tgt = len(src.split()), len(tgt.split())
-        if not (cfg.min_words <= n_src <= cfg.max_words and cfg.min_words <= n_tgt <= cfg.max_words):
+        if not (
+            cfg.min_words <= n_src <= cfg.max_words and cfg.min_words <= n_tgt <= cfg.max_words
+        ):
             dropped["length"] += 1
             continue
         if max(n_src, n_tgt) > cfg.max_length_ratio * max(min(n_src, n_tgt), 1):

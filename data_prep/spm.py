@@ -13,17 +13,13 @@ MODEL_TYPES = ("unigram", "bpe", "char", "word")
 
 
 def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
-    """Train one model on the concatenated ``inputs``; return the ``.model`` path.
-
-    sentencepiece's own log goes to ``<model_prefix>.log``.
-    """
+    """Train one model on the concatenated ``inputs``; return the ``.model`` path."""
     if cfg.model_type not in MODEL_TYPES:
         raise MoeMtError(
             f"data.spm.model_type: '{cfg.model_type}' is not one of {', '.join(MODEL_TYPES)}"
         )
     # The seed of spm's sentence sampling is process-global in sentencepiece's API.
     spm.set_random_generator_seed(cfg.seed)
-    log = open(model_prefix.with_suffix(".log"), "w")
     try:
         spm.SentencePieceTrainer.train(
             input=[str(p) for p in inputs],
@@ -38,13 +34,11 @@ def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
             eos_id=-1,
             unk_id=0,
             num_threads=1,
-            logstream=log,
+            minloglevel=1,  # warnings and errors only
         )
     except RuntimeError as exc:
         # spm says e.g. "Vocabulary size too high (8000). Please set it to a value <= 3612."
         raise MoeMtError(f"data.spm: sentencepiece training failed: {str(exc).strip()}") from exc
-    finally:
-        log.close()
     return model_prefix.with_suffix(".model")
 
 

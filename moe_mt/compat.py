@@ -168,7 +168,7 @@ def _fix_ngram_repeat_block(module) -> None:
     block_cls = module.NGramRepeatBlock
 
     def _no_repeat_ngram(self, tokens, lprobs, bsz: int, beam_size: int, step: int):
-        """Ban every token that would complete an n-gram already present in ``tokens[:, :step+1]``."""
+        """Ban each token that would complete an n-gram seen in ``tokens[:, : step + 1]``."""
         n = self.no_repeat_ngram_size
         if step + 2 - n < 0:
             return lprobs

@@ -41,7 +41,9 @@ def test_apply_is_idempotent_and_refuses_late_import():
     compat.apply()
     compat.apply()
     # Stands for a fairseq imported (and so broken) before the patches could apply.
-    result = _python("import sys, types; sys.modules['fairseq'] = types.ModuleType('fairseq'); import moe_mt")
+    result = _python(
+        "import sys, types; sys.modules['fairseq'] = types.ModuleType('fairseq'); import moe_mt"
+    )
     assert result.returncode != 0
     assert "import moe_mt first" in result.stderr
 
@@ -117,7 +119,9 @@ def test_checkpoint_needs_allow_list_without_patch(trained):
 def test_loaded_encoder_skips_bettertransformer(trained):
     from fairseq import checkpoint_utils
 
-    models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task([str(trained / "checkpoint_last.pt")])
+    models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(trained / "checkpoint_last.pt")]
+    )
     model = models[0].eval()
     layers = model.encoder.layers
     assert all(layer.load_to_BT for layer in layers)  # fairseq asked for the fused path on load

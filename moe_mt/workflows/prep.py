@@ -113,7 +113,9 @@ def _fingerprint(data_cfg: DictConfig, inputs: dict) -> str:
     payload = {
         "format": MANIFEST_FORMAT,
         "data": OmegaConf.to_container(data_cfg),
-        "inputs": {s: {lang: v["sha256"] for lang, v in langs.items()} for s, langs in inputs.items()},
+        "inputs": {
+            s: {lang: v["sha256"] for lang, v in langs.items()} for s, langs in inputs.items()
+        },
         "tools": {k: versions[k] for k in ("fairseq", "sentencepiece")},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -145,20 +147,30 @@ def _build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
         splits[split] = {"lines": {"raw": counts.raw, "kept": counts.raw}, "dropped": {}}
     splits["train"] = _clean_train(data_cfg, files["train"], text_dir, progress)
     if splits["train"]["lines"]["kept"] == 0:
-        raise MoeMtError(f"{files['train'][src]}: no training pair survives validation and cleaning")
+        raise MoeMtError(
+            f"{files['train'][src]}: no training pair survives validation and cleaning"
+        )
 
     spm_models = _train_spm(data_cfg, text_dir, out)
     encoders = {lang: spm.Encoder(out / model) for lang, model in spm_models.items()}
     for split in splits:
         for lang in (src, tgt):
-            _encode(encoders[lang], text_dir / f"{split}.{lang}", work_dir / f"{split}.{lang}",
-                    splits[split]["lines"]["kept"], progress, f"encode {split}.{lang}")
+            _encode(
+                encoders[lang],
+                text_dir / f"{split}.{lang}",
+                work_dir / f"{split}.{lang}",
+                splits[split]["lines"]["kept"],
+                progress,
+                f"encode {split}.{lang}",
+            )
 
     dictionaries = _dictionaries(data_cfg, work_dir, bin_dir)
     for split in splits:
         splits[split]["tokens"] = {}
         for lang in (src, tgt):
-            task = progress.add_task(f"binarise {split}.{lang}", total=splits[split]["lines"]["kept"])
+            task = progress.add_task(
+                f"binarise {split}.{lang}", total=splits[split]["lines"]["kept"]
+            )
             stats = binarize.binarize_file(
                 work_dir / f"{split}.{lang}",
                 dictionaries[lang],
@@ -213,7 +225,7 @@ def _clean_train(data_cfg, train_files, text_dir: Path, progress: Progress) -> d
     lines = {"raw": counts.raw}
     remaining = counts.raw
     # Counts after each step, in the order the steps are applied.
-    for reason in ("empty", "too_long"):
+    for reason in validate.RECOVERABLE:
         remaining -= counts.dropped[reason]
     lines["after_validation"] = remaining
     for name in clean.FILTERS:
@@ -229,7 +241,9 @@ def _train_spm(data_cfg, text_dir: Path, out: Path) -> dict[str, str]:
     """Train the sentencepiece model(s); return ``{lang: model file name}``."""
     src, tgt = data_cfg.src, data_cfg.tgt
     if data_cfg.spm.joint:
-        spm.train_spm([text_dir / f"train.{src}", text_dir / f"train.{tgt}"], out / "spm", data_cfg.spm)
+        spm.train_spm(
+            [text_dir / f"train.{src}", text_dir / f"train.{tgt}"], out / "spm", data_cfg.spm
+        )
         return {src: "spm.model", tgt: "spm.model"}
     for lang in (src, tgt):
         spm.train_spm([text_dir / f"train.{lang}"], out / f"spm.{lang}", data_cfg.spm)
@@ -257,7 +271,9 @@ def _dictionaries(data_cfg, work_dir: Path, bin_dir: Path) -> dict:
         joined = binarize.build_dictionary([work_dir / f"train.{src}", work_dir / f"train.{tgt}"])
         dictionaries = {src: joined, tgt: joined}
     else:
-        dictionaries = {lang: binarize.build_dictionary([work_dir / f"train.{lang}"]) for lang in (src, tgt)}
+        dictionaries = {
+            lang: binarize.build_dictionary([work_dir / f"train.{lang}"]) for lang in (src, tgt)
+        }
     for lang, dictionary in dictionaries.items():
         dictionary.save(str(bin_dir / f"dict.{lang}.txt"))
     return dictionaries

@@ -1,0 +1,246 @@
+"""moemt prep: bad input is refused with `file:line: what` and exit code 1; good input is
+validated, cleaned, encoded and binarised into an atomic run directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from moe_mt.cli.main import app
+from moe_mt.errors import MoeMtError
+from moe_mt.workflows.prep import prep, sha256_file
+from moe_mt.workflows.rundir import RunDir
+
+SMALL = 300  # lines of the shipped corpus per split in these tests
+
+
+def _write_corpus(root: Path, shipped: Path) -> Path:
+    """A small copy of the shipped corpus (train/valid/test, en/de) to break in tests."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        for lang in ("en", "de"):
+            lines = (shipped / f"{split}.{lang}").read_bytes().split(b"\n")[:SMALL]
+            (root / f"{split}.{lang}").write_bytes(b"\n".join(lines) + b"\n")
+    return root
+
+
+def _recipe(tmp: Path, corpus: Path, extra: str = "") -> Path:
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(
+        "name: t\n"
+        f"run_dir: {tmp / 'run'}\n"
+        "data:\n"
+        "  src: en\n  tgt: de\n"
+        f"  train: {corpus}/train\n  valid: {corpus}/valid\n  test: {corpus}/test\n"
+        "  spm: {vocab_size: 300}\n" + extra,
+        encoding="utf-8",
+    )
+    return recipe
+
+
+def _set_line(path: Path, number: int, content: bytes) -> None:
+    lines = path.read_bytes().split(b"\n")
+    lines[number - 1] = content
+    path.write_bytes(b"\n".join(lines))
+
+
+@pytest.fixture
+def corpus(tmp_path, shipped_corpus) -> Path:
+    return _write_corpus(tmp_path / "corpus", shipped_corpus)
+
+
+def _run(*args: str):
+    result = CliRunner().invoke(app, ["prep", *args])
+    return result.exit_code, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+
+
+# (file, line number, replacement bytes, expected message) — each fatal for the given split.
+FATAL_LINES = [
+    ("valid.en", 7, b"caf\xe9 au lait", "valid.en:7: invalid UTF-8"),
+    ("test.de", 12, b"Hallo\x07 Welt", "test.de:12: control character U+0007"),
+    ("valid.en", 5, "a\u2028b".encode(), "valid.en:5: control character U+2028 at column 2"),
+    ("train.de", 3, b"Windows line\r", "train.de:3: carriage return"),
+    ("valid.de", 9, b"   ", "valid.de:9: empty line"),
+    ("test.en", 4, b"x" * 3000, "test.en:4: line of 3000 characters exceeds max_line_chars=2000"),
+]
+
+
+@pytest.mark.parametrize(("name", "number", "content", "expected"), FATAL_LINES)
+def test_fatal_line_problems_name_file_and_line(tmp_path, corpus, name, number, content, expected):
+    _set_line(corpus / name, number, content)
+    code, message = _run(str(_recipe(tmp_path, corpus)))
+    assert code == 1
+    assert message.startswith("error: ")
+    assert f"{corpus}/{expected}" in message
+    assert not (tmp_path / "run" / "data").exists()  # nothing half-written
+
+
+def test_line_count_mismatch_names_both_files(tmp_path, corpus):
+    path = corpus / "test.de"
+    path.write_bytes(path.read_bytes() + b"one more line\n")
+    code, message = _run(str(_recipe(tmp_path, corpus)))
+    assert code == 1
+    assert f"{corpus}/test.en: {SMALL} lines but {corpus}/test.de: {SMALL + 1} lines" in message
+
+
+def test_missing_file(tmp_path, corpus):
+    (corpus / "valid.de").unlink()
+    code, message = _run(str(_recipe(tmp_path, corpus)))
+    assert code == 1
+    assert f"{corpus}/valid.de: no such file" in message
+
+
+def test_config_errors_name_key_and_origin(tmp_path, corpus):
+    recipe = _recipe(tmp_path, corpus, extra="  clean: {max_wrds: 3}\n")
+    code, message = _run(str(recipe))
+    assert code == 1 and f"{recipe}: unknown key 'data.clean.max_wrds'" in message
+
+    recipe = _recipe(tmp_path, corpus)
+    code, message = _run(str(recipe), "data.spm.vocab=10")
+    assert code == 1 and "override: unknown key 'data.spm.vocab'" in message
+    code, message = _run(str(recipe), "data.spm.vocab_size=many")
+    assert code == 1 and "override: data.spm.vocab_size:" in message
+    code, message = _run(str(recipe), "data.spm.vocab_size")
+    assert code == 1 and "override 'data.spm.vocab_size' is not of the form key=value" in message
+
+    recipe.write_text("name: t\ndata: {src: en}\n", encoding="utf-8")
+    code, message = _run(str(recipe))
+    assert code == 1 and "missing mandatory key(s): data.tgt, data.train, data.valid" in message
+
+
+def test_recoverable_problems_in_train_are_dropped_and_counted(tmp_path, corpus):
+    from collections import Counter
+
+    base = prep(_load(tmp_path, corpus)).manifest["splits"]["train"]
+    base_dropped = Counter(base["dropped"])  # the real text has a few pairs of its own to drop
+    _set_line(corpus / "train.en", 2, b"")  # empty
+    _set_line(corpus / "train.de", 3, "mojibake \u009a here".encode())  # control character
+    _set_line(corpus / "train.de", 4, b"y" * 2500)  # over-long
+    _set_line(corpus / "train.en", 6, b"one two three four five six seven eight nine ten")
+    _set_line(corpus / "train.de", 6, b"eins")  # ratio 10 > 3
+    lines = (corpus / "train.en").read_bytes().split(b"\n")
+    de = (corpus / "train.de").read_bytes().split(b"\n")
+    lines[10], de[10] = lines[20], de[20]  # exact duplicate of pair 21 at line 11
+    (corpus / "train.en").write_bytes(b"\n".join(lines))
+    (corpus / "train.de").write_bytes(b"\n".join(de))
+
+    result = prep(_load(tmp_path, corpus))
+    train = result.manifest["splits"]["train"]
+    added = Counter(train["dropped"]) - base_dropped
+    assert added == {"empty": 1, "control_char": 1, "too_long": 1, "ratio": 1, "duplicate": 1}
+    d = Counter(train["dropped"])
+    after_validation = SMALL - d["empty"] - d["control_char"] - d["too_long"]
+    assert train["lines"] == {
+        "raw": SMALL,
+        "after_validation": after_validation,
+        "after_length": after_validation - d["length"],
+        "after_ratio": after_validation - d["length"] - d["ratio"],
+        "after_duplicate": after_validation - d["length"] - d["ratio"] - d["duplicate"],
+        "kept": SMALL - sum(d.values()),
+    }
+    kept = (result.run_dir / "data" / "text" / "train.en").read_text(encoding="utf-8")
+    assert len(kept.splitlines()) == SMALL - sum(d.values())
+
+
+def _load(tmp_path, corpus, *overrides):
+    from moe_mt.config import load_config
+
+    return load_config(_recipe(tmp_path, corpus), list(overrides))
+
+
+def test_manifest_and_layout(tmp_path, corpus):
+    result = prep(_load(tmp_path, corpus))
+    data = RunDir(result.run_dir).data
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["inputs"]["test"]["de"]["sha256"] == sha256_file(corpus / "test.de")
+    train = manifest["splits"]["train"]
+    assert train["lines"]["kept"] == SMALL - sum(train["dropped"].values())
+    for split in ("train", "valid", "test"):
+        assert manifest["splits"][split]["lines"]["raw"] == SMALL
+        for lang in ("en", "de"):
+            assert (data / "bin" / f"{split}.en-de.{lang}.bin").is_file()
+            tokens = manifest["splits"][split]["tokens"][lang]["tokens"]
+            assert tokens > SMALL  # at least one piece + </s> per sentence
+    # valid/test are byte copies: the untouched references for scoring.
+    assert (data / "text" / "test.de").read_bytes() == (corpus / "test.de").read_bytes()
+    assert (data / "spm.model").is_file()
+    assert manifest["versions"]["fairseq"] == "0.12.2"
+    assert (data / "bin" / "dict.en.txt").read_text() == (data / "bin" / "dict.de.txt").read_text()
+
+    # The binarised test set decodes back to the references' pieces.
+    from fairseq.data import Dictionary, data_utils
+
+    dictionary = Dictionary.load(str(data / "bin" / "dict.de.txt"))
+    dataset = data_utils.load_indexed_dataset(str(data / "bin" / "test.en-de.de"), dictionary)
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(data / "spm.model"))
+    first = sp.decode(dictionary.string(dataset[0]).split())
+    assert first == (corpus / "test.de").read_text(encoding="utf-8").splitlines()[0]
+
+
+def test_rerun_is_noop_and_change_rebuilds(tmp_path, corpus):
+    cfg = _load(tmp_path, corpus)
+    first = prep(cfg)
+    assert not first.up_to_date
+    mtime = (first.run_dir / "data" / "manifest.json").stat().st_mtime_ns
+    again = prep(cfg)
+    assert again.up_to_date
+    assert (first.run_dir / "data" / "manifest.json").stat().st_mtime_ns == mtime
+
+    code, _ = _run(str(tmp_path / "run"))  # a run directory works as CONFIG too
+    assert code == 0
+
+    changed = prep(_load(tmp_path, corpus, "data.clean.max_words=12"))
+    assert not changed.up_to_date
+    assert changed.manifest["splits"]["train"]["dropped"]["length"] > 0
+
+
+def test_failure_after_cleaning_leaves_no_data_dir(tmp_path, corpus):
+    with pytest.raises(MoeMtError, match="Vocabulary size too high"):
+        prep(_load(tmp_path, corpus, "data.spm.vocab_size=100000"))
+    run = tmp_path / "run"
+    assert not (run / "data").exists()
+    assert [p.name for p in run.iterdir() if p.name.startswith(".data")] == []
+
+
+def test_interrupted_rebuild_keeps_previous_data(tmp_path, corpus, monkeypatch):
+    prep(_load(tmp_path, corpus))
+    manifest = (tmp_path / "run" / "data" / "manifest.json").read_bytes()
+
+    from moe_mt.workflows import prep as prep_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep_module.spm, "train_spm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prep(_load(tmp_path, corpus, "data.spm.vocab_size=250"))
+    assert (tmp_path / "run" / "data" / "manifest.json").read_bytes() == manifest
+
+
+def test_second_process_is_refused(tmp_path, corpus):
+    cfg = _load(tmp_path, corpus)
+    with RunDir(cfg.run_dir).locked():
+        with pytest.raises(MoeMtError, match="run directory is in use by pid"):
+            prep(cfg)
+
+
+def test_cli_prints_summary(tmp_path, corpus):
+    result = CliRunner().invoke(app, ["prep", str(_recipe(tmp_path, corpus))])
+    assert result.exit_code == 0, result.stderr
+    assert "prep en-de" in result.stdout and "train" in result.stdout
+
+
+def test_demo_recipe_paths_resolve_from_any_directory(tmp_path, monkeypatch):
+    from moe_mt.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(Path(__file__).parent.parent / "recipes" / "demo.yaml")
+    assert Path(cfg.data.train + ".en").is_file()
+    assert cfg.run_dir == str(tmp_path / "runs" / "demo")
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
