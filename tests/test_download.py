@@ -37,6 +37,8 @@ from moe_mt.data_prep.sources import (
     Part,
     SacrebleuPart,
     Source,
+    get_source,
+    list_sources,
     register_source,
     unregister_source,
 )
@@ -322,8 +324,8 @@ def lines(n: int, lang: str, tag: str) -> bytes:
     return "".join(f"{tag} {lang} {i}\n" for i in range(1, n + 1)).encode()
 
 
-def sgm(lang: str) -> bytes:
-    segs = "".join(f'<seg id="{i}"> test {lang} ’{i}’ </seg>\n' for i in range(1, 4))
+def sgm(lang: str, n: int = 3) -> bytes:
+    segs = "".join(f'<seg id="{i}"> test {lang} ’{i}’ </seg>\n' for i in range(1, n + 1))
     return f'<refset>\n<doc docid="d">\n{segs}</doc>\n</refset>\n'.encode()
 
 
@@ -508,7 +510,7 @@ def served_copy(source: Source, server: Server, bodies: dict[str, bytes]) -> Sou
     def local(archive: Archive) -> Archive:
         body = bodies[archive.filename]
         url = server.add("/" + archive.filename, body)
-        return dataclasses.replace(archive, urls=(url,), sha256=sha(body))
+        return dataclasses.replace(archive, urls=(url,), sha256=sha(body), md5=None)
 
     def part(p):
         if isinstance(p.archive, dict):
@@ -531,8 +533,6 @@ def train_tags(lang: str, n: int) -> bytes:
 
 
 def test_iwslt14_entry_on_a_fixture_archive(server, tmp_path):
-    from moe_mt.data_prep.sources import get_source
-
     stems = ["TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012"]
     members = {}
     for lang in ("de", "en"):
@@ -555,8 +555,6 @@ def test_iwslt14_entry_on_a_fixture_archive(server, tmp_path):
 
 
 def test_iwslt17_entry_on_a_fixture_archive(server, tmp_path):
-    from moe_mt.data_prep.sources import get_source
-
     members = {}
     for lang in ("en", "de"):
         tags = train_tags(lang, 3).decode()
@@ -577,3 +575,49 @@ def test_iwslt17_entry_on_a_fixture_archive(server, tmp_path):
     assert read["valid"] == ["dev2010 de 1 it’s", "dev2010 de 2 it’s"]
     assert read["test"] == [f"tst{year} de 1 it’s" for year in range(2010, 2016)]
     assert corpus.lines == {"train": 5, "valid": 2, "test": 6}
+
+
+def fixture_bodies(source: Source, tmp_path: Path) -> tuple[Source, dict[str, bytes], dict]:
+    """Archives with ``source``'s declared layout, 2 sentences per member; the expected counts."""
+    resolved = {
+        split: [resolve_sacrebleu(p) if isinstance(p, SacrebleuPart) else p for p in parts]
+        for split, parts in source.splits.items()
+    }
+    archives: dict[str, Archive] = {}
+    members: dict[str, dict[str, bytes]] = {}
+    for split, parts in resolved.items():
+        for part in parts:
+            for lang in source.languages:
+                archive = part.archive_for(lang)
+                body = sgm(lang, 2) if part.format is Format.SGML else lines(2, lang, split)
+                if part.members[lang].endswith(".gz") or archive.kind == "gz":
+                    body = gzip.compress(body)
+                archives[archive.filename] = archive
+                members.setdefault(archive.filename, {})[part.members[lang]] = body
+    bodies = {}
+    for filename, content in members.items():
+        path = tmp_path / filename
+        if archives[filename].kind == "tar":
+            make_tar(path, content)
+        elif archives[filename].kind == "zip":
+            make_zip(path, content)
+        else:
+            (body,) = content.values()
+            path.write_bytes(body)
+        bodies[filename] = path.read_bytes()
+    counts = {split: 2 * len(parts) for split, parts in resolved.items()}
+    for holdout in source.holdouts:
+        counts[holdout.split] = counts[holdout.from_split] // holdout.every
+        counts[holdout.from_split] -= counts[holdout.split]
+    return dataclasses.replace(source, splits=resolved), bodies, counts
+
+
+@pytest.mark.parametrize("name", [s.name for s in list_sources()])
+def test_every_registry_entry_builds_from_archives_of_its_layout(server, tmp_path, name):
+    source, bodies, counts = fixture_bodies(get_source(name), tmp_path)
+    local = served_copy(source, server, bodies)
+    corpus = fetch_corpus(local, tmp_path / "cache", progress=False, **FAST)
+    assert corpus.lines == counts
+    for split, files in corpus.files.items():
+        sizes = [len(p.read_text().splitlines()) for p in files.values()]
+        assert sizes == [counts[split]] * 2
