@@ -57,9 +57,10 @@ __all__ = [
     "download_archive",
     "fetch_corpus",
     "file_sha256",
+    "resolve_sacrebleu",
 ]
 
-USER_AGENT = "moemt-download/0.1 (+https://github.com/facebookresearch/fairseq compatible)"
+USER_AGENT = "moemt-download/0.1 (Python urllib)"
 _CHUNK = 1 << 16
 CHECKSUMS_FILE = "checksums.json"
 CORPUS_MARKER = ".moemt-corpus.json"
@@ -416,6 +417,9 @@ def fetch_corpus(
         tmp = out_dir / (CORPUS_MARKER + ".tmp")
         tmp.write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, out_dir / CORPUS_MARKER)
+    if progress:
+        sizes = ", ".join(f"{split} {n:,}" for split, n in counts.items())
+        _console().print(f"{source.name}: {sizes} lines in {out_dir}", highlight=False)
     return _corpus(source, out_dir, counts, cache_dir)
 
 

@@ -329,6 +329,8 @@ def _stanford_en_vi(name: str) -> Archive:
 
 def _europarl_v7_pair(pair: str) -> Archive:
     # The Europarl v7 release (statmt.org/europarl), one archive per pair; no published checksum.
+    # Its members (europarl-v7.<pair>.<lang> at the archive root) are as the release is usually
+    # described; no copy of the archive could be checked here.
     return Archive(
         urls=(f"https://www.statmt.org/europarl/v7/{pair}.tgz",),
         filename=f"europarl-v7-{pair}.tgz",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from sacrebleu.dataset import DATASETS
+
 from moe_mt.data_prep.download import resolve_sacrebleu
 from moe_mt.data_prep.sources import (
     Archive,
@@ -15,7 +17,6 @@ from moe_mt.data_prep.sources import (
     get_source,
     list_sources,
 )
-from sacrebleu.dataset import DATASETS
 
 EXPECTED = {
     "europarl_en_cs",
