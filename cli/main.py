@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 import moe_mt
+from moe_mt.cli import report
 from moe_mt.errors import MoeMtError
 
 app = typer.Typer(
@@ -67,7 +68,6 @@ def prep(
     overrides: OverridesArg = None,
 ) -> None:
     """Validate, clean, tokenise (sentencepiece) and binarise a parallel corpus."""
-    from moe_mt.cli import report
     from moe_mt.config import load_config
     from moe_mt.workflows.prep import prep as run_prep
 
@@ -79,6 +79,43 @@ def prep(
         )
     console.print(report.prep_table(result.manifest))
     console.print(f"wrote {result.run_dir}/data (manifest.json)")
+
+
+@app.command()
+@user_errors
+def train(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Delete this run's checkpoints and logs, start over."),
+    ] = False,
+    finetune_from: Annotated[
+        str | None,
+        typer.Option(help="Start from this checkpoint or run directory's weights (new optimizer)."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the resolved config and fairseq arguments only."),
+    ] = False,
+) -> None:
+    """Train (or resume) the model of CONFIG with fairseq, in its run directory."""
+    import shlex
+
+    from moe_mt.config import load_config, to_yaml
+    from moe_mt.workflows.train import train as run_train
+
+    cfg = load_config(config, overrides or [])
+    result = run_train(
+        cfg, overwrite=overwrite, finetune_from=finetune_from, dry_run=dry_run, console=err_console
+    )
+    if dry_run:
+        console.print(to_yaml(cfg), highlight=False, markup=False)
+        console.print(
+            "fairseq-train " + shlex.join(result.fairseq_args), highlight=False, markup=False
+        )
+        return
+    console.print(report.train_table(result))
 
 
 @app.command()

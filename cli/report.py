@@ -27,3 +27,24 @@ def prep_table(manifest: dict) -> Table:
     sizes = manifest["dictionary_size"]
     table.caption = "dictionary: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
     return table
+
+
+def train_table(result) -> Table:
+    summary = result.summary
+    table = Table(title=f"train {result.run_dir}")
+    table.add_column("")
+    table.add_column("", justify="right")
+    valid = summary.get("last_valid") or {}
+    rows = {
+        "updates": summary.get("num_updates"),
+        "epochs": summary.get("epoch"),
+        "resumed from update": result.resumed_from_update or "-",
+        "train loss": summary.get("train_loss"),
+        "valid loss (last)": valid.get("loss", "-"),
+        "valid loss (best)": valid.get("best_loss", "-"),
+        "wall-clock s (total)": summary.get("wall_seconds"),
+        "CPU s (total)": summary.get("cpu_seconds"),
+    }
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    return table

@@ -13,7 +13,7 @@ working directory; relative paths given as overrides are relative to the working
 # No `from __future__ import annotations` here: omegaconf 2.0 reads the dataclass field types.
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -21,7 +21,16 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from moe_mt.errors import MoeMtError
 
 # Keys whose values are filesystem paths (resolved to absolute paths on load).
-PATH_KEYS = ("run_dir", "data.train", "data.valid", "data.test")
+PATH_KEYS = (
+    "run_dir",
+    "data.train",
+    "data.valid",
+    "data.test",
+    "train.tensorboard_logdir",
+    "eval.source",
+    "eval.reference",
+    "eval.bootstrap_baseline",
+)
 
 RUN_CONFIG = "config.yaml"
 
@@ -64,10 +73,97 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The fairseq architecture and the options that shape it.
+
+    ``arch`` names a registered fairseq architecture (moemt's are listed by ``moemt archs``);
+    the size keys left at null take the architecture's defaults. ``args`` passes any other
+    model option of that architecture by its fairseq name (``{encoder_normalize_before: true}``).
+    """
+
+    arch: str = "moemt_transformer_demo"
+    encoder_layers: Optional[int] = None
+    decoder_layers: Optional[int] = None
+    embed_dim: Optional[int] = None  # encoder and decoder width
+    ffn_embed_dim: Optional[int] = None  # encoder and decoder FFN width
+    attention_heads: Optional[int] = None
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    share_all_embeddings: bool = True  # needs data.joined_dictionary
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, stopping, checkpointing and logging (fairseq's options of the same name)."""
+
+    criterion: str = "label_smoothed_cross_entropy"
+    label_smoothing: float = 0.1
+    optimizer: str = "adam"
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    lr: float = 1e-3
+    lr_scheduler: str = "inverse_sqrt"  # inverse_sqrt | fixed | cosine | polynomial_decay | ...
+    warmup_updates: int = 4000
+    warmup_init_lr: float = 1e-7
+    clip_norm: float = 0.0  # 0: no clipping
+    max_tokens: Optional[int] = 4096  # per batch and device
+    batch_size: Optional[int] = None  # sentences per batch (with or instead of max_tokens)
+    update_freq: int = 1  # accumulate gradients over this many batches
+    max_update: int = 0  # 0: no bound
+    max_epoch: int = 0  # 0: no bound
+    max_time_minutes: float = 0  # training wall-clock budget, cumulative over resumes; 0: none
+    patience: int = -1  # stop after this many validations without improvement; -1: never
+    seed: int = 1
+    validate_interval: int = 1  # validate every N epochs
+    validate_interval_updates: int = 0  # and/or every N updates
+    save_interval_updates: int = 0  # also checkpoint every N updates (0: at epoch ends only)
+    keep_interval_updates: int = 5  # update checkpoints kept (-1: all)
+    keep_last_epochs: int = 5  # epoch checkpoints kept (-1: all); averaging needs several
+    keep_best_checkpoints: int = -1
+    best_checkpoint_metric: str = "loss"  # loss | bleu (with eval_bleu)
+    eval_bleu: bool = False  # BLEU on valid at each validation (slow: beam search)
+    eval_bleu_beam: int = 4
+    fp16: bool = False  # CUDA only
+    bf16: bool = False  # CUDA or recent CPUs
+    distributed_world_size: int = 1
+    num_workers: int = 0  # data loader workers
+    log_interval: int = 50  # updates between log lines
+    tensorboard_logdir: Optional[str] = None
+    fairseq_args: List[str] = field(default_factory=list)  # any other fairseq option, verbatim
+
+
+@dataclass
+class EvalConfig:
+    """Checkpoint choice, beam search and scoring of ``moemt eval`` and ``moemt translate``."""
+
+    checkpoint: str = "last"  # last | best | average (of the last ``average_last``) | a path
+    average_last: int = 5
+    split: str = "test"  # a prepared split (valid | test) ...
+    source: Optional[str] = None  # ... or any source file with its reference:
+    reference: Optional[str] = None
+    beam: int = 5
+    lenpen: float = 1.0
+    max_len_a: float = 1.2  # hypotheses are at most max_len_a * source length + max_len_b
+    max_len_b: int = 10
+    no_repeat_ngram_size: int = 0
+    max_tokens: int = 6000  # per decoding batch
+    batch_size: Optional[int] = None
+    bootstrap_baseline: Optional[str] = None  # run dir of a baseline for paired bootstrap
+    bootstrap_resamples: int = 1000
+    seed: int = 12345
+
+
+@dataclass
 class ExperimentConfig:
     name: str = MISSING  # experiment name
     run_dir: Optional[str] = None  # experiment directory (default: runs/<name>)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def schema() -> DictConfig:

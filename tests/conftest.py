@@ -40,3 +40,38 @@ def prepped_demo(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("prepped") / "demo"
     prep(demo_config(run_dir, "data.spm.vocab_size=2000"))
     return run_dir
+
+
+#: A model small enough to train a few dozen updates in seconds (1+1 layers, d=64).
+TINY_MODEL = (
+    "model.encoder_layers=1",
+    "model.decoder_layers=1",
+    "model.embed_dim=64",
+    "model.ffn_embed_dim=128",
+    "model.attention_heads=2",
+    "train.max_tokens=2048",
+    "train.warmup_updates=10",
+    "train.log_interval=5",
+)
+
+
+@pytest.fixture(scope="session")
+def trained_demo(prepped_demo, tmp_path_factory) -> Path:
+    """A run directory with prepared data and a tiny model trained for 30 updates, with
+    checkpoints every 10 updates (checkpoint_1_10.pt ... , checkpoint_best.pt, _last.pt).
+    Treat it as read-only: copy it (shutil.copytree) before changing anything."""
+    import shutil
+
+    from moe_mt.workflows.train import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "demo"
+    shutil.copytree(prepped_demo, run_dir)
+    cfg = demo_config(
+        run_dir,
+        "data.spm.vocab_size=2000",
+        *TINY_MODEL,
+        "train.max_update=30",
+        "train.save_interval_updates=10",
+    )
+    train(cfg)
+    return run_dir

@@ -1,0 +1,1 @@
+"""fairseq criterions of moemt (importing this package registers them)."""

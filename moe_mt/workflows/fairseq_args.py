@@ -1,0 +1,165 @@
+"""Turn a resolved moemt config into fairseq's own command-line arguments.
+
+One function per section, each a plain mapping from our keys to fairseq's option names, so that
+``moemt train --dry-run`` shows exactly what fairseq receives. Keys left at null are not passed
+(fairseq's or the architecture's default applies).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+import moe_mt
+from moe_mt.errors import MoeMtError
+from moe_mt.workflows.rundir import RunDir
+
+
+def option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _pairs(values: dict) -> list[str]:
+    """``{name: value}`` to fairseq options: True -> flag, False/None -> omitted."""
+    args: list[str] = []
+    for name, value in values.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(option(name))
+        else:
+            args += [option(name), str(value)]
+    return args
+
+
+def model_args(model: DictConfig) -> list[str]:
+    if model.share_all_embeddings is None:
+        raise MoeMtError("model.share_all_embeddings must be true or false")
+    sizes = {}
+    for side in ("encoder", "decoder"):
+        sizes[f"{side}_layers"] = model[f"{side}_layers"]
+        sizes[f"{side}_embed_dim"] = model.embed_dim
+        sizes[f"{side}_ffn_embed_dim"] = model.ffn_embed_dim
+        sizes[f"{side}_attention_heads"] = model.attention_heads
+    return [
+        "--arch",
+        model.arch,
+        *_pairs(sizes),
+        *_pairs(
+            {
+                "dropout": model.dropout,
+                "attention_dropout": model.attention_dropout,
+                "activation_dropout": model.activation_dropout,
+                "share_all_embeddings": model.share_all_embeddings,
+            }
+        ),
+        *_pairs(OmegaConf.to_container(model.args)),
+    ]
+
+
+def optimization_args(train: DictConfig) -> list[str]:
+    betas = f"({', '.join(str(b) for b in train.adam_betas)})"
+    args = [
+        *_pairs({"criterion": train.criterion}),
+        *(
+            _pairs({"label_smoothing": train.label_smoothing})
+            if "label_smoothed" in train.criterion
+            else []
+        ),
+        *_pairs({"optimizer": train.optimizer}),
+        *(
+            ["--adam-betas", betas, "--adam-eps", str(train.adam_eps)]
+            if train.optimizer == "adam"
+            else []
+        ),
+        *_pairs(
+            {
+                "weight_decay": train.weight_decay,
+                "lr": train.lr,
+                "lr_scheduler": train.lr_scheduler,
+            }
+        ),
+    ]
+    if train.lr_scheduler == "inverse_sqrt":
+        args += _pairs(
+            {"warmup_updates": train.warmup_updates, "warmup_init_lr": train.warmup_init_lr}
+        )
+    args += _pairs(
+        {
+            "clip_norm": train.clip_norm,
+            "max_tokens": train.max_tokens,
+            "batch_size": train.batch_size,
+            "update_freq": train.update_freq,
+            "max_update": train.max_update,
+            "max_epoch": train.max_epoch,
+            "stop_time_hours": train.max_time_minutes / 60 if train.max_time_minutes else None,
+            "patience": train.patience,
+            "seed": train.seed,
+            "fp16": train.fp16,
+            "bf16": train.bf16,
+        }
+    )
+    return args
+
+
+def checkpoint_args(train: DictConfig, run_dir: RunDir) -> list[str]:
+    args = _pairs(
+        {
+            "save_dir": run_dir.checkpoints,
+            "validate_interval": train.validate_interval,
+            "validate_interval_updates": train.validate_interval_updates,
+            "save_interval_updates": train.save_interval_updates,
+            "keep_interval_updates": train.keep_interval_updates,
+            "keep_last_epochs": train.keep_last_epochs,
+            "keep_best_checkpoints": train.keep_best_checkpoints,
+            "best_checkpoint_metric": train.best_checkpoint_metric,
+        }
+    )
+    if train.best_checkpoint_metric == "bleu":
+        args.append("--maximize-best-checkpoint-metric")
+    if train.eval_bleu:
+        args += [
+            "--eval-bleu",
+            "--eval-bleu-args",
+            f'{{"beam": {train.eval_bleu_beam}}}',
+            "--eval-bleu-remove-bpe",
+            "sentencepiece",
+        ]
+    return args
+
+
+def logging_args(train: DictConfig) -> list[str]:
+    # No --log-file: moemt routes every logger to logs/train.log itself (train_view.py).
+    return _pairs(
+        {
+            "log_format": "json",
+            "log_interval": train.log_interval,
+            "tensorboard_logdir": train.tensorboard_logdir,
+            "num_workers": train.num_workers,
+            "distributed_world_size": train.distributed_world_size,
+        }
+    )
+
+
+def train_args(cfg: DictConfig, run_dir: RunDir) -> list[str]:
+    """The complete fairseq-train argument list for ``cfg``."""
+    data = cfg.data
+    if cfg.model.share_all_embeddings and not data.joined_dictionary:
+        raise MoeMtError("model.share_all_embeddings=true needs data.joined_dictionary=true")
+    return [
+        str(Path(run_dir.data) / "bin"),
+        "--user-dir",
+        moe_mt.USER_DIR,
+        "--task",
+        "translation",
+        "--source-lang",
+        data.src,
+        "--target-lang",
+        data.tgt,
+        *model_args(cfg.model),
+        *optimization_args(cfg.train),
+        *checkpoint_args(cfg.train, run_dir),
+        *logging_args(cfg.train),
+        *cfg.train.fairseq_args,
+    ]
