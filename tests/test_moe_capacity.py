@@ -93,3 +93,16 @@ def test_eval_keeps_every_token_by_default():
     assert out.plan.kept.all()
     assert out.stats.fraction_dropped.item() == 0.0
     assert out.stats.tokens_per_expert.sum().item() == 128
+
+
+def test_all_pad_batch_gives_zeros_and_finite_losses():
+    torch.manual_seed(0)
+    layer = MoEFeedForward(TopKRouter(8, 4, k=2), ExpertBank(4, 8, 16), capacity_factor=1.0)
+    x = torch.randn(5, 8, requires_grad=True)
+    out = layer(x, torch.ones(5, dtype=torch.bool))
+    assert out.y.shape == (5, 8) and (out.y == 0).all()
+    assert out.plan.counts.tolist() == [0, 0, 0, 0]
+    assert out.stats.fraction_dropped.item() == 0.0
+    assert all(torch.isfinite(v) for v in out.aux_losses.values())
+    out.y.sum().backward()
+    assert (x.grad == 0).all()
