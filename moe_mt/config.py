@@ -73,6 +73,34 @@ class DataConfig:
 
 
 @dataclass
+class MoEConfig:
+    """Mixture-of-Experts options, passed to fairseq as ``--moe-<key>`` when set.
+
+    null (every key's default) keeps the architecture's or criterion's own default, stated once
+    in ``moe_mt/models/switch.py`` (model keys) and ``moe_mt/criterions/moe_criterion.py``
+    (loss keys). Dense architectures take none of these keys: set them only with an MoE
+    architecture (``switch_transformer_*``, ``xmoe_transformer_*``); the loss keys need
+    ``train.criterion: moe_label_smoothed_cross_entropy``.
+    """
+
+    num_experts: Optional[int] = None  # experts per MoE layer
+    top_k: Optional[int] = None  # experts per token: 1 = Switch, 2 = GShard-style
+    freq: Optional[int] = None  # every freq-th layer of a side is an MoE layer ...
+    offset: Optional[int] = None  # ... the layers with index % freq == offset % freq (0-based)
+    sides: Optional[str] = None  # encoder | decoder | both
+    router: Optional[str] = None  # topk (Switch) | cosine (X-MoE)
+    router_dim: Optional[int] = None  # cosine router's routing width
+    router_init_scale: Optional[float] = None  # top-k gate init std sqrt(scale / d)
+    jitter: Optional[float] = None  # top-k gate input noise x * U(1 - j, 1 + j) in training
+    capacity_factor: Optional[float] = None  # training capacity factor (<= 0: no dropping)
+    eval_capacity_factor: Optional[float] = None  # eval capacity factor (<= 0: no dropping)
+    expert_dropout: Optional[float] = None  # dropout inside experts (default: activation_dropout)
+    balance_weight: Optional[float] = None  # criterion: weight of the load-balancing loss
+    z_loss: Optional[bool] = None  # criterion: add the router z-loss
+    z_loss_weight: Optional[float] = None  # criterion: its weight when added
+
+
+@dataclass
 class ModelConfig:
     """The fairseq architecture and the options that shape it.
 
@@ -91,6 +119,7 @@ class ModelConfig:
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
     share_all_embeddings: bool = True  # needs data.joined_dictionary
+    moe: MoEConfig = field(default_factory=MoEConfig)  # MoE architectures only
     args: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -54,6 +54,8 @@ def model_args(model: DictConfig) -> list[str]:
                 "share_all_embeddings": model.share_all_embeddings,
             }
         ),
+        # MoE keys left at null are not passed: dense architectures know none of them.
+        *_pairs({f"moe_{k}": v for k, v in OmegaConf.to_container(model.moe).items()}),
         *_pairs(OmegaConf.to_container(model.args)),
     ]
 

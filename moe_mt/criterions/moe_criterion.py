@@ -1,0 +1,134 @@
+"""Label-smoothed cross-entropy plus the MoE layers' auxiliary losses, with routing statistics.
+
+``moe_label_smoothed_cross_entropy``: fairseq's ``label_smoothed_nll_loss`` (summed over target
+tokens, as fairseq's own criterion) plus
+
+    sample_size * (balance_weight * balance + z_loss_weight * z)        (z only with --moe-z-loss)
+
+where ``balance`` (Switch eq. 4) and ``z`` (ST-MoE eq. 5) are each the mean over the MoE layers
+of that layer's per-token-mean loss (:func:`~moe_mt.moe.combine_aux_losses`). fairseq divides
+the summed loss by ``sample_size`` before the gradient step (and for logging), so the objective
+it optimises is ``mean CE + balance_weight * balance + z_loss_weight * z``: the aux weights mean
+the same whatever the batch size. The aux losses come from ``extra["moe"]``, the per-forward list
+that :class:`~moe_mt.models.moe_layers.MoETransformerModel` returns; for a dense model the
+criterion equals ``label_smoothed_cross_entropy``.
+
+Logged through fairseq's metrics (averaged over MoE layers, token-weighted over batches), so they
+reach ``logs/train.log``: ``moe_balance``, ``moe_z`` (unweighted aux losses), ``moe_dropped``
+(share of token assignments dropped by capacity), ``moe_active`` (share of experts that received
+a token), ``moe_entropy`` (router entropy, nats), ``moe_load_max`` / ``moe_load_min`` (tokens of
+the most / least used expert relative to a uniform share: 1.0 = balanced).
+"""
+
+# No `from __future__ import annotations`: omegaconf 2.0 reads the config dataclass types.
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from fairseq import metrics
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+)
+from torch import Tensor
+
+from moe_mt.models.moe_layers import MoELayerOutput
+from moe_mt.moe import combine_aux_losses
+
+CRITERION_NAME = "moe_label_smoothed_cross_entropy"
+#: Logged statistics, each averaged over the MoE layers of a forward pass.
+STAT_KEYS = ("moe_dropped", "moe_active", "moe_entropy", "moe_load_max", "moe_load_min")
+
+
+@dataclass
+class MoELabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    moe_balance_weight: float = field(
+        default=0.01, metadata={"help": "weight of the load-balancing loss (Switch: 0.01)"}
+    )
+    moe_z_loss: bool = field(default=False, metadata={"help": "add the router z-loss"})
+    moe_z_loss_weight: float = field(
+        default=0.001, metadata={"help": "weight of the router z-loss (ST-MoE: 0.001)"}
+    )
+
+
+def aux_coefficients(balance_weight: float, z_loss: bool, z_loss_weight: float) -> dict:
+    """Aux-loss name -> weight; a name left out is logged but not optimised."""
+    return {"balance": balance_weight, **({"z": z_loss_weight} if z_loss else {})}
+
+
+def moe_aux_loss(
+    outputs: Sequence[MoELayerOutput], coefficients: dict[str, float]
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """``(weighted total or None, per-name mean over layers)`` of the layers' aux losses."""
+    return combine_aux_losses([o.output.aux_losses for o in outputs], coefficients)
+
+
+def moe_statistics(outputs: Sequence[MoELayerOutput]) -> dict[str, Tensor]:
+    """:data:`STAT_KEYS` -> scalar, each the mean over layers (empty dict without MoE layers)."""
+    if not outputs:
+        return {}
+    rows = []
+    for o in outputs:
+        s = o.output.stats
+        tokens = s.tokens_per_expert
+        load = tokens * tokens.numel() / tokens.sum().clamp_min(1.0)  # 1.0 = a uniform share
+        rows.append(
+            [s.fraction_dropped, s.activation_rate, s.router_entropy, load.max(), load.min()]
+        )
+    means = torch.tensor([[float(v) for v in row] for row in rows]).mean(0)
+    return dict(zip(STAT_KEYS, means, strict=True))
+
+
+@register_criterion(CRITERION_NAME, dataclass=MoELabelSmoothedCrossEntropyConfig)
+class MoELabelSmoothedCrossEntropy(LabelSmoothedCrossEntropyCriterion):
+    """fairseq's label-smoothed CE plus weighted MoE aux losses (see the module docstring)."""
+
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        label_smoothing,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+        moe_balance_weight=0.01,
+        moe_z_loss=False,
+        moe_z_loss_weight=0.001,
+    ):
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        self.coefficients = aux_coefficients(moe_balance_weight, moe_z_loss, moe_z_loss_weight)
+
+    def forward(self, model, sample, reduce=True):
+        net_output = model(**sample["net_input"])
+        loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+            "nll_loss": nll_loss.data,
+        }
+        outputs = net_output[1].get("moe", [])
+        aux, means = moe_aux_loss(outputs, self.coefficients)
+        if aux is not None:
+            loss = loss + sample_size * aux.to(loss.dtype)
+        logging_output["loss"] = loss.data
+        # Per-token means, scaled by sample_size: reduce_metrics divides the sum by it again.
+        for name, value in means.items():
+            logging_output[f"moe_{name}"] = float(value.detach()) * sample_size
+        for name, value in moe_statistics(outputs).items():
+            logging_output[name] = float(value) * sample_size
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output["n_correct"] = n_correct.item()
+            logging_output["total"] = total.item()
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+        keys = sorted({k for log in logging_outputs for k in log if k.startswith("moe_")})
+        for key in keys:
+            total = sum(log.get(key, 0) for log in logging_outputs)
+            metrics.log_scalar(key, total / max(sample_size, 1), sample_size, round=3)

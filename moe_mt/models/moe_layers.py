@@ -1,0 +1,282 @@
+"""fairseq encoder/decoder layers whose FFN is an MoE block, shared by every MoE family.
+
+An MoE layer is fairseq's own layer (the dense baseline's, :mod:`moe_mt.models.transformer`)
+with its FFN swapped through the construction hooks: ``build_fc1`` / ``build_fc2`` build no dense
+weights, and the layer's FFN step (``fc2(dropout(act(fc1(x))))`` in fairseq's ``forward``) runs
+the MoE block as ``fc1`` with the other three steps set to identities (the hidden activation and
+its dropout live inside the experts). Attention, residuals and layer norms are fairseq's code.
+
+Two values cross the layer boundary without being stored on a module, through context variables
+that live exactly as long as one call:
+
+- the padding mask: the layer's ``forward`` scopes the mask it receives (``encoder_padding_mask``
+  in the encoder, ``self_attn_padding_mask`` in the decoder; ``None`` when the batch has no pads)
+  around fairseq's ``forward``, and the block reads it, so pads take no capacity and stay out of
+  losses and statistics (during incremental decoding ``x`` and the mask are one step long);
+- the block's :class:`~moe_mt.moe.MoEOutput` (aux losses, stats): every MoE layer reports it,
+  under its name (``"encoder.layers.1"``), to the observers active at that moment
+  (:func:`observe_moe`). :meth:`MoETransformerModel.forward` opens one with
+  :func:`collect_moe_outputs` around each forward pass and returns the list as
+  ``extra["moe"]`` (encoder layers first, then decoder layers, in call order). Outside any
+  observer (generation without a tracker, activation checkpointing's recomputation in backward)
+  the outputs are dropped.
+
+:class:`MoEOptions` holds the routing configuration read from fairseq's (legacy) args; the
+families (``moe_mt/models/switch.py``) add the args, state their defaults and build the block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
+from torch import Tensor, nn
+
+from moe_mt.models.transformer import (
+    MoeMtDecoder,
+    MoeMtEncoder,
+    MoeMtEncoderLayer,
+    MoeMtTransformerModel,
+)
+from moe_mt.moe import CosineRouter, ExpertBank, MoEFeedForward, MoEOutput, TopKRouter
+
+SIDES = ("encoder", "decoder", "both")
+ROUTERS = ("topk", "cosine")
+#: fairseq ``--activation-fn`` -> the expert bank's activation of the same function.
+EXPERT_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_accurate": "gelu_tanh", "swish": "silu"}
+
+
+class MoELayerOutput(NamedTuple):
+    """One MoE layer's result in one forward pass: its name and the block's output."""
+
+    name: str
+    output: MoEOutput
+
+
+Observer = Callable[[str, MoEOutput], None]
+_OBSERVERS: ContextVar[tuple[Observer, ...]] = ContextVar("moemt_moe_observers", default=())
+_PADDING_MASK: ContextVar[Tensor | None] = ContextVar("moemt_moe_padding_mask", default=None)
+
+
+@contextlib.contextmanager
+def observe_moe(observer: Observer) -> Iterator[None]:
+    """Call ``observer(layer_name, moe_output)`` for every MoE layer run inside the block."""
+    token = _OBSERVERS.set(_OBSERVERS.get() + (observer,))
+    try:
+        yield
+    finally:
+        _OBSERVERS.reset(token)
+
+
+@contextlib.contextmanager
+def collect_moe_outputs() -> Iterator[list[MoELayerOutput]]:
+    """Collect the :class:`MoELayerOutput` of every MoE layer run inside the block, in order."""
+    collected: list[MoELayerOutput] = []
+    with observe_moe(lambda name, out: collected.append(MoELayerOutput(name, out))):
+        yield collected
+
+
+@contextlib.contextmanager
+def _padding_scope(mask: Tensor | None) -> Iterator[None]:
+    token = _PADDING_MASK.set(mask)
+    try:
+        yield
+    finally:
+        _PADDING_MASK.reset(token)
+
+
+@dataclass(frozen=True)
+class MoEOptions:
+    """Where the MoE layers are and how they route (fairseq's ``--moe-*`` model args).
+
+    Layer ``i`` (0-based) of a side in ``sides`` is an MoE layer iff ``i % freq == offset % freq``.
+    """
+
+    num_experts: int
+    top_k: int
+    freq: int
+    offset: int
+    sides: str
+    router: str
+    router_dim: int
+    router_init_scale: float
+    jitter: float
+    capacity_factor: float | None
+    eval_capacity_factor: float | None
+    expert_dropout: float | None  # None: the model's activation dropout
+
+    @classmethod
+    def from_cfg(cls, cfg) -> MoEOptions:
+        """Read ``cfg.moe_<field>`` (fairseq's TransformerConfig keeps the legacy args)."""
+        values = {name: getattr(cfg, f"moe_{name}") for name in cls.__dataclass_fields__}
+        options = cls(**values)
+        options.check()
+        return options
+
+    def check(self) -> None:
+        if self.sides not in SIDES:
+            raise ValueError(f"moe_sides={self.sides!r}: expected one of {SIDES}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"moe_router={self.router!r}: expected one of {ROUTERS}")
+        if self.freq < 1:
+            raise ValueError(f"moe_freq={self.freq} must be >= 1")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"moe_top_k={self.top_k} must be in [1, {self.num_experts}]")
+
+    def is_moe_layer(self, side: str, index: int) -> bool:
+        return self.sides in (side, "both") and index % self.freq == self.offset % self.freq
+
+    def build_block(
+        self, d_model: int, d_ff: int, activation_fn: str, activation_dropout: float
+    ) -> MoEFeedForward:
+        """The MoE FFN: router, ``num_experts`` experts of width ``d_ff``, capacity factors."""
+        if activation_fn not in EXPERT_ACTIVATIONS:
+            raise ValueError(
+                f"--activation-fn {activation_fn} has no MoE expert equivalent; "
+                f"use one of {sorted(EXPERT_ACTIVATIONS)}"
+            )
+        if self.router == "cosine":
+            router = CosineRouter(d_model, self.num_experts, self.top_k, d_route=self.router_dim)
+        else:
+            router = TopKRouter(
+                d_model, self.num_experts, self.top_k, self.jitter, self.router_init_scale
+            )
+        dropout = activation_dropout if self.expert_dropout is None else self.expert_dropout
+        experts = ExpertBank(
+            self.num_experts, d_model, d_ff, activation=EXPERT_ACTIVATIONS[activation_fn],
+            dropout=dropout,
+        )  # fmt: skip
+        return MoEFeedForward(router, experts, self.capacity_factor, self.eval_capacity_factor)
+
+
+class _MoEFFNMixin:
+    """Swaps a fairseq layer's FFN for ``self.moe`` (see the module docstring)."""
+
+    # fairseq's __init__ reads the dense FFN's shapes; meta tensors give them without memory.
+    def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
+        return nn.Linear(input_dim, output_dim, device="meta")
+
+    def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
+        return nn.Linear(input_dim, output_dim, device="meta")
+
+    def _install_moe(self, block: MoEFeedForward, name: str) -> None:
+        self.moe = block
+        self.moe_name = name
+        # Expert hidden dropout is the experts' own; the FFN steps around fc1 become identities.
+        self.activation_dropout_module = nn.Identity()
+        self.activation_fn = _identity
+        self.fc2 = nn.Identity()
+        # fc1 is an alias of the block's call, not a second registered module (one state-dict key).
+        del self._modules["fc1"]
+        object.__setattr__(self, "fc1", self._moe_ffn)
+
+    def _moe_ffn(self, x: Tensor) -> Tensor:
+        out = self.moe.forward_tbd(x, _PADDING_MASK.get())
+        for observer in _OBSERVERS.get():
+            observer(self.moe_name, out)
+        return out.y
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _activation_dropout(cfg) -> float:
+    # fairseq's layers fall back to relu_dropout when activation_dropout is 0.
+    return float(cfg.activation_dropout or getattr(cfg, "relu_dropout", 0) or 0)
+
+
+class MoEEncoderLayer(_MoEFFNMixin, MoeMtEncoderLayer):
+    """The baseline's encoder layer with an MoE FFN (``block``), reporting as ``name``."""
+
+    def __init__(self, cfg, block: MoEFeedForward, name: str, return_fc: bool = False):
+        super().__init__(cfg, return_fc=return_fc)
+        self._install_moe(block, name)
+
+    def forward(self, x, encoder_padding_mask: Tensor | None, attn_mask: Tensor | None = None):
+        with _padding_scope(encoder_padding_mask):
+            return super().forward(x, encoder_padding_mask, attn_mask)
+
+
+class MoEDecoderLayer(_MoEFFNMixin, TransformerDecoderLayerBase):
+    """fairseq's decoder layer with an MoE FFN (``block``), reporting as ``name``."""
+
+    def __init__(self, cfg, block: MoEFeedForward, name: str, no_encoder_attn: bool = False):
+        if getattr(cfg, "scale_fc", False):
+            raise ValueError("--scale-fc (a LayerNorm on the FFN's hidden layer) is not supported")
+        super().__init__(cfg, no_encoder_attn)
+        self._install_moe(block, name)
+
+    def forward(
+        self,
+        x,
+        encoder_out: Tensor | None = None,
+        encoder_padding_mask: Tensor | None = None,
+        incremental_state=None,
+        prev_self_attn_state=None,
+        prev_attn_state=None,
+        self_attn_mask: Tensor | None = None,
+        self_attn_padding_mask: Tensor | None = None,
+        need_attn: bool = False,
+        need_head_weights: bool = False,
+    ):
+        with _padding_scope(self_attn_padding_mask):
+            return super().forward(
+                x, encoder_out, encoder_padding_mask, incremental_state, prev_self_attn_state,
+                prev_attn_state, self_attn_mask, self_attn_padding_mask, need_attn,
+                need_head_weights,
+            )  # fmt: skip
+
+
+class MoEEncoder(MoeMtEncoder):
+    """The baseline encoder; layers chosen by :meth:`MoEOptions.is_moe_layer` are MoE layers."""
+
+    def make_layer(self, cfg, index: int) -> nn.Module:
+        options = MoEOptions.from_cfg(cfg)
+        if not options.is_moe_layer("encoder", index):
+            return super().make_layer(cfg, index)
+        block = options.build_block(
+            cfg.encoder.embed_dim, cfg.encoder.ffn_embed_dim, cfg.activation_fn,
+            _activation_dropout(cfg),
+        )  # fmt: skip
+        return MoEEncoderLayer(cfg, block, f"encoder.layers.{index}", return_fc=self.return_fc)
+
+
+class MoEDecoder(MoeMtDecoder):
+    """The baseline decoder; layers chosen by :meth:`MoEOptions.is_moe_layer` are MoE layers."""
+
+    def make_layer(self, cfg, index: int, no_encoder_attn: bool) -> nn.Module:
+        options = MoEOptions.from_cfg(cfg)
+        if not options.is_moe_layer("decoder", index):
+            return super().make_layer(cfg, index, no_encoder_attn)
+        block = options.build_block(
+            cfg.decoder.embed_dim, cfg.decoder.ffn_embed_dim, cfg.activation_fn,
+            _activation_dropout(cfg),
+        )  # fmt: skip
+        return MoEDecoderLayer(cfg, block, f"decoder.layers.{index}", no_encoder_attn)
+
+
+class MoETransformerModel(MoeMtTransformerModel):
+    """The baseline model with MoE encoder/decoder; ``forward`` adds ``extra["moe"]``.
+
+    ``extra["moe"]`` is the list of :class:`MoELayerOutput` of this forward pass (encoder layers,
+    then decoder layers); nothing is kept on the modules afterwards. Families register a
+    subclass with their ``add_args`` and architectures.
+    """
+
+    encoder_class = MoEEncoder
+    decoder_class = MoEDecoder
+
+    def forward(self, *args, **kwargs):
+        with collect_moe_outputs() as collected:
+            x, extra = super().forward(*args, **kwargs)
+        extra["moe"] = collected
+        return x, extra
+
+    def moe_layers(self) -> list[tuple[str, MoEFeedForward]]:
+        """``(name, block)`` of every MoE layer, encoder first."""
+        return [(m.moe_name, m.moe) for m in self.modules() if isinstance(m, _MoEFFNMixin)]
