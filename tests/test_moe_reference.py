@@ -152,6 +152,23 @@ def test_bank_variants_match_reference(impl, activation, bias):
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("impl", ["fused", "loop"])
+def test_bank_with_output_width_other_than_input(impl):
+    """MH-MoE's experts see sub-tokens narrower than the model: widths are the bank's own."""
+    layer = make_layer(2, impl, torch.float64, None, d_out=3)
+    x = torch.randn(T, D, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    routing = layer.router(x)
+    ref, _ = reference_moe(
+        x, None, routing.expert_index, routing.combine_weight, layer.experts, None
+    )
+    assert out.y.shape == (T, 3)
+    torch.testing.assert_close(out.y, ref)
+    params = [x, *layer.parameters()]
+    for got, want in zip(grads(out.y, params), grads(ref, params), strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_expert_dropout_matches_loop_under_the_same_seed():
     """Fused and loop draw one mask per step over the same rows; same seed, same result."""
     x = torch.randn(T, D)

@@ -1,7 +1,23 @@
 """Pure PyTorch Mixture-of-Experts building blocks (routers, dispatch, expert banks).
 
 Imports torch only, never fairseq, so that every method can be tested, benchmarked and
-reused without a trainer.
+reused without a trainer. One shape for every token-choice method::
+
+    routing = router(x, pad_mask)                    # Routing: expert_index [t, k],
+                                                     # combine_weight [t, k], aux_losses, stats
+    plan = plan_dispatch(routing.expert_index, e, capacity, pad_mask)   # counts + permutation
+    grouped = dispatch(x, plan)                      # [m, d], contiguous per expert
+    out = experts(grouped, plan.counts)              # ExpertBank, weights [e, d, f], [e, f, o]
+    y = combine(out, plan, routing.combine_weight, t)                   # [t, o]
+
+:class:`MoEFeedForward` is that pipeline as a layer (flat ``[t, d]`` or fairseq's ``[n, b, d]``
+via ``forward_tbd``). Soft MoE (per sentence, no discrete choice) uses
+:class:`SoftSlotRouter` with :func:`soft_dispatch` / :func:`soft_combine` and the same bank.
+
+Files, one concept each: ``routing`` (Routing, Router base, top-k selection, layout helpers),
+``router_topk`` / ``router_cosine`` / ``router_random`` / ``soft`` (routers), ``dispatch``
+(capacity, priority rule, plan, gathers), ``experts`` and ``grouped_ffn`` (expert bank),
+``losses`` (balance, z-loss, combination across layers), ``stats``, ``layer``.
 """
 
 from moe_mt.moe.dispatch import (
