@@ -135,9 +135,10 @@ class _Combine(torch.autograd.Function):
         ctx.save_for_backward(grouped, weight, row_index, token_index, flat_choice)
         ctx.weight_dtype = weight.dtype
         weight = weight.to(grouped.dtype)
-        if weight.shape[1] == 1:
-            return gathered[:, 0] * weight
-        return torch.bmm(weight[:, None, :], gathered)[:, 0]
+        y = gathered[:, 0] * weight[:, :1]
+        for j in range(1, weight.shape[1]):
+            y.addcmul_(gathered[:, j], weight[:, j : j + 1])
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):
