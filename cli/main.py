@@ -129,5 +129,17 @@ def version() -> None:
         console.print(f"  {name} {value}")
 
 
+from moe_mt.cli import eval_commands  # noqa: E402  (registers `eval` and `translate`)
+
+eval_commands.register(
+    app,
+    user_errors=user_errors,
+    config_arg=ConfigArg,
+    overrides_arg=OverridesArg,
+    console=console,
+    err_console=err_console,
+)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,122 @@
+"""``moemt eval`` and ``moemt translate``: parse, load the config, call the workflow, print.
+
+:func:`register` adds both commands to the ``moemt`` app; it receives main's helpers (error
+mapping, argument types, consoles) so that this module does not import ``moe_mt.cli.main``.
+"""
+
+# No `from __future__ import annotations`: typer reads the parameter annotations, which are
+# the argument types handed to register().
+import sys
+
+from rich.table import Table
+
+
+def eval_table(report: dict) -> Table:
+    """Scores with their signatures, then the checkpoint, speed and bootstrap, of a report."""
+    checkpoint = report["checkpoint"]
+    table = Table(title=f"eval {report['name']} ({report['lines']:,} lines)")
+    table.add_column("metric")
+    table.add_column("score", justify="right")
+    table.add_column("signature", overflow="fold")
+    for name, info in report["scores"].items():
+        table.add_row(name, f"{info['score']:.2f}", info["signature"])
+    timing = report["timing"]
+    source = checkpoint["path"]
+    if checkpoint["choice"] == "average":
+        names = ", ".join(_name(c["path"]) for c in checkpoint["averaged"])
+        source += f" (average of {names}{', reused' if checkpoint['reused'] else ''})"
+    table.caption = (
+        f"checkpoint {source}, {checkpoint['num_updates']:,} updates; "
+        f"{report['parameters']:,} parameters; beam {report['decoding']['beam']}; "
+        f"{timing['sentences_per_second']:.1f} sentences/s, "
+        f"{timing['tokens_per_second']:.0f} tokens/s"
+    )
+    return table
+
+
+def bootstrap_table(bootstrap: dict) -> Table:
+    baseline = bootstrap["baseline"]["run_dir"]
+    table = Table(
+        title=f"paired bootstrap against {baseline} "
+        f"({bootstrap['resamples']:,} resamples, seed {bootstrap['seed']})"
+    )
+    for column in ("metric", "baseline", "this run", "p-value"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, m in bootstrap["metrics"].items():
+        table.add_row(
+            name,
+            f"{m['baseline']:.2f} ({m['baseline_mean']:.2f} ± {m['baseline_ci95']:.2f})",
+            f"{m['system']:.2f} ({m['system_mean']:.2f} ± {m['system_ci95']:.2f})",
+            f"{m['p_value']:.4f}",
+        )
+    table.caption = "score (bootstrap mean ± 95% CI half-width); p: chance of the difference"
+    return table
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def _read_stdin_lines():
+    """Lines of stdin as UTF-8 text, newline removed, read lazily."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text-only stream (some embedding hosts)
+        for line in sys.stdin:
+            yield line.rstrip("\n")
+        return
+    from moe_mt.errors import MoeMtError
+
+    for number, raw in enumerate(stream, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MoeMtError(f"<stdin>:{number}: invalid UTF-8") from None
+        yield text[:-1] if text.endswith("\n") else text
+
+
+def _write_stdout(lines: list[str]) -> None:
+    data = "".join(line + "\n" for line in lines)
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is None:
+        sys.stdout.write(data)
+        sys.stdout.flush()
+    else:
+        sys.stdout.flush()
+        stream.write(data.encode("utf-8"))
+        stream.flush()
+
+
+def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
+    """Add ``eval`` and ``translate`` to ``app``."""
+
+    def eval_command(config: config_arg, overrides: overrides_arg = None) -> None:
+        """Translate a test set with a checkpoint and score it (BLEU, chrF2, TER; sacrebleu)."""
+        from moe_mt.config import load_config
+        from moe_mt.workflows.evaluate import evaluate
+
+        cfg = load_config(config, overrides or [])
+        result = evaluate(cfg, console=err_console)
+        console.print(eval_table(result.report))
+        if result.report["bootstrap"] is not None:
+            console.print(bootstrap_table(result.report["bootstrap"]))
+        console.print(f"wrote {result.out_dir} (hyp.txt, report.json)", highlight=False)
+
+    def translate_command(config: config_arg, overrides: overrides_arg = None) -> None:
+        """Translate the lines of stdin to stdout, one per line, with eval's checkpoint choice."""
+        from moe_mt.config import load_config
+        from moe_mt.workflows.translate import translate_stream
+
+        cfg = load_config(config, overrides or [])
+        # Interactive: answer each line at once; piped: batch up to 10,000 lines at a time.
+        chunk = 1 if sys.stdin.isatty() else 10_000
+        summary = translate_stream(cfg, _read_stdin_lines(), _write_stdout, chunk_lines=chunk)
+        chosen = summary.checkpoint
+        err_console.print(
+            f"translated {summary.lines:,} lines in {summary.seconds:.1f} s with "
+            f"{chosen.path} ({chosen.num_updates:,} updates)"
+            + (f"; {summary.truncated} over-long sources cut" if summary.truncated else ""),
+            highlight=False,
+        )
+
+    app.command("eval")(user_errors(eval_command))
+    app.command("translate")(user_errors(translate_command))

@@ -1,0 +1,308 @@
+"""Which checkpoint to evaluate: the last, the best, an average of the last N, or a path.
+
+Checkpoints are always read through fairseq's ``checkpoint_utils.load_checkpoint_to_cpu``, which
+loads with torch's ``weights_only=True`` and the allow-list of :mod:`moe_mt.compat`: reading a
+checkpoint never runs code from it.
+
+Averaging (``eval.checkpoint=average``) takes the periodic checkpoints of a run, both
+``checkpoint<epoch>.pt`` and ``checkpoint_<epoch>_<update>.pt``, orders them by the update count
+recorded inside each (``optimizer_history[-1]["num_updates"]``; one file per count, since an
+epoch end can be saved under both names), and averages the parameters of the last N
+element-wise. ``checkpoint_last.pt`` and ``checkpoint_best.pt`` are copies of periodic ones and
+are not candidates. The average is written atomically to ``checkpoints/average_last<N>.pt``
+together with a record of its inputs (name, size, mtime, update count), and reused as long as
+the candidates on disk are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from moe_mt.errors import MoeMtError
+
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+CHOICES = ("last", "best", "average")
+AVERAGE_KEY = "moemt_average"  # top-level key of an averaged checkpoint: what it was made of
+AVERAGE_FORMAT = 1
+
+_EPOCH = re.compile(r"checkpoint(\d+)\.pt")
+_UPDATE = re.compile(r"checkpoint_(\d+)_(\d+)\.pt")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint file and the number of updates it was saved at."""
+
+    path: Path
+    num_updates: int
+
+
+@dataclass
+class ChosenCheckpoint:
+    """The outcome of :func:`choose_checkpoint`."""
+
+    path: Path
+    num_updates: int
+    choice: str  # last | best | average | path
+    averaged: list[CheckpointInfo] = field(default_factory=list)  # inputs of an average
+    reused: bool = False  # an existing average was still valid
+
+    def as_dict(self) -> dict:
+        info = {"choice": self.choice, "path": str(self.path), "num_updates": self.num_updates}
+        if self.choice == "average":
+            info["averaged"] = [
+                {"path": str(c.path), "num_updates": c.num_updates} for c in self.averaged
+            ]
+            info["reused"] = self.reused
+        return info
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def load_state(path: str | Path, arg_overrides: dict | None = None) -> dict:
+    """A checkpoint's state on CPU, through fairseq's safe loader; unreadable -> MoeMtError."""
+    from fairseq import checkpoint_utils
+
+    path = Path(path)
+    if not path.is_file():
+        raise MoeMtError(f"{path}: no such checkpoint")
+    try:
+        return checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides)
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MoeMtError(f"{path}: cannot read checkpoint: {message}") from exc
+
+
+def state_num_updates(state: dict) -> int:
+    """Updates recorded in a loaded checkpoint state (0 when it has no optimizer history)."""
+    history = state.get("optimizer_history") or [{}]
+    return int(history[-1].get("num_updates", 0))
+
+
+def read_num_updates(path: str | Path) -> int:
+    return state_num_updates(load_state(path))
+
+
+def periodic_checkpoint_files(checkpoint_dir: Path) -> list[Path]:
+    """``checkpoint<epoch>.pt`` and ``checkpoint_<epoch>_<update>.pt`` files of a directory."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(
+        p
+        for p in checkpoint_dir.iterdir()
+        if p.is_file() and (_EPOCH.fullmatch(p.name) or _UPDATE.fullmatch(p.name))
+    )
+
+
+def periodic_checkpoints(
+    checkpoint_dir: Path, known: dict[str, dict] | None = None
+) -> list[CheckpointInfo]:
+    """The periodic checkpoints ordered by update count, one file per count.
+
+    ``known`` maps file names to ``{"size", "mtime_ns", "num_updates"}`` recorded earlier: a
+    file whose size and mtime still match is not loaded again.
+    """
+    known = known or {}
+    by_updates: dict[int, CheckpointInfo] = {}
+    for path in periodic_checkpoint_files(checkpoint_dir):
+        record = known.get(path.name)
+        if record is not None and _stat_record(path) == _stat_part(record):
+            updates = int(record["num_updates"])
+        else:
+            updates = read_num_updates(path)
+        previous = by_updates.get(updates)
+        # An epoch end saved under both names: prefer the update-named file (stable choice).
+        if previous is None or _UPDATE.fullmatch(path.name):
+            by_updates[updates] = CheckpointInfo(path, updates)
+    return [by_updates[u] for u in sorted(by_updates)]
+
+
+def _stat_record(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _stat_part(record: dict) -> dict:
+    return {"size": record.get("size"), "mtime_ns": record.get("mtime_ns")}
+
+
+# -- averaging -------------------------------------------------------------------------------
+
+
+def average_model_states(
+    states: Sequence[dict[str, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Element-wise mean of model state dicts (oldest first, newest last).
+
+    Floating-point tensors: summed in float64 in the order given, divided by the count, cast
+    back to their dtype. Other tensors (integer counters, boolean masks) cannot be averaged:
+    they are taken from the newest state. Returns the average and the names of non-float
+    tensors whose values differ between the inputs.
+    """
+    if not states:
+        raise ValueError("nothing to average")
+    names = list(states[-1])
+    for state in states:
+        if set(state) != set(names):
+            diff = sorted(set(state) ^ set(names))
+            raise MoeMtError(
+                f"cannot average checkpoints of different models (parameters differ: "
+                f"{', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''})"
+            )
+    averaged: dict[str, torch.Tensor] = {}
+    differing: list[str] = []
+    for name in names:
+        tensors = [state[name] for state in states]
+        newest = tensors[-1]
+        for t in tensors:
+            if t.shape != newest.shape:
+                raise MoeMtError(
+                    f"cannot average checkpoints of different models ({name}: shape "
+                    f"{tuple(t.shape)} vs {tuple(newest.shape)})"
+                )
+        if newest.is_floating_point():
+            total = torch.zeros(newest.shape, dtype=torch.float64)
+            for t in tensors:
+                total += t.to(torch.float64)
+            averaged[name] = (total / len(tensors)).to(newest.dtype)
+        else:
+            averaged[name] = newest.clone()
+            if any(not torch.equal(t, newest) for t in tensors[:-1]):
+                differing.append(name)
+    return averaged, differing
+
+
+def average_checkpoints(inputs: Sequence[CheckpointInfo], output: Path, record: dict) -> None:
+    """Write the average of ``inputs`` (oldest first) to ``output`` atomically.
+
+    The file is the newest input's state (config, update count, training position) with the
+    averaged parameters, without the optimizer state, plus ``record`` under
+    :data:`AVERAGE_KEY`.
+    """
+    from omegaconf import OmegaConf
+
+    states = [load_state(info.path) for info in inputs]
+    model, differing = average_model_states([s["model"] for s in states])
+    state = states[-1]
+    state["model"] = model
+    state.pop("last_optimizer_state", None)
+    if OmegaConf.is_config(state.get("cfg")):
+        # fairseq stores plain containers; the loader turned it into a DictConfig.
+        state["cfg"] = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)
+    state[AVERAGE_KEY] = {**record, "non_float_differing": differing}
+    _atomic_torch_save(state, output)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            torch.save(obj, out)
+            out.flush()
+            os.fsync(out.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def average_path(checkpoint_dir: Path, last: int) -> Path:
+    return checkpoint_dir / f"average_last{last}.pt"
+
+
+def averaged_checkpoint(checkpoint_dir: Path, last: int) -> ChosenCheckpoint:
+    """The average of the last ``last`` periodic checkpoints, reused when still valid.
+
+    The caller holds the run directory's lock (this may write ``average_last<N>.pt``).
+    """
+    if last < 1:
+        raise MoeMtError(f"eval.average_last must be at least 1, not {last}")
+    output = average_path(checkpoint_dir, last)
+    previous = _existing_average(output)
+    known = previous.get("candidates", {}) if previous else {}
+    candidates = periodic_checkpoints(checkpoint_dir, known)
+    if len(candidates) < last:
+        found = ", ".join(c.path.name for c in candidates) or "none"
+        raise MoeMtError(
+            f"{checkpoint_dir}: averaging the last {last} checkpoints needs {last} periodic "
+            f"checkpoints (checkpoint<epoch>.pt, checkpoint_<epoch>_<update>.pt); found "
+            f"{len(candidates)} ({found}); lower eval.average_last"
+        )
+    chosen = candidates[-last:]
+    record = {
+        "format": AVERAGE_FORMAT,
+        "inputs": [_input_record(c) for c in chosen],
+        "candidates": {c.path.name: _input_record(c) for c in candidates},
+    }
+    reused = previous is not None and previous.get("inputs") == record["inputs"]
+    if not reused:
+        average_checkpoints(chosen, output, record)
+    return ChosenCheckpoint(
+        path=output,
+        num_updates=chosen[-1].num_updates,
+        choice="average",
+        averaged=list(chosen),
+        reused=reused,
+    )
+
+
+def _input_record(info: CheckpointInfo) -> dict:
+    return {"name": info.path.name, **_stat_record(info.path), "num_updates": info.num_updates}
+
+
+def _existing_average(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        record = load_state(path).get(AVERAGE_KEY)
+    except MoeMtError:
+        return None  # unreadable (e.g. truncated by a crash elsewhere): rebuild it
+    if not isinstance(record, dict) or record.get("format") != AVERAGE_FORMAT:
+        return None
+    return record
+
+
+# -- choosing --------------------------------------------------------------------------------
+
+
+def choose_checkpoint(checkpoint_dir: str | Path, choice: str, average_last: int = 5):
+    """Resolve ``eval.checkpoint``: ``last`` | ``best`` | ``average`` | a checkpoint path.
+
+    A bare file name (``checkpoint_1_20.pt``) is looked up in ``checkpoint_dir`` first; any
+    other path is taken as given (relative to the working directory). For ``average`` the
+    caller must hold the run directory's lock.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if choice == "average":
+        return averaged_checkpoint(checkpoint_dir, average_last)
+    if choice in ("last", "best"):
+        path = checkpoint_dir / (LAST if choice == "last" else BEST)
+        if not path.is_file():
+            raise MoeMtError(
+                f"{path}: no such checkpoint (eval.checkpoint={choice}); train this run first"
+            )
+    else:
+        path = Path(choice).expanduser()
+        if path.name == choice and (checkpoint_dir / choice).is_file():
+            path = checkpoint_dir / choice
+        if not path.is_file():
+            raise MoeMtError(
+                f"eval.checkpoint={choice}: no such file (nor {checkpoint_dir / path.name}); "
+                f"use last, best, average or a checkpoint path"
+            )
+        path, choice = path.resolve(), "path"
+    return ChosenCheckpoint(path=path, num_updates=read_num_updates(path), choice=choice)

@@ -1,0 +1,315 @@
+"""Translate text with a trained run: sentencepiece in, fairseq beam search, sentencepiece out.
+
+:class:`Translator` loads a checkpoint of a run directory with its task (the dictionaries of
+``data/bin``) and the run's sentencepiece model(s) (``data/manifest.json``), and translates a
+list of lines. Lines are batched by fairseq's own inference dataset and batch sampler (sorted by
+length, bounded by ``max_tokens`` and ``batch_size``); hypotheses come back in input order. Beam
+search is fairseq's ``SequenceGenerator``, built by ``task.build_generator``.
+
+Empty (or blank) input lines give empty output lines without reaching the model; a source
+longer than the model's positions is cut to fit (and counted in ``Translations.truncated``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from moe_mt.checkpoints import load_state, state_num_updates
+from moe_mt.errors import MoeMtError
+from moe_mt.workflows.rundir import RunDir
+
+#: Names of the parameters that fairseq's encoder layers register as a contiguous copy of their
+#: attention and FFN weights for the BetterTransformer path (disabled by moe_mt.compat): they
+#: duplicate real parameters, so they are not counted.
+BETTERTRANSFORMER_COPIES = (
+    "in_proj_weight",
+    "in_proj_bias",
+    "out_proj_weight",
+    "out_proj_bias",
+    "fc1_weight",
+    "fc1_bias",
+    "fc2_weight",
+    "fc2_bias",
+)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Beam search and batching (the decoding keys of ``EvalConfig``)."""
+
+    beam: int = 5
+    lenpen: float = 1.0
+    max_len_a: float = 1.2  # hypotheses are at most max_len_a * source length + max_len_b
+    max_len_b: int = 10
+    no_repeat_ngram_size: int = 0
+    max_tokens: int | None = 6000  # source tokens per batch (padding included)
+    batch_size: int | None = None  # sentences per batch
+
+    @classmethod
+    def from_config(cls, eval_cfg: DictConfig) -> DecodeOptions:
+        options = cls(**{name: eval_cfg[name] for name in cls.__dataclass_fields__})
+        options.check()
+        return options
+
+    def check(self) -> None:
+        if self.beam < 1:
+            raise MoeMtError(f"eval.beam must be at least 1, not {self.beam}")
+        if self.max_tokens is None and self.batch_size is None:
+            raise MoeMtError("eval.max_tokens or eval.batch_size must be set")
+        for key in ("max_tokens", "batch_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise MoeMtError(f"eval.{key} must be at least 1, not {value}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Translations:
+    """Hypotheses in input order, with the counts behind the speed figures."""
+
+    hypotheses: list[str]
+    seconds: float  # encoding + beam search + decoding, model loading excluded
+    source_tokens: int  # subword tokens fed to the encoder (EOS included)
+    generated_tokens: int  # subword tokens of the best hypotheses (EOS included, as fairseq)
+    truncated: int  # sources cut to the model's maximum source positions
+
+    @property
+    def sentences_per_second(self) -> float:
+        return len(self.hypotheses) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Trainable weights of ``model``: each shared tensor once, BetterTransformer copies not."""
+    from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
+
+    copies = {
+        id(getattr(module, name))
+        for module in model.modules()
+        if isinstance(module, TransformerEncoderLayerBase)
+        for name in BETTERTRANSFORMER_COPIES
+        if isinstance(getattr(module, name, None), torch.nn.Parameter)
+    }
+    return sum(p.numel() for p in model.parameters() if id(p) not in copies)
+
+
+def _read_manifest(run_dir: RunDir) -> dict:
+    try:
+        return json.loads(run_dir.manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MoeMtError(
+            f"{run_dir.manifest}: no prepared data ({type(exc).__name__}); run `moemt prep` first"
+        ) from None
+
+
+class Translator:
+    """A loaded model (or ensemble), its task, the sentencepiece models and decoding options."""
+
+    def __init__(
+        self, models, task, options: DecodeOptions, spm_src, spm_tgt, num_updates: int, arch=None
+    ):
+        self.models = models
+        self.task = task
+        self.options = options
+        self.spm_src = spm_src
+        self.spm_tgt = spm_tgt
+        self.num_updates = num_updates
+        self.arch = arch
+        self.generator = task.build_generator(models, _generation_config(options))
+        from fairseq import utils
+
+        self.max_positions = utils.resolve_max_positions(
+            task.max_positions(), *[m.max_positions() for m in models]
+        )
+
+    @classmethod
+    def load(cls, run_dir: str | Path, checkpoint: str | Path, options: DecodeOptions):
+        """Load ``checkpoint`` with the task, dictionaries and spm model(s) of ``run_dir``."""
+        import moe_mt
+
+        moe_mt.register()
+        import sentencepiece
+        from fairseq import checkpoint_utils
+
+        run = RunDir(run_dir)
+        manifest = _read_manifest(run)
+        bin_dir = run.data / manifest["files"]["bin"]
+        # The checkpoint names the data-bin it was trained on; read this run's (a copied or
+        # moved run directory keeps working).
+        overrides = {"data": str(bin_dir)}
+        state = load_state(checkpoint, overrides)
+        try:
+            models, model_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+                [str(checkpoint)], arg_overrides=overrides, state=state
+            )
+        except (RuntimeError, KeyError, FileNotFoundError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MoeMtError(f"{checkpoint}: cannot load model with {bin_dir}: {first}") from exc
+        num_updates = state_num_updates(state)
+        del state
+        for model in models:
+            model.eval()
+            model.make_generation_fast_(beamable_mm_beam_size=options.beam, need_attn=False)
+        langs = manifest["languages"]
+        spm_files = manifest["files"]["spm"]
+        spm_src, spm_tgt = (
+            sentencepiece.SentencePieceProcessor(model_file=str(run.data / spm_files[lang]))
+            for lang in (langs["src"], langs["tgt"])
+        )
+        arch = getattr(model_cfg.model, "arch", None) or getattr(model_cfg.model, "_name", None)
+        return cls(models, task, options, spm_src, spm_tgt, num_updates, arch)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(count_parameters(m) for m in self.models)
+
+    def translate(
+        self, lines: Sequence[str], on_batch: Callable[[int], None] | None = None
+    ) -> Translations:
+        """Translate ``lines`` (no newlines); ``on_batch(n)`` after each batch of n lines."""
+        started = time.perf_counter()
+        hypotheses = [""] * len(lines)
+        ids, tokens, truncated = self._encode(lines)
+        if len(ids) < len(lines) and on_batch is not None:
+            on_batch(len(lines) - len(ids))  # blank lines: done already
+        generated = 0
+        if ids:
+            dataset = self.task.build_dataset_for_inference(tokens, [t.numel() for t in tokens])
+            batches = self.task.get_batch_iterator(
+                dataset=dataset,
+                max_tokens=self.options.max_tokens,
+                max_sentences=self.options.batch_size,
+                max_positions=self.max_positions,
+                ignore_invalid_inputs=False,
+                disable_iterator_cache=True,
+            )
+            with warnings.catch_warnings():
+                # fairseq's iterator asks for pinned memory, which CPU-only torch warns about.
+                warnings.filterwarnings("ignore", message=".*pin_memory.*")
+                batches = batches.next_epoch_itr(shuffle=False)
+            strip = getattr(self.generator, "symbols_to_strip_from_output", None)
+            tgt_dict = self.task.target_dictionary
+            for batch in batches:
+                results = self.task.inference_step(self.generator, self.models, batch)
+                for index, hypos in zip(batch["id"].tolist(), results, strict=True):
+                    best = hypos[0]["tokens"]
+                    generated += best.numel()
+                    pieces = tgt_dict.string(best.int().cpu(), extra_symbols_to_ignore=strip)
+                    hypotheses[ids[index]] = self.spm_tgt.decode(pieces.split())
+                if on_batch is not None:
+                    on_batch(len(results))
+        return Translations(
+            hypotheses=hypotheses,
+            seconds=time.perf_counter() - started,
+            source_tokens=sum(t.numel() for t in tokens),
+            generated_tokens=generated,
+            truncated=truncated,
+        )
+
+    def _encode(self, lines: Sequence[str]):
+        """Token tensors of the non-blank lines, their line numbers, and how many were cut."""
+        src_dict = self.task.source_dictionary
+        limit = self.max_positions[0] if isinstance(self.max_positions, tuple) else None
+        ids, texts = [], []
+        for number, line in enumerate(lines):
+            if line.strip():
+                ids.append(number)
+                texts.append(line)
+        tokens, truncated = [], 0
+        for pieces in self.spm_src.encode(texts, out_type=str):
+            encoded = src_dict.encode_line(
+                " ".join(pieces), add_if_not_exist=False, append_eos=True
+            ).long()
+            if limit is not None and encoded.numel() > limit:
+                encoded = torch.cat([encoded[: limit - 1], encoded[-1:]])
+                truncated += 1
+            tokens.append(encoded)
+        longest = max((t.numel() for t in tokens), default=0)
+        if self.options.max_tokens is not None and longest > self.options.max_tokens:
+            raise MoeMtError(
+                f"eval.max_tokens={self.options.max_tokens} is less than the longest source "
+                f"({longest} tokens); raise it"
+            )
+        return ids, tokens, truncated
+
+
+def _generation_config(options: DecodeOptions):
+    from fairseq.dataclass.configs import GenerationConfig
+
+    return GenerationConfig(
+        beam=options.beam,
+        lenpen=options.lenpen,
+        max_len_a=options.max_len_a,
+        max_len_b=options.max_len_b,
+        no_repeat_ngram_size=options.no_repeat_ngram_size,
+    )
+
+
+@dataclass
+class StreamSummary:
+    checkpoint: object  # moe_mt.checkpoints.ChosenCheckpoint
+    lines: int
+    seconds: float
+    generated_tokens: int
+    truncated: int
+
+
+def translate_stream(
+    cfg: DictConfig,
+    lines: Iterable[str],
+    write: Callable[[list[str]], None],
+    chunk_lines: int = 10_000,
+) -> StreamSummary:
+    """Translate ``lines`` with the checkpoint and options of ``cfg.eval``; ``write`` receives
+    the translations of each chunk of ``chunk_lines`` input lines, in input order.
+
+    The run directory is locked only while the checkpoint is chosen, and only when that may
+    write (``eval.checkpoint=average``), so that a run in training can still be sampled.
+    """
+    from moe_mt.checkpoints import choose_checkpoint
+
+    run_dir = RunDir(cfg.run_dir)
+    options = DecodeOptions.from_config(cfg.eval)
+    choose = functools.partial(
+        choose_checkpoint, run_dir.checkpoints, cfg.eval.checkpoint, cfg.eval.average_last
+    )
+    if cfg.eval.checkpoint == "average":
+        with run_dir.locked():
+            chosen = choose()
+    else:
+        chosen = choose()
+    translator = Translator.load(run_dir.root, chosen.path, options)
+    summary = StreamSummary(chosen, 0, 0.0, 0, 0)
+    for chunk in _chunks(lines, chunk_lines):
+        result = translator.translate(chunk)
+        write(result.hypotheses)
+        summary.lines += len(chunk)
+        summary.seconds += result.seconds
+        summary.generated_tokens += result.generated_tokens
+        summary.truncated += result.truncated
+    return summary
+
+
+def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
