@@ -152,3 +152,38 @@ def _generate(data_bin: Path, checkpoint: Path) -> list[str]:
     generate.main(cfg)
     out = (checkpoint.parent / "gen" / "generate-test.txt").read_text(encoding="utf-8")
     return [line for line in out.splitlines() if line.startswith("H-")]
+
+
+def test_fairseq_preprocess_in_process(shipped_corpus, tmp_path):
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    parser = options.get_preprocessing_parser()
+    args = parser.parse_args(
+        ["--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
+         "--trainpref", str(shipped_corpus / "valid"), "--validpref", str(shipped_corpus / "test"),
+         "--destdir", str(tmp_path / "bin"), "--workers", "2"]
+    )  # fmt: skip
+    preprocess.main(args)
+    for split in ("train", "valid"):
+        for lang in ("en", "de"):
+            assert (tmp_path / "bin" / f"{split}.en-de.{lang}.bin").stat().st_size > 0
+
+
+def test_fairseq_interactive_in_process(trained, prepped_demo, tmp_path, capsys):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import interactive
+
+    source = tmp_path / "input.en"
+    source.write_text("Tom is here.\nI like green tea very much.\n", encoding="utf-8")
+    data = prepped_demo / "data"
+    args = [
+        str(data / "bin"), "--path", str(trained / "checkpoint_last.pt"), "--source-lang", "en",
+        "--target-lang", "de", "--bpe", "sentencepiece", "--sentencepiece-model",
+        str(data / "spm.model"), "--input", str(source), "--beam", "2", "--max-len-b", "10",
+    ]  # fmt: skip
+    parser = options.get_interactive_generation_parser()
+    interactive.main(convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, args)))
+    hypotheses = [line for line in capsys.readouterr().out.splitlines() if line.startswith("H-")]
+    assert [h.split("\t")[0] for h in hypotheses] == ["H-0", "H-1"]
