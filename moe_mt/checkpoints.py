@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ def load_state(path: str | Path, arg_overrides: dict | None = None) -> dict:
         raise MoeMtError(f"{path}: no such checkpoint")
     try:
         return checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides)
-    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as exc:
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MoeMtError(f"{path}: cannot read checkpoint: {message}") from exc
 
