@@ -169,6 +169,23 @@ def test_bank_with_output_width_other_than_input(impl):
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("k,factor,bias", [(1, 0.5, True), (2, None, False), (2, 0.6, True)])
+def test_inference_path_matches_reference(k, factor, bias):
+    """Without autograd the fused bank takes its inference path: same outputs."""
+    layer = make_layer(k, "fused", torch.float64, factor, bias=bias).eval()
+    layer.eval_capacity_factor = factor
+    x = torch.randn(T, D, dtype=torch.float64)
+    pad = torch.rand(T) < 0.3
+    with torch.inference_mode():
+        out = layer(x, pad)
+        routing = layer.router(x, pad)
+        capacity = layer.capacity(int((~pad).sum()), k)
+        ref, _ = reference_moe(
+            x, pad, routing.expert_index, routing.combine_weight, layer.experts, capacity
+        )
+    torch.testing.assert_close(out.y, ref)
+
+
 def test_expert_dropout_matches_loop_under_the_same_seed():
     """Fused and loop draw one mask per step over the same rows; same seed, same result."""
     x = torch.randn(T, D)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moe_mt.moe.grouped_ffn import ACTIVATION_BACKWARD, GroupedFFN
+from moe_mt.moe.grouped_ffn import ACTIVATION_BACKWARD, GroupedFFN, grouped_ffn_inference
 
 IMPLS = ("fused", "loop", "grouped_mm")
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -23,6 +23,10 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
     "silu": F.silu,
 }
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return any(t is not None and t.requires_grad for t in tensors)
 
 
 class ExpertBank(nn.Module):
@@ -101,6 +105,10 @@ class ExpertBank(nn.Module):
             return self._forward_grouped_mm(x, sizes)
         if self.impl == "fused":
             p = self.dropout.p if self.training else 0.0
+            if not (torch.is_grad_enabled() and _needs_grad(x, *self.parameters())):
+                return grouped_ffn_inference(
+                    x, self.w1, self.b1, self.w2, self.b2, sizes, self.act, p
+                )
             return GroupedFFN.apply(
                 x.contiguous(),
                 self.w1,
