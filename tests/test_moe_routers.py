@@ -89,3 +89,21 @@ def test_soft_router_softmax_axes_and_pads():
     # combine: softmax over all slots, per real token.
     torch.testing.assert_close(routing.combine_weight.sum((2, 3))[~pad], torch.ones(8))
     assert (routing.combine_weight[pad] == 0).all()
+
+
+def test_layer_under_bf16_autocast_computes_in_bf16_with_fp32_router():
+    from moe_mt.moe import ExpertBank, MoEFeedForward
+
+    torch.manual_seed(0)
+    layer = MoEFeedForward(TopKRouter(16, 4, k=2), ExpertBank(4, 16, 32), 1.0)
+    x = torch.randn(20, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        with torch.no_grad():
+            y_inference = layer(x).y
+    assert out.y.dtype == torch.bfloat16 and y_inference.dtype == torch.bfloat16
+    assert out.routing.combine_weight.dtype == torch.float32
+    out.y.float().sum().backward()
+    assert layer.experts.w1.grad.dtype == torch.float32
+    reference = layer(x).y
+    torch.testing.assert_close(out.y.float(), reference, atol=0.05, rtol=0.05)

@@ -104,23 +104,23 @@ class ExpertBank(nn.Module):
         if self.impl == "grouped_mm" and self._grouped_mm_supports(x):
             return self._forward_grouped_mm(x, sizes)
         if self.impl == "fused":
-            p = self.dropout.p if self.training else 0.0
-            if not (torch.is_grad_enabled() and _needs_grad(x, *self.parameters())):
-                return grouped_ffn_inference(
-                    x, self.w1, self.b1, self.w2, self.b2, sizes, self.act, p
-                )
-            return GroupedFFN.apply(
-                x.contiguous(),
-                self.w1,
-                self.b1,
-                self.w2,
-                self.b2,
-                sizes,
-                self.act,
-                self.activation,
-                p,
-            )
+            return self._forward_fused(x, sizes)
         return self._forward_loop(x, sizes)
+
+    def _forward_fused(self, x: Tensor, sizes: list[int]) -> Tensor:
+        # Autocast does not reach the out= matmuls: cast once here to its dtype, then run off.
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        p = self.dropout.p if self.training else 0.0
+        with torch.autocast(device, enabled=False):
+            x = x.to(dtype).contiguous()
+            w1, b1, w2, b2 = (None if t is None else t.to(dtype) for t in self._weights())
+            if not (torch.is_grad_enabled() and _needs_grad(x, w1, b1, w2, b2)):
+                return grouped_ffn_inference(x, w1, b1, w2, b2, sizes, self.act, p)
+            return GroupedFFN.apply(x, w1, b1, w2, b2, sizes, self.act, self.activation, p)
+
+    def _weights(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        return self.w1, self.b1, self.w2, self.b2
 
     def forward_expert(self, x: Tensor, expert: int) -> Tensor:
         """Run every row of ``x`` ``[m, d]`` through expert ``expert`` (THOR's ``fixed`` mode)."""
