@@ -98,17 +98,21 @@ def main(argv: list[str] | None = None) -> None:
         f"median of {args.repeats}"
     )
     print(
-        "| E | k | fwd+bwd dense ms | fwd+bwd MoE ms | ratio | fwd dense ms | fwd MoE ms | ratio |"
+        "| E | k | max/mean load | fwd+bwd dense ms | fwd+bwd MoE ms | ratio "
+        "| fwd dense ms | fwd MoE ms | ratio |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for e in args.experts:
         for k in args.k:
             router = TopKRouter(args.d, e, k=k)
             bank = ExpertBank(e, args.d, args.f, impl=args.impl)
             moe = MoEFeedForward(router, bank, capacity_factor=args.capacity_factor)
+            with torch.no_grad():
+                load = moe(x).stats.tokens_per_expert
             train = compare(dense, moe, x, grad, args.repeats, train=True)
             infer = compare(dense, moe, x, grad, args.repeats, train=False)
-            cells = [f"{train[0] * 1e3:.0f}", f"{train[1] * 1e3:.0f}", f"{train[2]:.2f}"]
+            cells = [f"{(load.max() / load.mean()).item():.2f}"]
+            cells += [f"{train[0] * 1e3:.0f}", f"{train[1] * 1e3:.0f}", f"{train[2]:.2f}"]
             cells += [f"{infer[0] * 1e3:.0f}", f"{infer[1] * 1e3:.0f}", f"{infer[2]:.2f}"]
             print(f"| {e} | {k} | " + " | ".join(cells) + " |", flush=True)
 
