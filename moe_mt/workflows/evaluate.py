@@ -153,7 +153,7 @@ def score(
         result = metric.corpus_score(hypotheses, [references])
         signature = str(metric.get_signature())
         scores[name] = {
-            "score": result.score,
+            "score": _number(result.score),
             "signature": signature,
             "formatted": result.format(signature=signature),
         }
@@ -202,16 +202,21 @@ def paired_bootstrap(
     for name in METRICS:
         base, sys_ = results[name]
         metrics[name] = {
-            "baseline": base.score,
-            "baseline_mean": base.mean,
-            "baseline_ci95": base.ci,
-            "system": sys_.score,
-            "system_mean": sys_.mean,
-            "system_ci95": sys_.ci,
-            "p_value": sys_.p_value,
+            "baseline": _number(base.score),
+            "baseline_mean": _number(base.mean),
+            "baseline_ci95": _number(base.ci),
+            "system": _number(sys_.score),
+            "system_mean": _number(sys_.mean),
+            "system_ci95": _number(sys_.ci),
+            "p_value": _number(sys_.p_value),
             "signature": str(signatures[name]),
         }
     return {"resamples": resamples, "seed": seed, "metrics": metrics}
+
+
+def _number(value) -> float | None:
+    """A JSON-ready float (sacrebleu hands back numpy scalars)."""
+    return None if value is None else float(value)
 
 
 def _baseline(cfg: DictConfig, files: EvalFiles, reference_sha256: str) -> dict | None:

@@ -1,0 +1,192 @@
+"""moemt eval: report, hypotheses, checkpoint choice, line-count checks, paired bootstrap."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from moe_mt.cli.main import app
+from moe_mt.errors import MoeMtError
+from moe_mt.workflows.evaluate import evaluate, read_lines, score
+from tests.conftest import TINY_MODEL, demo_config
+
+SIGNATURE_START = {
+    "BLEU": "nrefs:1|case:mixed|eff:no|tok:13a",
+    "chrF2": "nrefs:1|",
+    "TER": "nrefs:1|",
+}
+
+
+def _cfg(run_dir: Path, *overrides: str):
+    return demo_config(run_dir, "data.spm.vocab_size=2000", *TINY_MODEL, *overrides)
+
+
+def _copy(trained_demo: Path, target: Path) -> Path:
+    shutil.copytree(trained_demo, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def run_copy(trained_demo, tmp_path_factory) -> Path:
+    """One copy of the trained run shared by the tests of this module that only add evals."""
+    return _copy(trained_demo, tmp_path_factory.mktemp("eval") / "run")
+
+
+def test_eval_report_and_hypotheses(run_copy):
+    result = evaluate(_cfg(run_copy, "eval.beam=2", "eval.split=valid"))
+    out = run_copy / "eval" / "valid"
+    assert result.out_dir == out
+    report = json.loads((out / "report.json").read_text())
+    assert report == result.report
+
+    references = read_lines(run_copy / "data" / "text" / "valid.de")
+    hypotheses = read_lines(out / "hyp.txt")
+    assert len(hypotheses) == len(references) == report["lines"] == 1092
+    for name, start in SIGNATURE_START.items():
+        assert report["scores"][name]["signature"].startswith(start)
+        assert report["scores"][name]["signature"].endswith("version:2.6.0")
+    # The scores are those of the written hypotheses against the untouched references.
+    assert report["scores"] == score(hypotheses, references)
+
+    assert report["checkpoint"]["choice"] == "last"
+    assert report["checkpoint"]["num_updates"] == 30
+    assert report["decoding"]["beam"] == 2 and report["decoding"]["no_repeat_ngram_size"] == 3
+    assert report["timing"]["sentences_per_second"] > 0
+    assert report["timing"]["tokens_per_second"] > 0
+    assert report["parameters"] > 100_000
+    assert report["versions"]["fairseq"] == "0.12.2" and "git_commit" in report
+    assert report["files"]["reference"]["path"].endswith("valid.de")
+    assert len(report["files"]["reference"]["sha256"]) == 64
+    assert not list(out.glob(".*tmp"))  # atomic writes leave nothing behind
+
+
+@pytest.mark.parametrize(
+    ("choice", "updates"),
+    [("best", None), ("average", 30), ("checkpoint_1_20.pt", 20)],
+)
+def test_eval_checkpoint_update_count(run_copy, choice, updates):
+    from fairseq import checkpoint_utils
+
+    if updates is None:  # best: whatever fairseq recorded in checkpoint_best.pt
+        state = checkpoint_utils.load_checkpoint_to_cpu(
+            str(run_copy / "checkpoints" / "checkpoint_best.pt")
+        )
+        updates = state["optimizer_history"][-1]["num_updates"]
+    # A small file pair keeps this fast; it lands in eval/<source file name>/.
+    source, reference = _pair(run_copy / "pair", 40)
+    report = evaluate(
+        _cfg(
+            run_copy,
+            f"eval.checkpoint={choice}",
+            "eval.average_last=3",
+            f"eval.source={source}",
+            f"eval.reference={reference}",
+        )
+    ).report
+    assert report["checkpoint"]["num_updates"] == updates
+    assert report["name"] == "head.en" and report["split"] is None
+    assert (run_copy / "eval" / "head.en" / "hyp.txt").is_file()
+    if choice == "average":
+        assert [c["num_updates"] for c in report["checkpoint"]["averaged"]] == [10, 20, 30]
+
+
+def _pair(folder: Path, lines: int, extra_reference_line: bool = False) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent / "corpora" / "tatoeba_en_de"
+    src = read_lines(root / "test.en")[:lines]
+    ref = read_lines(root / "test.de")[: lines + int(extra_reference_line)]
+    (folder / "head.en").write_text("".join(s + "\n" for s in src), encoding="utf-8")
+    (folder / "head.de").write_text("".join(r + "\n" for r in ref), encoding="utf-8")
+    return folder / "head.en", folder / "head.de"
+
+
+def test_eval_line_count_mismatch_exits_1(run_copy, tmp_path):
+    source, reference = _pair(tmp_path, 5, extra_reference_line=True)
+    result = CliRunner().invoke(
+        app, ["eval", str(run_copy), f"run_dir={run_copy}", f"eval.source={source}",
+              f"eval.reference={reference}"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1, result.stderr
+    assert str(source) in message[0] and str(reference) in message[0]
+    assert "5 lines" in message[0] and "6 lines" in message[0]
+
+
+def test_score_refuses_unequal_lengths():
+    with pytest.raises(MoeMtError, match="hyp.txt: 1 lines but ref.txt: 2 lines"):
+        score(["a"], ["a", "b"], "hyp.txt", "ref.txt")
+
+
+def test_eval_cli_prints_table(run_copy, tmp_path):
+    source, reference = _pair(tmp_path, 10)
+    result = CliRunner().invoke(
+        app, ["eval", str(run_copy), f"run_dir={run_copy}", f"eval.source={source}",
+              f"eval.reference={reference}"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    for word in ("BLEU", "chrF2", "TER", "nrefs:1", "report.json"):
+        assert word in result.stdout
+
+
+def test_paired_bootstrap_between_runs(trained_demo, tmp_path):
+    baseline = _copy(trained_demo, tmp_path / "baseline")
+    system = _copy(trained_demo, tmp_path / "system")
+    source, reference = _pair(tmp_path / "pair", 60)
+    files = (f"eval.source={source}", f"eval.reference={reference}", "eval.beam=2")
+    evaluate(_cfg(baseline, *files, "eval.checkpoint=checkpoint_1_10.pt"))
+    report = evaluate(
+        _cfg(system, *files, f"eval.bootstrap_baseline={baseline}", "eval.bootstrap_resamples=200")
+    ).report
+    bootstrap = report["bootstrap"]
+    assert bootstrap["resamples"] == 200 and bootstrap["seed"] == 12345
+    assert bootstrap["baseline"]["checkpoint"]["num_updates"] == 10
+    for name in ("BLEU", "chrF2", "TER"):
+        m = bootstrap["metrics"][name]
+        assert 0 < m["p_value"] <= 1
+        assert m["system_ci95"] >= 0 and m["baseline_ci95"] >= 0
+        assert m["system"] == pytest.approx(report["scores"][name]["score"])
+        assert "seed:12345" in m["signature"] and "bs:200" in m["signature"]
+    # Fixed seed: the same comparison gives the same numbers.
+    again = evaluate(
+        _cfg(system, *files, f"eval.bootstrap_baseline={baseline}", "eval.bootstrap_resamples=200")
+    ).report["bootstrap"]
+    assert again["metrics"] == bootstrap["metrics"]
+
+    # Other references than the baseline's: refused, before decoding.
+    other_ref = tmp_path / "pair" / "other.de"
+    other_ref.write_text(reference.read_text().replace("e", "E"), encoding="utf-8")
+    with pytest.raises(MoeMtError, match="other references"):
+        evaluate(
+            _cfg(
+                system,
+                f"eval.source={source}",
+                f"eval.reference={other_ref}",
+                f"eval.bootstrap_baseline={baseline}",
+            )
+        )
+    with pytest.raises(MoeMtError, match=r"valid/hyp.txt: missing"):
+        evaluate(_cfg(system, "eval.split=valid", f"eval.bootstrap_baseline={baseline}"))
+
+
+def test_eval_refuses_a_busy_run_dir(run_copy):
+    from moe_mt.workflows.rundir import RunDir
+
+    with RunDir(run_copy).locked():
+        with pytest.raises(MoeMtError, match="in use"):
+            evaluate(_cfg(run_copy))
+
+
+def test_eval_input_errors(run_copy, tmp_path):
+    with pytest.raises(MoeMtError, match="eval.split=train: not a prepared split"):
+        evaluate(_cfg(run_copy, "eval.split=train"))
+    with pytest.raises(MoeMtError, match="give both or neither"):
+        evaluate(_cfg(run_copy, f"eval.source={tmp_path / 'x.en'}"))
+    bad = tmp_path / "bad.en"
+    bad.write_bytes(b"ok\n\xff\n")
+    with pytest.raises(MoeMtError, match=r"bad.en:2: invalid UTF-8"):
+        evaluate(_cfg(run_copy, f"eval.source={bad}", f"eval.reference={bad}"))
