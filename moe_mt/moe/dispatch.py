@@ -106,10 +106,17 @@ def plan_dispatch(
     )
 
 
-def _gather_padded(src: Tensor, index: Tensor) -> Tensor:
-    """``src[index]`` where ``index == len(src)`` selects a zero row: ``[*index.shape, d]``."""
-    padded = torch.cat([src, src.new_zeros(1, src.shape[1])])
-    return padded.index_select(0, index.reshape(-1)).view(*index.shape, src.shape[1])
+def _gather_choice(src: Tensor, row_index: Tensor, j: int) -> Tensor:
+    """``[t, d]``: ``src[row_index[:, j]]``, zero rows where ``row_index == len(src)`` (no row).
+
+    One choice at a time, so the temporaries are ``[t, d]``, not ``[t, k, d]``.
+    """
+    m = src.shape[0]
+    index = row_index[:, j]
+    if m == 0:
+        return src.new_zeros(index.shape[0], src.shape[1])
+    rows = src.index_select(0, index.clamp(max=m - 1))
+    return rows.masked_fill_((index == m)[:, None], 0.0)
 
 
 class _Dispatch(torch.autograd.Function):
@@ -123,7 +130,11 @@ class _Dispatch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (row_index,) = ctx.saved_tensors
-        return _gather_padded(grad.contiguous(), row_index).sum(1), None, None
+        grad = grad.contiguous()
+        grad_x = _gather_choice(grad, row_index, 0)
+        for j in range(1, row_index.shape[1]):
+            grad_x += _gather_choice(grad, row_index, j)
+        return grad_x, None, None
 
 
 class _Combine(torch.autograd.Function):
@@ -131,13 +142,12 @@ class _Combine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grouped, weight, row_index, token_index, flat_choice):
-        gathered = _gather_padded(grouped, row_index)  # [t, k, o]
         ctx.save_for_backward(grouped, weight, row_index, token_index, flat_choice)
         ctx.weight_dtype = weight.dtype
         weight = weight.to(grouped.dtype)
-        y = gathered[:, 0] * weight[:, :1]
+        y = _gather_choice(grouped, row_index, 0).mul_(weight[:, :1])
         for j in range(1, weight.shape[1]):
-            y.addcmul_(gathered[:, j], weight[:, j : j + 1])
+            y.addcmul_(_gather_choice(grouped, row_index, j), weight[:, j : j + 1])
         return y
 
     @staticmethod
@@ -149,8 +159,12 @@ class _Combine(torch.autograd.Function):
             w = weight.reshape(-1).index_select(0, flat_choice).to(grad_y.dtype)
             grad_grouped = grad_y.index_select(0, token_index) * w[:, None]
         if ctx.needs_input_grad[1]:
-            gathered = _gather_padded(grouped, row_index)  # recomputed, not stored
-            grad_weight = torch.bmm(gathered, grad_y[:, :, None])[:, :, 0].to(ctx.weight_dtype)
+            # d y[t] / d weight[t, j] = grouped[row_index[t, j]], gathered again (not stored).
+            columns = [
+                (_gather_choice(grouped, row_index, j) * grad_y).sum(-1)
+                for j in range(weight.shape[1])
+            ]
+            grad_weight = torch.stack(columns, dim=1).to(ctx.weight_dtype)
         return grad_grouped, grad_weight, None, None, None
 
 
