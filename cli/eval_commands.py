@@ -49,7 +49,10 @@ def bootstrap_table(bootstrap: dict) -> Table:
             f"{m['system']:.2f} ({m['system_mean']:.2f} ± {m['system_ci95']:.2f})",
             f"{m['p_value']:.4f}",
         )
-    table.caption = "score (bootstrap mean ± 95% CI half-width); p: chance of the difference"
+    table.caption = (
+        "score (bootstrap mean ± 95% CI half-width); p-value: how often a difference this large "
+        "arises by chance (paired bootstrap resampling, sacrebleu)"
+    )
     return table
 
 
