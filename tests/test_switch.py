@@ -279,3 +279,14 @@ def test_recipes_load_and_pass_the_moe_keys(tmp_path):
         assert args[args.index("--moe-num-experts") + 1] == "8"
         assert args[args.index("--moe-top-k") + 1] == "1"
         assert cfg.train.criterion == "moe_label_smoothed_cross_entropy"
+
+
+def test_live_view_shows_the_moe_column():
+    from moe_mt.workflows.train_view import TrainMonitor
+
+    monitor = TrainMonitor()
+    monitor.train = {"num_updates": "5", "moe_balance": "1.1", "moe_dropped": "0.2"}
+    column = monitor.render().columns[-1]
+    assert (column.header, list(column.cells)) == ("MoE balance / dropped", ["1.1 / 0.2"])
+    monitor.train = {"num_updates": "5"}  # a dense model: no MoE column
+    assert "MoE balance / dropped" not in [c.header for c in monitor.render().columns]

@@ -3,7 +3,8 @@
 fairseq (``--log-format json``) logs one JSON record per ``log_interval`` updates under the logger
 name ``train_inner``, one per epoch under ``train`` and one per validation under ``valid``.
 :class:`TrainMonitor` is a logging handler that reads those records: on a terminal it renders a
-rich live view (update, epoch, loss, lr, words/s, ETA where a bound is known); otherwise fairseq's
+rich live view (update, epoch, loss, lr, words/s, ETA where a bound is known;
+for MoE models the balance loss and the share of tokens dropped); otherwise fairseq's
 plain log lines go to stderr, as CI wants them. Everything also goes to ``logs/train.log``.
 """
 
@@ -72,14 +73,18 @@ class TrainMonitor(logging.Handler):
 
     def render(self) -> Table:
         table = Table(title="moemt train", show_header=True, expand=False)
-        columns = ("update", "epoch", "loss", "nll", "lr", "words/s", "valid loss", "best", "ETA")
+        columns = ["update", "epoch", "loss", "nll", "lr", "words/s", "valid loss", "best", "ETA"]
+        train, valid = self.train, self.valid
+        moe = "moe_balance" in train  # logged by moe_label_smoothed_cross_entropy
+        if moe:
+            columns.append("MoE balance / dropped")
         for column in columns:
             table.add_column(column, justify="right")
-        train, valid = self.train, self.valid
         update = train.get("num_updates", "-")
         if self.max_update:
             update = f"{update}/{self.max_update}"
         eta = self.eta_seconds()
+        moe_cells = [f"{train['moe_balance']} / {train.get('moe_dropped', '-')}"] if moe else []
         table.add_row(
             str(update),
             str(train.get("epoch", "-")),
@@ -90,6 +95,7 @@ class TrainMonitor(logging.Handler):
             str(valid.get("loss", "-")),
             str(valid.get("best_loss", "-")),
             _duration(eta) if eta is not None else "-",
+            *moe_cells,
         )
         return table
 
