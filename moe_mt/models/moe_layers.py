@@ -170,7 +170,8 @@ class _MoEFFNMixin:
         self.activation_dropout_module = nn.Identity()
         self.activation_fn = _identity
         self.fc2 = nn.Identity()
-        # fc1 is an alias of the block's call, not a second registered module (one state-dict key).
+        # fc1 is an alias of the block's call, not a registered module: the block's weights
+        # appear once in the state dict, under `moe.`.
         del self._modules["fc1"]
         object.__setattr__(self, "fc1", self._moe_ffn)
 

@@ -23,8 +23,10 @@ moe_offset                 1           ... those with index % freq == offset % f
 moe_sides                  both        encoder | decoder | both
 moe_router                 topk        topk (switch_*) | cosine (xmoe_*)
 moe_router_dim             16          cosine router's routing width (X-MoE)
-moe_router_init_scale      0.1         top-k gate init std sqrt(scale / d) (Switch §2.4)
-moe_jitter                 0.0         multiplicative input noise of the top-k gate in training
+moe_router_init_scale      0.1         top-k gate init std sqrt(scale / d) (Switch §2.4;
+                                       top-k router only)
+moe_jitter                 0.0         multiplicative input noise of the top-k gate in
+                                       training (top-k router only)
 moe_capacity_factor        1.25        training capacity factor (<= 0: no dropping)
 moe_eval_capacity_factor   None        eval capacity factor (None or <= 0: no dropping)
 moe_expert_dropout         None        dropout inside experts (None: --activation-dropout)
