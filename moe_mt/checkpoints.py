@@ -280,7 +280,9 @@ def _existing_average(path: Path) -> dict | None:
 # -- choosing --------------------------------------------------------------------------------
 
 
-def choose_checkpoint(checkpoint_dir: str | Path, choice: str, average_last: int = 5):
+def choose_checkpoint(
+    checkpoint_dir: str | Path, choice: str, average_last: int = 5
+) -> ChosenCheckpoint:
     """Resolve ``eval.checkpoint``: ``last`` | ``best`` | ``average`` | a checkpoint path.
 
     A bare file name (``checkpoint_1_20.pt``) is looked up in ``checkpoint_dir`` first; any
