@@ -79,7 +79,9 @@ class MoEConfig:
     null (every key's default) keeps the architecture's or criterion's own default, stated once
     in ``moe_mt/models/switch.py`` (model keys) and ``moe_mt/criterions/moe_criterion.py``
     (loss keys). Dense architectures take none of these keys: set them only with an MoE
-    architecture (``switch_transformer_*``, ``xmoe_transformer_*``); the loss keys need
+    architecture (``switch_transformer_*``, ``xmoe_transformer_*``, ``mhmoe_transformer_*``,
+    ``soft_moe_transformer_*``; MH-MoE and Soft MoE defaults are stated in
+    ``moe_mt/models/mhmoe.py`` and ``moe_mt/models/soft_moe.py``); the loss keys need
     ``train.criterion: moe_label_smoothed_cross_entropy``.
     """
 
@@ -98,6 +100,10 @@ class MoEConfig:
     balance_weight: Optional[float] = None  # criterion: weight of the load-balancing loss
     z_loss: Optional[bool] = None  # criterion: add the router z-loss
     z_loss_weight: Optional[float] = None  # criterion: its weight when added
+    heads: Optional[int] = None  # MH-MoE: sub-tokens per token (default 4; divides embed_dim)
+    merge_placement: Optional[str] = None  # MH-MoE: merge projection before | after the residual
+    slots_per_expert: Optional[int] = None  # Soft MoE: slots per expert (default 1)
+    soft_decoder: Optional[str] = None  # Soft MoE: dense | sparse (top-k MoE) decoder
 
 
 @dataclass

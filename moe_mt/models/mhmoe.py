@@ -1,0 +1,270 @@
+"""Multi-Head Mixture-of-Experts (Wu et al. 2024, "Multi-Head Mixture-of-Experts") for translation.
+
+The authors' code is decoder-only language modelling on tutel; this is a translation version on
+the shared MoE core (:mod:`moe_mt.moe`) and layers (:mod:`moe_mt.models.moe_layers`).
+
+Definition (one MH-MoE FFN on the flat tokens ``x`` ``[t, d]`` of a batch; ``h`` heads):
+
+1. multi-head projection: ``u = x W_h^T + b_h`` with ``W_h`` ``[d, d]``;
+2. split: token ``i`` becomes ``h`` sub-tokens of width ``d / h``; sub-token ``j`` of token ``i``
+   is ``u[i, j*d/h : (j+1)*d/h]`` and sits at row ``i * h + j`` of the ``[t * h, d / h]`` sub-token
+   batch (so the core's "sequence order" capacity priority keeps a token's sub-tokens together);
+3. route the sub-tokens top-``k`` (``--moe-top-k``, ``--moe-router``) to ``E`` experts of input
+   width ``d / h`` and hidden width ``ffn_embed_dim / k`` (so ``h * k`` sub-expert passes per
+   token cost ``2 k d (f / k) = 2 d f`` multiply-accumulates: the dense FFN's), with the core's
+   sort-based dispatch, capacity and combine (:class:`~moe_mt.moe.MoEFeedForward`);
+4. merge: the sub-token outputs go back to rows ``i * h + j`` -> token ``i``, columns of head
+   ``j``, in their original order (the exact inverse of step 2);
+5. merge projection ``W_m`` ``[d, d]``, placed by ``--moe-merge-placement``:
+
+   - ``before`` (default): inside the FFN branch, before the residual:
+     ``out = r + dropout(merge(E(split(W_h LN(r)))))`` (pre-norm; post-norm applies LN after).
+     This is the authors' code (torchscale ``tutel_moe_layer``), which their results come from.
+     It is also a drop-in FFN replacement: the residual stream stays an identity path, as in
+     every other layer of the model, so the dense-baseline initialisation and optimisation
+     behaviour carry over.
+   - ``after``: the paper's eq. 5-7 as read in the authors' issue #1 (yushuiwx/MH-MoE): the
+     expert outputs are added to the residual first and the sum goes through the merge
+     projection: ``out = merge(r + dropout(E(split(W_h LN(r)))))``. Every MH-MoE layer then
+     passes the whole residual stream through a ``d x d`` matrix.
+
+The two projections add ``2 d^2`` weights (and ``2 d^2`` multiply-accumulates per token) to each
+MH-MoE layer; :mod:`moe_mt.workflows.model_summary` counts them.
+
+Padding: a pad token's ``h`` sub-tokens are pads of the sub-token batch (the core's ``pad_mask``
+repeated per head), so they take no expert capacity, enter neither the balance loss nor the
+router statistics, and get zero expert output (zero after the merge too, in ``before``).
+
+Statistics are the core's, over sub-tokens: ``tokens_per_expert`` counts sub-token assignments,
+``activation_rate`` is the share of experts that received at least one sub-token in the batch
+(logged as ``moe_active`` by ``moe_label_smoothed_cross_entropy`` and per layer as
+``active_experts`` by :mod:`moe_mt.workflows.expert_usage`).
+
+Registered: model ``moemt_mhmoe_transformer``; architectures ``mhmoe_transformer_<size>`` for
+the sizes of :data:`moe_mt.models.transformer.SIZES`. Defaults beyond Switch's
+(:data:`MHMOE_DEFAULTS`): ``moe_heads`` 4, ``moe_top_k`` 2, ``moe_merge_placement`` before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+
+from fairseq.models import register_model
+from torch import Tensor, nn
+
+from moe_mt.models.moe_layers import (
+    EXPERT_ACTIVATIONS,
+    MoEDecoder,
+    MoEDecoderLayer,
+    MoEEncoder,
+    MoEEncoderLayer,
+    MoEOptions,
+    _activation_dropout,
+)
+from moe_mt.models.switch import SwitchTransformerModel, moe_defaults
+from moe_mt.models.transformer import register_sizes
+from moe_mt.moe import (
+    CosineRouter,
+    ExpertBank,
+    MoEFeedForward,
+    MoEOutput,
+    TopKRouter,
+    flatten_tbd,
+    sentence_index_tbd,
+)
+
+MODEL_NAME = "moemt_mhmoe_transformer"
+MERGE_PLACEMENTS = ("before", "after")
+
+MHMOE_DEFAULTS = {"moe_heads": 4, "moe_top_k": 2, "moe_merge_placement": "before"}
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """``[t, d]`` -> ``[t * h, d / h]``: sub-token ``j`` of token ``i`` at row ``i * h + j``."""
+    t, d = x.shape
+    return x.reshape(t * heads, d // heads)
+
+
+def merge_heads(x: Tensor, heads: int) -> Tensor:
+    """``[t * h, d / h]`` -> ``[t, d]``, the inverse of :func:`split_heads`."""
+    m, w = x.shape
+    return x.reshape(m // heads, heads * w)
+
+
+class MultiHeadMoE(nn.Module):
+    """MH-MoE FFN: multi-head projection, split, top-k sub-token MoE, merge, merge projection.
+
+    Args:
+        d_model: token width ``d`` (divisible by ``heads``).
+        heads: ``h``, sub-tokens per token.
+        moe: the sub-token MoE layer; its router and experts take width ``d / h``.
+        merge_placement: ``"before"`` (the merge projection is applied here) or ``"after"``
+            (``forward`` returns the merged but unprojected output; the layer applies
+            :attr:`merge` after its residual connection, see :class:`MHMoEEncoderLayer`).
+    """
+
+    def __init__(
+        self, d_model: int, heads: int, moe: MoEFeedForward, merge_placement: str = "before"
+    ) -> None:
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"moe_heads={heads} must divide the model width {d_model}")
+        if merge_placement not in MERGE_PLACEMENTS:
+            raise ValueError(f"moe_merge_placement={merge_placement!r}: one of {MERGE_PLACEMENTS}")
+        self.d_model, self.heads, self.merge_placement = d_model, heads, merge_placement
+        self.multi_head = nn.Linear(d_model, d_model)
+        self.moe = moe
+        self.merge = nn.Linear(d_model, d_model)
+        for proj in (self.multi_head, self.merge):
+            nn.init.xavier_uniform_(proj.weight, gain=2**-0.5)
+            nn.init.zeros_(proj.bias)
+
+    @property
+    def num_experts(self) -> int:
+        return self.moe.num_experts
+
+    def forward(
+        self, x: Tensor, pad_mask: Tensor | None = None, sentence_index: Tensor | None = None
+    ) -> MoEOutput:
+        """Apply the layer to flat tokens ``x`` ``[t, d]``, ``pad_mask`` ``[t]`` (True = pad).
+
+        Returns:
+            :class:`~moe_mt.moe.MoEOutput` with ``y`` ``[t, d]`` and the sub-token MoE's aux
+            losses, statistics, routing and plan (over ``t * h`` sub-tokens).
+        """
+        h = self.heads
+        sub = split_heads(self.multi_head(x), h)
+        sub_mask = None if pad_mask is None else pad_mask.repeat_interleave(h)
+        sub_sentence = None if sentence_index is None else sentence_index.repeat_interleave(h)
+        out = self.moe(sub, sub_mask, sub_sentence)
+        y = merge_heads(out.y, h)
+        if self.merge_placement == "before":
+            y = self.merge(y)
+            if pad_mask is not None:
+                y = y.masked_fill(pad_mask[:, None], 0.0)
+        return MoEOutput(y, out.aux_losses, out.stats, out.routing, out.plan)
+
+    def forward_tbd(self, x: Tensor, padding_mask: Tensor | None = None) -> MoEOutput:
+        """fairseq's layout: ``x`` ``[n, b, d]``, ``padding_mask`` ``[b, n]`` -> ``[n, b, d]``."""
+        n, b, _ = x.shape
+        flat, flat_mask = flatten_tbd(x, padding_mask)
+        out = self.forward(flat, flat_mask, sentence_index_tbd(n, b, x.device))
+        out.y = out.y.view(n, b, -1)
+        return out
+
+
+def build_mhmoe_block(cfg, options: MoEOptions, d_model: int, d_ff: int) -> MultiHeadMoE:
+    """The MH-MoE FFN of one layer from fairseq's config (``cfg.moe_heads`` etc.)."""
+    heads = cfg.moe_heads
+    if d_model % heads:
+        raise ValueError(f"--moe-heads {heads} must divide the model width {d_model}")
+    if cfg.activation_fn not in EXPERT_ACTIVATIONS:
+        raise ValueError(f"--activation-fn {cfg.activation_fn} has no MoE expert equivalent")
+    d_sub, k = d_model // heads, options.top_k
+    if options.router == "cosine":
+        router = CosineRouter(d_sub, options.num_experts, k, d_route=options.router_dim)
+    else:
+        router = TopKRouter(
+            d_sub, options.num_experts, k, options.jitter, options.router_init_scale
+        )
+    dropout = _activation_dropout(cfg) if options.expert_dropout is None else options.expert_dropout
+    experts = ExpertBank(
+        options.num_experts, d_sub, max(1, d_ff // k),
+        activation=EXPERT_ACTIVATIONS[cfg.activation_fn], dropout=dropout,
+    )  # fmt: skip
+    moe = MoEFeedForward(router, experts, options.capacity_factor, options.eval_capacity_factor)
+    return MultiHeadMoE(d_model, heads, moe, cfg.moe_merge_placement)
+
+
+# The FFN branch of the current layer call ran and waits for its merge projection ("after").
+_AWAITING_MERGE: ContextVar[list | None] = ContextVar("moemt_mhmoe_awaiting_merge", default=None)
+
+
+@contextlib.contextmanager
+def _layer_scope():
+    token = _AWAITING_MERGE.set([])
+    try:
+        yield
+    finally:
+        _AWAITING_MERGE.reset(token)
+
+
+class _MergeAfterResidualMixin:
+    """With ``merge_placement="after"``, the FFN's residual sum goes through ``moe.merge``.
+
+    The FFN branch marks the current layer call (a context variable scoped to ``forward``,
+    nothing stored on the module); the residual connection that follows it, the layer's last,
+    applies the merge projection to ``residual + branch``.
+    """
+
+    def forward(self, *args, **kwargs):
+        with _layer_scope():
+            return super().forward(*args, **kwargs)
+
+    def _moe_ffn(self, x: Tensor) -> Tensor:
+        y = super()._moe_ffn(x)
+        pending = _AWAITING_MERGE.get()
+        if self.moe.merge_placement == "after" and pending is not None:
+            pending.append(True)
+        return y
+
+    def residual_connection(self, x: Tensor, residual: Tensor) -> Tensor:
+        out = residual + x
+        pending = _AWAITING_MERGE.get()
+        if pending:
+            pending.clear()
+            out = self.moe.merge(out)
+        return out
+
+
+class MHMoEEncoderLayer(_MergeAfterResidualMixin, MoEEncoderLayer):
+    """Encoder layer with an MH-MoE FFN."""
+
+
+class MHMoEDecoderLayer(_MergeAfterResidualMixin, MoEDecoderLayer):
+    """Decoder layer with an MH-MoE FFN."""
+
+
+class MHMoEEncoder(MoEEncoder):
+    def make_layer(self, cfg, index: int) -> nn.Module:
+        options = MoEOptions.from_cfg(cfg)
+        if not options.is_moe_layer("encoder", index):
+            return super(MoEEncoder, self).make_layer(cfg, index)
+        block = build_mhmoe_block(cfg, options, cfg.encoder.embed_dim, cfg.encoder.ffn_embed_dim)
+        return MHMoEEncoderLayer(cfg, block, f"encoder.layers.{index}", return_fc=self.return_fc)
+
+
+class MHMoEDecoder(MoEDecoder):
+    def make_layer(self, cfg, index: int, no_encoder_attn: bool) -> nn.Module:
+        options = MoEOptions.from_cfg(cfg)
+        if not options.is_moe_layer("decoder", index):
+            return super(MoEDecoder, self).make_layer(cfg, index, no_encoder_attn)
+        block = build_mhmoe_block(cfg, options, cfg.decoder.embed_dim, cfg.decoder.ffn_embed_dim)
+        return MHMoEDecoderLayer(cfg, block, f"decoder.layers.{index}", no_encoder_attn)
+
+
+@register_model(MODEL_NAME)
+class MHMoETransformerModel(SwitchTransformerModel):
+    """The dense baseline with MH-MoE FFNs in every ``moe_freq``-th layer (see the module doc)."""
+
+    encoder_class = MHMoEEncoder
+    decoder_class = MHMoEDecoder
+
+    @staticmethod
+    def add_args(parser):
+        SwitchTransformerModel.add_args(parser)
+        group = parser.add_argument_group("Multi-Head MoE (moemt)")
+        group.add_argument("--moe-heads", type=int, metavar="H", help="sub-tokens per token")
+        group.add_argument(
+            "--moe-merge-placement",
+            choices=MERGE_PLACEMENTS,
+            help="merge projection before (authors' code) or after the residual (paper)",
+        )
+
+
+def mhmoe_defaults(args) -> None:
+    moe_defaults(args, **MHMOE_DEFAULTS)
+
+
+ARCHITECTURES = register_sizes(MODEL_NAME, "mhmoe_transformer", extra=mhmoe_defaults)
