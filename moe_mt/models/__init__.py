@@ -1,3 +1,3 @@
 """fairseq architectures of moemt (importing this package registers them)."""
 
-from moe_mt.models import mhmoe, soft_moe, switch, transformer  # noqa: F401
+from moe_mt.models import mhmoe, soft_moe, switch, thor, transformer  # noqa: F401

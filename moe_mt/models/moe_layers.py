@@ -234,10 +234,16 @@ class MoEDecoderLayer(_MoEFFNMixin, TransformerDecoderLayerBase):
 
 
 class MoEEncoder(MoeMtEncoder):
-    """The baseline encoder; layers chosen by :meth:`MoEOptions.is_moe_layer` are MoE layers."""
+    """The baseline encoder; layers chosen by :meth:`MoEOptions.is_moe_layer` are MoE layers.
+
+    ``options_class`` reads the family's options and builds its block (a family without a
+    router, THOR, brings its own: ``from_cfg``, ``is_moe_layer`` and ``build_block``).
+    """
+
+    options_class = MoEOptions
 
     def make_layer(self, cfg, index: int) -> nn.Module:
-        options = MoEOptions.from_cfg(cfg)
+        options = self.options_class.from_cfg(cfg)
         if not options.is_moe_layer("encoder", index):
             return super().make_layer(cfg, index)
         block = options.build_block(
@@ -248,10 +254,13 @@ class MoEEncoder(MoeMtEncoder):
 
 
 class MoEDecoder(MoeMtDecoder):
-    """The baseline decoder; layers chosen by :meth:`MoEOptions.is_moe_layer` are MoE layers."""
+    """The baseline decoder; layers chosen by :meth:`MoEOptions.is_moe_layer` are MoE layers
+    (``options_class`` as in :class:`MoEEncoder`)."""
+
+    options_class = MoEOptions
 
     def make_layer(self, cfg, index: int, no_encoder_attn: bool) -> nn.Module:
-        options = MoEOptions.from_cfg(cfg)
+        options = self.options_class.from_cfg(cfg)
         if not options.is_moe_layer("decoder", index):
             return super().make_layer(cfg, index, no_encoder_attn)
         block = options.build_block(
