@@ -76,7 +76,8 @@ def moe_statistics(outputs: Sequence[MoELayerOutput]) -> dict[str, Tensor]:
         rows.append(
             [s.fraction_dropped, s.activation_rate, s.router_entropy, load.max(), load.min()]
         )
-    means = torch.tensor([[float(v) for v in row] for row in rows]).mean(0)
+    # nanmean: routers without a distribution (random routing) report a NaN entropy.
+    means = torch.tensor([[float(v) for v in row] for row in rows]).nanmean(0)
     return dict(zip(STAT_KEYS, means, strict=True))
 
 
@@ -91,10 +92,11 @@ class MoELabelSmoothedCrossEntropy(LabelSmoothedCrossEntropyCriterion):
         label_smoothing,
         ignore_prefix_size=0,
         report_accuracy=False,
-        moe_balance_weight=0.01,
-        moe_z_loss=False,
-        moe_z_loss_weight=0.001,
-    ):
+        *,
+        moe_balance_weight: float,
+        moe_z_loss: bool,
+        moe_z_loss_weight: float,
+    ):  # the moe_* defaults are the config dataclass's, passed by fairseq's build_criterion
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         self.coefficients = aux_coefficients(moe_balance_weight, moe_z_loss, moe_z_loss_weight)
 
