@@ -96,7 +96,10 @@ def train(
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Print the resolved config and fairseq arguments only."),
+        typer.Option(
+            "--dry-run",
+            help="Print the resolved config, fairseq arguments and parameter/FLOP summary only.",
+        ),
     ] = False,
 ) -> None:
     """Train (or resume) the model of CONFIG with fairseq, in its run directory."""
@@ -114,6 +117,9 @@ def train(
         console.print(
             "fairseq-train " + shlex.join(result.fairseq_args), highlight=False, markup=False
         )
+        from moe_mt.workflows.model_summary import model_summary, summary_table
+
+        console.print(summary_table(model_summary(cfg)))
         return
     console.print(report.train_table(result))
 
