@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import moe_mt
 from moe_mt.models import moe_layers
 from moe_mt.models.moe_layers import MoEOptions
 from moe_mt.models.switch import MODEL_NAME, SwitchTransformerModel
@@ -40,6 +41,7 @@ def build(run_dir: Path, *overrides: str, arch: str = "switch_transformer_demo",
 
     from moe_mt.workflows.fairseq_args import train_args
 
+    moe_mt.register()
     cfg = moe_config(run_dir, *overrides, arch=arch)
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, train_args(cfg, RunDir(cfg.run_dir)))
@@ -114,6 +116,25 @@ def test_pads_take_no_capacity_and_nothing_stays_on_modules(prepped_demo):
     assert moe_layers._OBSERVERS.get() == () and moe_layers._PADDING_MASK.get() is None
     held = [v for m in model.modules() for v in vars(m).values() if isinstance(v, MoEOutput)]
     assert held == []
+
+
+def test_incremental_decoding_matches_the_full_forward(prepped_demo):
+    """One step at a time (x and the padding mask one position long) = teacher forcing."""
+    task, model, _ = build(prepped_demo, EVERY_LAYER, "model.moe.top_k=2")
+    sample = batch(task, n=8)
+    net_input = sample["net_input"]
+    prev, pad = net_input["prev_output_tokens"], task.target_dictionary.pad()
+    model.eval()
+    with torch.no_grad():
+        full, _ = model(**net_input)
+        encoder_out = model.encoder(net_input["src_tokens"], net_input["src_lengths"])
+        state: dict = {}
+        steps = [
+            model.decoder(prev[:, : t + 1], encoder_out, incremental_state=state)[0][:, -1]
+            for t in range(prev.shape[1])
+        ]
+    real = prev.ne(pad)
+    torch.testing.assert_close(torch.stack(steps, 1)[real], full[real], rtol=1e-4, atol=1e-4)
 
 
 def test_capacity_drops_in_training_not_in_eval(prepped_demo):
