@@ -56,6 +56,23 @@ def bootstrap_table(bootstrap: dict) -> Table:
     return table
 
 
+def expert_usage_table(usage: dict) -> Table:
+    """One row per MoE layer: tokens routed, active experts, most/least used expert's load."""
+    table = Table(title="expert usage (load: tokens relative to a uniform share)")
+    for column in ("layer", "tokens", "active experts", "load max", "load min", "dropped"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for name, layer in usage["layers"].items():
+        table.add_row(
+            name,
+            f"{sum(layer['tokens']):,}",
+            f"{layer['active_experts']}/{len(layer['tokens'])}",
+            f"{layer['load_max']:.2f}",
+            f"{layer['load_min']:.2f}",
+            f"{layer['dropped']:,}",
+        )
+    return table
+
+
 def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
@@ -102,7 +119,11 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         console.print(eval_table(result.report))
         if result.report["bootstrap"] is not None:
             console.print(bootstrap_table(result.report["bootstrap"]))
-        console.print(f"wrote {result.out_dir} (hyp.txt, report.json)", highlight=False)
+        usage = result.report.get("expert_usage")
+        if usage is not None:
+            console.print(expert_usage_table(usage))
+        written = "hyp.txt, report.json" + (f", {usage['plot']}" if usage else "")
+        console.print(f"wrote {result.out_dir} ({written})", highlight=False)
 
     def translate_command(config: config_arg, overrides: overrides_arg = None) -> None:
         """Translate the lines of stdin to stdout, one per line, with eval's checkpoint choice."""

@@ -8,10 +8,12 @@ Averaging (``eval.checkpoint=average``) takes the periodic checkpoints of a run,
 ``checkpoint<epoch>.pt`` and ``checkpoint_<epoch>_<update>.pt``, orders them by the update count
 recorded inside each (``optimizer_history[-1]["num_updates"]``; one file per count, since an
 epoch end can be saved under both names), and averages the parameters of the last N
-element-wise. ``checkpoint_last.pt`` and ``checkpoint_best.pt`` are copies of periodic ones and
-are not candidates. The average is written atomically to ``checkpoints/average_last<N>.pt``
-together with a record of its inputs (name, size, mtime, update count), and reused as long as
-the candidates on disk are unchanged.
+element-wise. ``checkpoint_best.pt`` is a copy of a periodic one and never a candidate;
+``checkpoint_last.pt`` is one only when it holds a state no numbered checkpoint has (training
+stopped by ``max_update`` or a time budget between two periodic saves), so that the final
+updates are not left out of the average. The average is written atomically to
+``checkpoints/average_last<N>.pt`` together with a record of its inputs (name, size, mtime,
+update count), and reused as long as the candidates on disk are unchanged.
 """
 
 from __future__ import annotations
@@ -105,26 +107,44 @@ def periodic_checkpoint_files(checkpoint_dir: Path) -> list[Path]:
     )
 
 
-def periodic_checkpoints(
+def scan_checkpoints(
     checkpoint_dir: Path, known: dict[str, dict] | None = None
 ) -> list[CheckpointInfo]:
-    """The periodic checkpoints ordered by update count, one file per count.
+    """Every averaging candidate file with its update count: the periodic checkpoints, then
+    ``checkpoint_last.pt``.
 
     ``known`` maps file names to ``{"size", "mtime_ns", "num_updates"}`` recorded earlier: a
     file whose size and mtime still match is not loaded again.
     """
     known = known or {}
-    by_updates: dict[int, CheckpointInfo] = {}
-    for path in periodic_checkpoint_files(checkpoint_dir):
+    files = periodic_checkpoint_files(checkpoint_dir)
+    if (checkpoint_dir / LAST).is_file():
+        files.append(checkpoint_dir / LAST)
+    scanned = []
+    for path in files:
         record = known.get(path.name)
         if record is not None and _stat_record(path) == _stat_part(record):
             updates = int(record["num_updates"])
         else:
             updates = read_num_updates(path)
-        previous = by_updates.get(updates)
-        # An epoch end saved under both names: prefer the update-named file (stable choice).
-        if previous is None or _UPDATE.fullmatch(path.name):
-            by_updates[updates] = CheckpointInfo(path, updates)
+        scanned.append(CheckpointInfo(path, updates))
+    return scanned
+
+
+def periodic_checkpoints(
+    checkpoint_dir: Path, known: dict[str, dict] | None = None, scanned=None
+) -> list[CheckpointInfo]:
+    """The averaging candidates ordered by update count, one file per count (see
+    :func:`scan_checkpoints`; pass its result as ``scanned`` to avoid a second scan)."""
+    if scanned is None:
+        scanned = scan_checkpoints(checkpoint_dir, known)
+    by_updates: dict[int, CheckpointInfo] = {}
+    for info in scanned:
+        previous = by_updates.get(info.num_updates)
+        # An epoch end saved under both names: prefer the update-named file (stable choice);
+        # checkpoint_last.pt comes last and never replaces a numbered file.
+        if previous is None or _UPDATE.fullmatch(info.path.name):
+            by_updates[info.num_updates] = info
     return [by_updates[u] for u in sorted(by_updates)]
 
 
@@ -235,7 +255,8 @@ def averaged_checkpoint(checkpoint_dir: Path, last: int) -> ChosenCheckpoint:
     output = average_path(checkpoint_dir, last)
     previous = _existing_average(output)
     known = previous.get("candidates", {}) if previous else {}
-    candidates = periodic_checkpoints(checkpoint_dir, known)
+    scanned = scan_checkpoints(checkpoint_dir, known)
+    candidates = periodic_checkpoints(checkpoint_dir, scanned=scanned)
     if len(candidates) < last:
         found = ", ".join(c.path.name for c in candidates) or "none"
         raise MoeMtError(
@@ -247,7 +268,7 @@ def averaged_checkpoint(checkpoint_dir: Path, last: int) -> ChosenCheckpoint:
     record = {
         "format": AVERAGE_FORMAT,
         "inputs": [_input_record(c) for c in chosen],
-        "candidates": {c.path.name: _input_record(c) for c in candidates},
+        "candidates": {c.path.name: _input_record(c) for c in scanned},
     }
     reused = previous is not None and previous.get("inputs") == record["inputs"]
     if not reused:

@@ -26,6 +26,14 @@ lazily or not. Each patch names the test that fails without it.
    n-gram tail of the whole padded token buffer instead of the tokens generated so far, so the
    blocking silently does nothing. We replace the fallback by one that reads ``tokens[:, :step+1]``.
    Test: ``tests/test_compat.py::test_no_repeat_ngram_blocks_repeats``.
+5. Atomic checkpoint copies. ``save_checkpoint`` writes one file atomically (temp + rename) and
+   then *copies* it to the other names (``checkpoint_last.pt``, ``checkpoint_best.pt``) with a
+   plain ``shutil.copyfile``: a process killed during that copy leaves a truncated
+   ``checkpoint_last.pt`` and the run cannot resume. (Not a Python 3.11 problem, but a runtime
+   patch of fairseq all the same, so it lives here.) We give ``checkpoint_utils`` a
+   ``PathManager`` whose ``copy`` of local files goes through a temporary file and a rename.
+   Test: ``tests/test_compat.py::test_checkpoint_copies_are_atomic`` and
+   ``tests/test_train.py::test_resume_after_kill``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ import argparse
 import dataclasses
 import importlib.abc
 import importlib.machinery
+import os
+import shutil
 import sys
 from collections.abc import Callable
 
@@ -59,6 +69,7 @@ def apply() -> None:
     _allow_checkpoint_globals()
     _after_import("fairseq.modules.transformer_layer", _disable_bettertransformer)
     _after_import("fairseq.ngram_repeat_block", _fix_ngram_repeat_block)
+    _after_import("fairseq.checkpoint_utils", _atomic_checkpoint_copies)
     _applied = True
 
 
@@ -189,3 +200,30 @@ def _fix_ngram_repeat_block(module) -> None:
         return lprobs
 
     block_cls._no_repeat_ngram = _no_repeat_ngram
+
+
+# -- 5. atomic checkpoint copies -----------------------------------------------------------------
+
+
+class _AtomicCopyPathManager:
+    """fairseq's PathManager, except that a local ``copy`` is a temp file plus a rename."""
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
+
+    def copy(self, src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if self._path_manager.path_requires_pathmanager(dst_path):
+            return self._path_manager.copy(src_path, dst_path, overwrite=overwrite)
+        if os.path.exists(dst_path) and not overwrite:
+            return False
+        tmp = f"{dst_path}.tmp-copy"
+        shutil.copyfile(src_path, tmp)
+        os.replace(tmp, dst_path)
+        return True
+
+
+def _atomic_checkpoint_copies(module) -> None:
+    module.PathManager = _AtomicCopyPathManager(module.PathManager)

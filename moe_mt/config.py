@@ -225,6 +225,10 @@ def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ())
     if not isinstance(loaded, DictConfig):
         raise MoeMtError(f"{path}: a recipe must be a mapping of keys to values")
     loaded = _without_meta(loaded)
+    if from_run_dir:
+        # The directory given is the run directory, wherever config.yaml says it was written
+        # (a copied or moved run directory works on itself).
+        loaded.run_dir = str(source.resolve())
     _resolve_paths(loaded, base=path.parent)
     cfg = _merge(schema(), loaded, origin=str(path))
 
@@ -235,7 +239,7 @@ def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ())
         cfg = _merge(cfg, override_cfg, origin="override")
 
     if cfg.run_dir is None:
-        cfg.run_dir = str(source.resolve()) if from_run_dir else _default_run_dir(cfg)
+        cfg.run_dir = _default_run_dir(cfg)
     _check_mandatory(cfg, origin=str(path))
     return cfg
 

@@ -48,6 +48,16 @@ def test_periodic_checkpoints_by_update_count(ckpt_dir):
     assert [c.num_updates for c in periodic_checkpoints(ckpt_dir)] == [10, 20, 30, 40]
     assert periodic_checkpoints(ckpt_dir)[-1].path.name == "checkpoint2.pt"
 
+    # checkpoint_last.pt joins only with a state no numbered checkpoint holds (training that
+    # stopped between two periodic saves).
+    (ckpt_dir / "checkpoint2.pt").unlink()
+    _save_with_updates(ckpt_dir / "checkpoint_last.pt", ckpt_dir / "checkpoint_last.pt", 35)
+    found = periodic_checkpoints(ckpt_dir)
+    assert [(c.path.name, c.num_updates) for c in found][-2:] == [
+        ("checkpoint_1_30.pt", 30),
+        ("checkpoint_last.pt", 35),
+    ]
+
 
 def test_choose_last_best_and_path(ckpt_dir):
     from fairseq import checkpoint_utils

@@ -7,6 +7,7 @@ newer fairseq or torch) shows up.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,24 @@ def test_fairseq_interactive_in_process(trained, prepped_demo, tmp_path, capsys)
     interactive.main(convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, args)))
     hypotheses = [line for line in capsys.readouterr().out.splitlines() if line.startswith("H-")]
     assert [h.split("\t")[0] for h in hypotheses] == ["H-0", "H-1"]
+
+
+def test_checkpoint_copies_are_atomic(tmp_path, monkeypatch):
+    from fairseq import checkpoint_utils
+
+    src, dst = tmp_path / "checkpoint_1_10.pt", tmp_path / "checkpoint_last.pt"
+    src.write_bytes(b"new" * 1000)
+    dst.write_bytes(b"old")
+
+    def killed_mid_copy(a, b):
+        with open(b, "wb") as out:
+            out.write(b"ne")  # a partial write, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", killed_mid_copy)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == b"old"  # the previous checkpoint is intact
+    monkeypatch.undo()
+    assert checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == src.read_bytes()

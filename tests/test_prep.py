@@ -244,3 +244,13 @@ def test_demo_recipe_paths_resolve_from_any_directory(tmp_path, monkeypatch):
     assert Path(cfg.data.train + ".en").is_file()
     assert cfg.run_dir == str(tmp_path / "runs" / "demo")
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+def test_run_directory_as_config_is_that_directory(tmp_path, corpus):
+    from moe_mt.config import load_config
+
+    prep(_load(tmp_path, corpus))
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "run", moved)
+    assert load_config(moved).run_dir == str(moved.resolve())
+    assert load_config(moved, [f"run_dir={tmp_path / 'x'}"]).run_dir == str(tmp_path / "x")

@@ -10,8 +10,11 @@ against another run's hypotheses for the same references (``eval.bootstrap_basel
 Output, in ``RUN_DIR/eval/<name>/`` (``<name>``: the split, or the source file's name), both
 written atomically while the run directory is locked::
 
-    hyp.txt       one detokenised hypothesis per source line
-    report.json   scores, signatures, checkpoint, decoding options, speed, versions
+    hyp.txt            one detokenised hypothesis per source line
+    report.json        scores, signatures, checkpoint, decoding options, speed, versions, and
+                       for MoE models ``expert_usage``: tokens per expert per MoE layer on
+                       this split (:mod:`moe_mt.workflows.expert_usage`)
+    expert_usage.png   the layers x experts heat map (MoE models only)
 
 The lock is held for the whole command (not only while writing), so that a busy run directory
 is refused before any decoding is spent.
@@ -35,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from moe_mt.checkpoints import choose_checkpoint
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
+from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
 from moe_mt.workflows.prep import sha256_file
 from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.translate import DecodeOptions, Translator
@@ -42,6 +46,7 @@ from moe_mt.workflows.translate import DecodeOptions, Translator
 REPORT_FORMAT = 1
 HYPOTHESES = "hyp.txt"
 REPORT = "report.json"
+EXPERT_USAGE_PNG = "expert_usage.png"
 METRICS = ("BLEU", "chrF2", "TER")
 
 
@@ -288,13 +293,18 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             f"({chosen.num_updates:,} updates), beam {options.beam}",
             highlight=False,
         )
-        with _progress(console) as progress:
+        with _progress(console) as progress, track_expert_usage(translator.models[0]) as usage:
             task = progress.add_task(f"translate {files.name}", total=len(sources))
             translations = translator.translate(
                 sources, on_batch=lambda n: progress.advance(task, n)
             )
         hypotheses = translations.hypotheses
         out_dir = run_dir.eval / files.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # Tokens per expert per MoE layer on this split, and its heat map (none for dense models).
+        expert_usage = write_expert_usage(usage, out_dir / EXPERT_USAGE_PNG)
+        if expert_usage["plot"] is None:
+            expert_usage = None
         scores = score(hypotheses, references, out_dir / HYPOTHESES, files.reference)
 
         bootstrap = None
@@ -342,6 +352,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             },
             "parameters": translator.num_parameters,
             "truncated_sources": translations.truncated,
+            "expert_usage": expert_usage,
             "model": {"arch": translator.arch},
             "eval_config": OmegaConf.to_container(cfg.eval),
             **provenance(),

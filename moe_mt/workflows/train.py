@@ -26,6 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from moe_mt.checkpoints import read_num_updates
 from moe_mt.config import RUN_CONFIG, load_config, to_yaml
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
@@ -95,10 +96,7 @@ def _flatten(node, prefix: str = "") -> dict:
 
 def checkpoint_update(path: Path) -> int:
     """Number of updates a fairseq checkpoint was saved at (safe load, allow-listed)."""
-    from fairseq import checkpoint_utils
-
-    state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
-    return int(state["optimizer_history"][-1]["num_updates"])
+    return read_num_updates(path)
 
 
 def train(
