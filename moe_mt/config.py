@@ -82,7 +82,10 @@ class MoEConfig:
     architecture (``switch_transformer_*``, ``xmoe_transformer_*``, ``mhmoe_transformer_*``,
     ``soft_moe_transformer_*``; MH-MoE and Soft MoE defaults are stated in
     ``moe_mt/models/mhmoe.py`` and ``moe_mt/models/soft_moe.py``); the loss keys need
-    ``train.criterion: moe_label_smoothed_cross_entropy``.
+    ``train.criterion: moe_label_smoothed_cross_entropy``. THOR (``thor_transformer_*``, no
+    router: num_experts, freq, offset, sides, expert_dropout, granularity; defaults in
+    ``moe_mt/models/thor.py``) takes ``train.criterion: thor_label_smoothed_cross_entropy``
+    and its consistency_alpha; its inference mode is an eval key (``eval.thor_inference``).
     """
 
     num_experts: Optional[int] = None  # experts per MoE layer
@@ -100,6 +103,9 @@ class MoEConfig:
     balance_weight: Optional[float] = None  # criterion: weight of the load-balancing loss
     z_loss: Optional[bool] = None  # criterion: add the router z-loss
     z_loss_weight: Optional[float] = None  # criterion: its weight when added
+    # THOR (thor_transformer_*, criterion thor_label_smoothed_cross_entropy):
+    granularity: Optional[str] = None  # training expert draw: batch | sentence | token
+    consistency_alpha: Optional[float] = None  # criterion: weight of the consistency loss
     heads: Optional[int] = None  # MH-MoE: sub-tokens per token (default 4; divides embed_dim)
     merge_placement: Optional[str] = None  # MH-MoE: merge projection before | after the residual
     slots_per_expert: Optional[int] = None  # Soft MoE: slots per expert (default 1)
@@ -188,7 +194,11 @@ class EvalConfig:
     batch_size: Optional[int] = None
     bootstrap_baseline: Optional[str] = None  # run dir of a baseline for paired bootstrap
     bootstrap_resamples: int = 1000
-    seed: int = 12345
+    seed: int = 12345  # bootstrap resampling, and THOR's random experts (same seed, same output)
+    # THOR runs only (thor_transformer_*):
+    thor_inference: str = "random"  # random (per sentence, seeded) | fixed | mean (all experts)
+    thor_expert: int = 0  # the expert of thor_inference=fixed, in every expert layer
+    thor_draws: int = 3  # eval: random draws (seeds seed, seed+1, ...) for the consistency report
 
 
 @dataclass

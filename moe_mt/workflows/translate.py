@@ -137,8 +137,15 @@ class Translator:
         )
 
     @classmethod
-    def load(cls, run_dir: str | Path, checkpoint: str | Path, options: DecodeOptions):
-        """Load ``checkpoint`` with the task, dictionaries and spm model(s) of ``run_dir``."""
+    def load(
+        cls,
+        run_dir: str | Path,
+        checkpoint: str | Path,
+        options: DecodeOptions,
+        model_overrides: dict | None = None,
+    ):
+        """Load ``checkpoint`` with the task, dictionaries and spm model(s) of ``run_dir``;
+        ``model_overrides`` replace model args of the checkpoint (see :func:`model_overrides`)."""
         import moe_mt
 
         moe_mt.register()
@@ -150,13 +157,13 @@ class Translator:
         bin_dir = run.data / manifest["files"]["bin"]
         # The checkpoint names the data-bin it was trained on; read this run's (a copied or
         # moved run directory keeps working).
-        overrides = {"data": str(bin_dir)}
+        overrides = {**(model_overrides or {}), "data": str(bin_dir)}
         state = load_state(checkpoint, overrides)
         try:
             models, model_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
                 [str(checkpoint)], arg_overrides=overrides, state=state
             )
-        except (RuntimeError, KeyError, FileNotFoundError) as exc:
+        except (RuntimeError, KeyError, FileNotFoundError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MoeMtError(f"{checkpoint}: cannot load model with {bin_dir}: {first}") from exc
         num_updates = state_num_updates(state)
@@ -247,6 +254,20 @@ class Translator:
         return ids, tokens, truncated
 
 
+def model_overrides(eval_cfg: DictConfig) -> dict:
+    """Model args that ``eval`` sets at load time: THOR's inference mode, expert and seed
+    (``eval.thor_inference``, ``eval.thor_expert``, ``eval.seed``; other models ignore them)."""
+    from moe_mt.moe.router_random import MODES
+
+    if eval_cfg.thor_inference not in MODES:
+        raise MoeMtError(f"eval.thor_inference={eval_cfg.thor_inference}: expected one of {MODES}")
+    return {
+        "moe_inference": eval_cfg.thor_inference,
+        "moe_inference_expert": eval_cfg.thor_expert,
+        "moe_inference_seed": eval_cfg.seed,
+    }
+
+
 def _generation_config(options: DecodeOptions):
     from fairseq.dataclass.configs import GenerationConfig
 
@@ -292,7 +313,7 @@ def translate_stream(
             chosen = choose()
     else:
         chosen = choose()
-    translator = Translator.load(run_dir.root, chosen.path, options)
+    translator = Translator.load(run_dir.root, chosen.path, options, model_overrides(cfg.eval))
     summary = StreamSummary(chosen, 0, 0.0, 0, 0)
     for chunk in _chunks(lines, chunk_lines):
         result = translator.translate(chunk)
