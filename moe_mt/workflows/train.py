@@ -55,6 +55,7 @@ RESUMABLE_KEYS = (
     "train.num_workers",
     "train.log_interval",
     "train.tensorboard_logdir",
+    "model.moe.eval_capacity_factor",  # used at evaluation only
 )
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
