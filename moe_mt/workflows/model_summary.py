@@ -182,14 +182,14 @@ def _millions(n: int) -> str:
 
 def summary_table(summary: dict) -> Table:
     """A rich table of :func:`model_summary`'s dict."""
-    table = Table(title=f"{summary['arch']}: parameters, forward FLOPs per token")
-    table.add_column("quantity")
+    table = Table(title=summary["arch"])
+    table.add_column("parameters, forward FLOPs")
     table.add_column("value", justify="right")
     rows = [
         ("parameters", _millions(summary["parameters"])),
         ("active parameters per token", _millions(summary["active_parameters"])),
         ("expert parameters", _millions(summary["expert_parameters"])),
-        ("MH-MoE projections (2 d^2 + 2 d per layer)", _millions(summary["projection_parameters"])),
+        ("MH-MoE projections (2 d^2 + 2 d / layer)", _millions(summary["projection_parameters"])),
         ("MoE layers", str(summary["moe_layers"])),
         ("encoder MFLOPs per source token", f"{summary['encoder_flops'] / 1e6:,.2f}"),
         ("decoder MFLOPs per target token", f"{summary['decoder_flops'] / 1e6:,.2f}"),
