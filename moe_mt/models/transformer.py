@@ -41,8 +41,9 @@ import moe_mt  # noqa: F401  (compat patches before fairseq is imported)
 
 MODEL_NAME = "moemt_transformer"
 
-# The tensors fairseq's encoder layer keeps only for the fused BetterTransformer kernel.
-_BETTERTRANSFORMER_PARAMS = (
+#: The tensors fairseq's encoder layer keeps only for the fused BetterTransformer kernel: copies
+#: of its attention and FFN weights, never trained (also left out of parameter counts).
+BETTERTRANSFORMER_PARAMS = (
     "in_proj_weight",
     "in_proj_bias",
     "out_proj_weight",
@@ -67,7 +68,7 @@ class MoeMtEncoderLayer(TransformerEncoderLayerBase):
 
     def __init__(self, cfg, return_fc: bool = False):
         super().__init__(cfg, return_fc=return_fc)
-        for name in _BETTERTRANSFORMER_PARAMS:
+        for name in BETTERTRANSFORMER_PARAMS:
             delattr(self, name)
         self.can_use_fastpath = False
 

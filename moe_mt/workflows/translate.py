@@ -25,21 +25,8 @@ from omegaconf import DictConfig
 
 from moe_mt.checkpoints import load_state, state_num_updates
 from moe_mt.errors import MoeMtError
+from moe_mt.models.transformer import BETTERTRANSFORMER_PARAMS
 from moe_mt.workflows.rundir import RunDir
-
-#: Names of the parameters that fairseq's encoder layers register as a contiguous copy of their
-#: attention and FFN weights for the BetterTransformer path (disabled by moe_mt.compat): they
-#: duplicate real parameters, so they are not counted.
-BETTERTRANSFORMER_COPIES = (
-    "in_proj_weight",
-    "in_proj_bias",
-    "out_proj_weight",
-    "out_proj_bias",
-    "fc1_weight",
-    "fc1_bias",
-    "fc2_weight",
-    "fc2_bias",
-)
 
 
 @dataclass(frozen=True)
@@ -101,7 +88,7 @@ def count_parameters(model: torch.nn.Module) -> int:
         id(getattr(module, name))
         for module in model.modules()
         if isinstance(module, TransformerEncoderLayerBase)
-        for name in BETTERTRANSFORMER_COPIES
+        for name in BETTERTRANSFORMER_PARAMS
         if isinstance(getattr(module, name, None), torch.nn.Parameter)
     }
     return sum(p.numel() for p in model.parameters() if id(p) not in copies)
