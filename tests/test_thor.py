@@ -385,3 +385,24 @@ def test_recipe_loads_and_passes_the_thor_keys(tmp_path):
     assert args[args.index("--criterion") + 1] == CRITERION_NAME
     assert args[args.index("--moe-consistency-alpha") + 1] == "5.0"
     assert args[args.index("--moe-granularity") + 1] == "batch"
+
+
+def test_eval_reports_the_consistency_of_thor_runs(thor_run, tmp_path):
+    from moe_mt.config import load_config
+    from moe_mt.workflows.evaluate import evaluate
+
+    text = thor_run / "data" / "text"
+    for lang in ("en", "de"):
+        lines = (text / f"test.{lang}").read_text(encoding="utf-8").splitlines()[:12]
+        (tmp_path / f"head.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = load_config(
+        thor_run,
+        [f"eval.source={tmp_path / 'head.en'}", f"eval.reference={tmp_path / 'head.de'}",
+         "eval.beam=2", "eval.thor_draws=2"],
+    )  # fmt: skip
+    report = evaluate(cfg).report
+    thor_report = report["thor"]
+    assert thor_report["draws"] == 2 and len(thor_report["pairwise_bleu"]["pairs"]) == 1
+    # Draw 0 is the eval's own translation (random mode, seed eval.seed).
+    assert thor_report["bleu"][0] == pytest.approx(report["scores"]["BLEU"]["score"], abs=1e-3)
+    assert report["eval_config"]["thor_inference"] == "random"

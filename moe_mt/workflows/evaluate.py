@@ -13,7 +13,9 @@ written atomically while the run directory is locked::
     hyp.txt            one detokenised hypothesis per source line
     report.json        scores, signatures, checkpoint, decoding options, speed, versions, and
                        for MoE models ``expert_usage``: tokens per expert per MoE layer on
-                       this split (:mod:`moe_mt.workflows.expert_usage`)
+                       this split (:mod:`moe_mt.workflows.expert_usage`); for THOR models
+                       ``thor``: the consistency of translations across random expert draws
+                       (:mod:`moe_mt.workflows.thor_consistency`)
     expert_usage.png   the layers x experts heat map (MoE models only)
 
 The lock is held for the whole command (not only while writing), so that a busy run directory
@@ -41,7 +43,8 @@ from moe_mt.provenance import provenance
 from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
 from moe_mt.workflows.prep import sha256_file
 from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
-from moe_mt.workflows.translate import DecodeOptions, Translator
+from moe_mt.workflows.thor_consistency import thor_consistency, thor_models
+from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
 
 REPORT_FORMAT = 1
 HYPOTHESES = "hyp.txt"
@@ -286,7 +289,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
 
         chosen = choose_checkpoint(run_dir.checkpoints, cfg.eval.checkpoint, cfg.eval.average_last)
         started = time.perf_counter()
-        translator = Translator.load(run_dir.root, chosen.path, options)
+        translator = Translator.load(run_dir.root, chosen.path, options, model_overrides(cfg.eval))
         load_seconds = time.perf_counter() - started
         console.print(
             f"eval {files.name}: {len(sources):,} lines, checkpoint {chosen.path.name} "
@@ -306,6 +309,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
         if expert_usage["plot"] is None:
             expert_usage = None
         scores = score(hypotheses, references, out_dir / HYPOTHESES, files.reference)
+        thor = _thor_consistency(cfg, translator, sources, references, hypotheses, console)
 
         bootstrap = None
         if baseline is not None:
@@ -353,6 +357,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             "parameters": translator.num_parameters,
             "truncated_sources": translations.truncated,
             "expert_usage": expert_usage,
+            "thor": thor,
             "model": {"arch": translator.arch},
             "eval_config": OmegaConf.to_container(cfg.eval),
             **provenance(),
@@ -362,6 +367,15 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
         # Written last: a report means the hypotheses beside it are complete.
         atomic_write_json(out_dir / REPORT, report)
         return EvalResult(run_dir.root, out_dir, report)
+
+
+def _thor_consistency(cfg, translator, sources, references, hypotheses, console) -> dict | None:
+    """THOR models only: translate again with other random expert draws, compare the draws."""
+    if not thor_models(translator):
+        return None
+    console.print(f"THOR consistency: {cfg.eval.thor_draws} random expert draws", highlight=False)
+    first = hypotheses if cfg.eval.thor_inference == "random" else None
+    return thor_consistency(translator, sources, references, cfg.eval, first)
 
 
 def _threads() -> int:
