@@ -1,0 +1,141 @@
+"""Training speed of MH-MoE and Soft MoE against the dense baseline, and their activation rates.
+
+Same method as ``benchmarks/train_speed.py`` (whose trainer builder and runner this reuses):
+every model is built exactly as ``moemt train`` builds it from its demo recipe, and all train in
+the same process on the same batches of the shipped corpus, interleaved in short rounds; the
+median of the per-round words/s ratios against dense is the robust figure on a shared machine.
+
+Models (demo backbone: 3+3 layers, d=256, FFN 1024, 4 heads; MoE layers at index 1):
+
+- ``dense``: ``recipes/demo.yaml``;
+- ``mhmoe``: ``recipes/demo_mhmoe.yaml``: 4 heads, top-2 of 8 experts of width 64 -> 512 -> 64,
+  so the experts' FLOPs per token equal the dense FFN's, plus the two 256 x 256 projections
+  (merge ``before`` the residual; ``--after`` adds a row with ``after``);
+- ``soft_moe``: ``recipes/demo_softmoe.yaml``: a Soft MoE encoder layer (8 experts of the dense
+  FFN's size, 1 slot each), dense decoder;
+- ``switch``: ``recipes/demo_switch.yaml`` (8 experts, top-1), for the activation-rate column.
+
+Goals: MH-MoE >= 0.75x dense, Soft MoE encoder >= 0.8x.
+
+After timing, each MoE model's expert activation rate (the core's definition: the share of a
+layer's experts that received at least one token, or sub-token, in a forward pass; mean over MoE
+layers) is measured in eval mode over the first ``--eval-batches`` validation batches of
+``max_tokens`` (per batch), and over single sentences (per sentence: the same statistic for a
+batch of one sentence, closer to what one token stream sees).
+
+    flock /tmp/moemt-cpu.lock .venv/bin/python benchmarks/family_speed.py
+    .venv/bin/python benchmarks/family_speed.py --rounds 2 --updates 3 --warmup 3   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+import moe_mt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_speed import Runner, _params, _prepare, build_trainer  # noqa: E402
+
+MODELS = {
+    "dense": ("demo.yaml", []),
+    "mhmoe": ("demo_mhmoe.yaml", []),
+    "mhmoe, merge after": ("demo_mhmoe.yaml", ["model.moe.merge_placement=after"]),
+    "soft_moe (encoder)": ("demo_softmoe.yaml", []),
+    "switch": ("demo_switch.yaml", []),
+}
+
+
+def activation_rates(trainer, eval_batches: int, sentences: int) -> tuple[float, float]:
+    """Mean activation rate over MoE layers: per validation batch, and per single sentence."""
+    from moe_mt.models.moe_layers import collect_moe_outputs
+
+    task, model = trainer.task, trainer.model
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    model.eval()
+
+    def rate(sample) -> float:
+        with torch.no_grad(), collect_moe_outputs() as outputs:
+            model(**sample["net_input"])
+        return statistics.mean(float(o.output.stats.activation_rate) for o in outputs)
+
+    itr = task.get_batch_iterator(
+        dataset, max_tokens=trainer.cfg.dataset.max_tokens, seed=1
+    ).next_epoch_itr(shuffle=False)
+    per_batch = [rate(sample) for _, sample in zip(range(eval_batches), itr, strict=False)]
+    per_sentence = [rate(dataset.collater([dataset[i]])) for i in range(sentences)]
+    model.train()
+    return statistics.mean(per_batch), statistics.mean(per_sentence)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-tokens", type=int, default=1024, help="as the demo recipes")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--updates", type=int, default=10, help="updates per model per round")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed updates per model")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-batches", type=int, default=20)
+    parser.add_argument("--sentences", type=int, default=200)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--work-dir", type=Path, default=None, help="prepared data (reused)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    moe_mt.register()
+    work_dir = args.work_dir or Path(tempfile.gettempdir()) / "moemt-bench-train-speed"
+    if not (work_dir / "data" / "manifest.json").exists():
+        _prepare(work_dir)
+    names = ["dense"] + [m for m in args.models if m != "dense"]
+    runners = []
+    for name in names:
+        recipe, overrides = MODELS[name]
+        trainer = build_trainer(
+            recipe, work_dir, [f"train.max_tokens={args.max_tokens}", *overrides]
+        )
+        runners.append(Runner(name, *trainer))
+    for runner in runners:
+        runner.run(args.warmup, timed=False)
+    for _ in range(args.rounds):
+        for runner in runners:
+            runner.run(args.updates)
+
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, max_tokens {args.max_tokens}, "
+        f"{args.rounds} rounds x {args.updates} updates per model after {args.warmup} warm-up"
+    )
+    print(
+        "| model | parameters | target words/s | ratio | median round ratio "
+        "| activation rate per batch | per sentence |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    dense = runners[0]
+    for runner in runners:
+        ratio = runner.words_per_second() / dense.words_per_second()
+        rounds = [
+            (t / s) / (dt / ds)
+            for t, s, dt, ds in zip(
+                runner.tokens, runner.seconds, dense.tokens, dense.seconds, strict=True
+            )
+        ]
+        if runner.name == "dense":
+            rates = "| - | - |"
+        else:
+            batch, sentence = activation_rates(runner.trainer, args.eval_batches, args.sentences)
+            rates = f"| {100 * batch:.2f}% | {100 * sentence:.2f}% |"
+        print(
+            f"| {runner.name} | {_params(runner.trainer.model) / 1e6:.1f}M "
+            f"| {runner.words_per_second():,.0f} | {ratio:.3f} "
+            f"| {statistics.median(rounds):.3f} {rates}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
