@@ -18,6 +18,7 @@ from moe_mt.models.mhmoe import (
     split_heads,
 )
 from moe_mt.moe import ExpertBank, MoEFeedForward, TopKRouter
+from moe_mt.workflows.expert_usage import track_expert_usage
 from tests.conftest import REPO
 from tests.test_switch import _load, _translate, batch, build, moe_config
 
@@ -180,7 +181,13 @@ def test_train_reload_and_generate(prepped_demo, tmp_path, placement):
     block_ = models[0].moe_layers()[0][1]
     assert isinstance(block_, MultiHeadMoE) and block_.moe.experts.d_model == 16  # 64 / 4
     models[0].eval()
-    assert len(_translate(task, models, batch(task, n=3, split="test"))) == 3
+    sample = batch(task, n=3, split="test")
+    with track_expert_usage(models[0]) as usage:  # what `moemt eval` puts in report.json
+        assert len(_translate(task, models, sample)) == 3
+    layers = usage.as_dict()["layers"]
+    real = int(sample["net_input"]["src_tokens"].ne(task.source_dictionary.pad()).sum())
+    assert sum(layers["encoder.layers.0"]["tokens"]) == 4 * 2 * real  # sub-token assignments
+    assert all(1 <= layer["active_experts"] <= 4 for layer in layers.values())
 
 
 def test_recipe_loads_and_passes_the_keys(tmp_path):
