@@ -125,6 +125,30 @@ def train(
 
 
 @app.command()
+@user_errors
+def compare(
+    run_dirs: Annotated[list[str], typer.Argument(help="Evaluated run directories.")],
+    baseline: Annotated[
+        str | None, typer.Option(help="Run directory of the baseline (default: the first run).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="The evaluated split to compare.")] = "test",
+    out: Annotated[
+        str, typer.Option(help="Directory for compare.md, .json and plots.")
+    ] = "compare",
+    resamples: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Paired bootstrap seed.")] = 12345,
+) -> None:
+    """Evaluated runs side by side, with paired bootstrap against the baseline."""
+    from moe_mt.workflows.compare import compare as run_compare
+
+    result = run_compare(run_dirs, out, baseline, split, resamples, seed)
+    console.print(report.compare_table(result))
+    console.print(
+        f"wrote {out} (compare.md, compare.json, {', '.join(result['plots']) or 'no plots'})"
+    )
+
+
+@app.command()
 def version() -> None:
     """Print the moemt version and the versions it runs with."""
     from moe_mt.provenance import provenance

@@ -48,3 +48,37 @@ def train_table(result) -> Table:
     for key, value in rows.items():
         table.add_row(key, str(value))
     return table
+
+
+def compare_table(result: dict) -> Table:
+    from moe_mt.workflows.compare import SIGNIFICANCE, score_cell
+
+    table = Table(title=f"compare {result['split']} ({result['lines']} lines)")
+    columns = ("run", "BLEU", "chrF2", "TER", "params", "active/token", "updates",
+               "train wall s", "sent/s", "act. rate", "dropped")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in result["runs"]:
+        table.add_row(
+            row["name"],
+            *(score_cell(row, m) for m in ("BLEU", "chrF2", "TER")),
+            *(
+                "-" if row[k] is None else f"{row[k]:,}"
+                for k in (
+                    "parameters",
+                    "active_parameters",
+                    "updates",
+                    "train_wall_seconds",
+                    "sentences_per_second",
+                )
+            ),  # fmt: skip
+            *(
+                "-" if row[k] is None else f"{row[k]:.3f}"
+                for k in ("activation_rate", "dropped_fraction")
+            ),
+        )
+    table.caption = (
+        f"baseline {result['baseline']}; mean ± 95% CI (p) of paired bootstrap, "
+        f"* p < {SIGNIFICANCE}; " + "; ".join(f"{m} {s}" for m, s in result["signatures"].items())
+    )
+    return table

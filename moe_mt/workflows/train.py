@@ -180,7 +180,12 @@ def _run_fairseq(cfg, run_dir: RunDir, args: list[str], console: Console, resume
             "epoch": monitor.train.get("epoch"),
             "train_loss": monitor.epoch_end.get("loss", monitor.train.get("loss")),
             "last_valid": monitor.valid,
-            "valid_history": previous.get("valid_history", []) + monitor.valid_history,
+            # Each validation with its cumulative training wall-clock time (over resumes).
+            "valid_history": previous.get("valid_history", [])
+            + [
+                {**v, "wall_seconds": previous.get("wall_seconds", 0) + v["elapsed_seconds"]}
+                for v in monitor.valid_history
+            ],
             "wall_seconds": previous.get("wall_seconds", 0) + round(time.time() - started_wall, 1),
             "cpu_seconds": previous.get("cpu_seconds", 0) + round(_cpu_seconds() - started_cpu, 1),
             "interrupted": interrupted,

@@ -37,6 +37,7 @@ class TrainMonitor(logging.Handler):
         self.valid: dict = {}
         self.epoch_end: dict = {}
         self.valid_history: list[dict] = []
+        self.started = time.monotonic()
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name not in STAT_LOGGERS:
@@ -54,6 +55,8 @@ class TrainMonitor(logging.Handler):
             self.epoch_end = stats
             self.train = {**self.train, **stats}
         else:
+            # When it was validated, in seconds since this run started (for loss-vs-time plots).
+            stats["elapsed_seconds"] = round(time.monotonic() - self.started, 1)
             self.valid = stats
             self.valid_history.append(stats)
         if self.live is not None:

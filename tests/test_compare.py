@@ -1,0 +1,97 @@
+"""moemt compare: evaluated runs side by side, bootstrap against the baseline, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from moe_mt.cli.main import app
+from moe_mt.errors import MoeMtError
+from moe_mt.workflows.compare import compare
+from moe_mt.workflows.evaluate import evaluate
+from tests.conftest import TINY_MODEL, demo_config
+
+
+@pytest.fixture(scope="module")
+def two_runs(trained_demo, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny trained run evaluated at update 20 (baseline) and at update 30."""
+    root = tmp_path_factory.mktemp("compare")
+    runs = []
+    for name, checkpoint in (("early", "checkpoint_1_20.pt"), ("late", "last")):
+        run_dir = root / name
+        shutil.copytree(trained_demo, run_dir)
+        cfg = demo_config(
+            run_dir, "data.spm.vocab_size=2000", *TINY_MODEL, "train.max_update=30",
+            "train.save_interval_updates=10", f"eval.checkpoint={checkpoint}", "eval.beam=1",
+        )  # fmt: skip
+        evaluate(cfg)
+        runs.append(run_dir)
+    return runs[0], runs[1]
+
+
+def test_compare_table_bootstrap_and_plots(two_runs, tmp_path):
+    early, late = two_runs
+    result = compare([early, late], tmp_path / "out", resamples=100, summaries=True)
+    assert [r["name"] for r in result["runs"]] == ["early", "late"]
+    base, other = result["runs"]
+    assert "bootstrap" not in base
+    for metric in ("BLEU", "chrF2", "TER"):
+        b = other["bootstrap"][metric]
+        assert 0 <= b["p_value"] <= 1 and b["system_ci95"] >= 0
+        assert b["system"] == pytest.approx(other["scores"][metric])
+        assert b["baseline"] == pytest.approx(base["scores"][metric])
+    assert other["updates"] == 30 and other["train_wall_seconds"] > 0
+    assert other["active_parameters"] == other["parameters"]  # dense: every weight is active
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert saved["runs"][1]["scores"] == other["scores"]
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert "| early |" in table and "| late |" in table and "nrefs:1|" in table
+    assert "valid_loss_updates.png" in result["plots"]
+    assert (tmp_path / "out" / "valid_loss_wall.png").stat().st_size > 0
+
+
+def test_cli_compare(two_runs, tmp_path):
+    early, late = two_runs
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(
+        app,
+        ["compare", str(late), "--baseline", str(early), "--out", str(out), "--resamples", "50"],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "compare test" in result.stdout
+    assert json.loads((out / "compare.json").read_text())["baseline"] == str(early.resolve())
+
+
+def _edit_report(run_dir: Path, edit) -> Path:
+    path = run_dir / "eval" / "test" / "report.json"
+    report = json.loads(path.read_text())
+    edit(report)
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_refusals_name_runs_and_field(two_runs, tmp_path):
+    early, late = two_runs
+    other = tmp_path / "other"
+    shutil.copytree(late, other)
+    _edit_report(other, lambda r: r["files"]["reference"].update(sha256="0" * 64))
+    with pytest.raises(MoeMtError, match=r"files\.reference\.sha256 differs") as error:
+        compare([early, other], tmp_path / "o1", summaries=False)
+    assert str(early.resolve()) in str(error.value) and str(other) in str(error.value)
+
+    shutil.rmtree(other)
+    shutil.copytree(late, other)
+    _edit_report(other, lambda r: r["scores"]["BLEU"].update(signature="nrefs:1|tok:intl"))
+    with pytest.raises(MoeMtError, match=r"scores\.BLEU\.signature differs"):
+        compare([early, other], tmp_path / "o2", summaries=False)
+
+    _edit_report(other, lambda r: r.update(split="valid"))
+    with pytest.raises(MoeMtError, match="hypotheses of split 'valid', not 'test'"):
+        compare([early, other], tmp_path / "o3", summaries=False)
+
+    with pytest.raises(MoeMtError, match="no eval report"):
+        compare([early, tmp_path], tmp_path / "o4", summaries=False)
