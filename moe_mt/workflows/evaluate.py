@@ -35,13 +35,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from moe_mt.checkpoints import choose_checkpoint
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
 from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
 from moe_mt.workflows.prep import sha256_file
+from moe_mt.workflows.progress import progress_bar
 from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.thor_consistency import thor_consistency, thor_models
 from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
@@ -260,18 +260,6 @@ def _baseline(cfg: DictConfig, files: EvalFiles, reference_sha256: str) -> dict 
 # -- the workflow ------------------------------------------------------------------------------
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
-
-
 def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
     """Translate and score the test set of ``cfg.eval`` in ``cfg.run_dir``; write the report."""
     console = console or Console(stderr=True)
@@ -296,7 +284,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             f"({chosen.num_updates:,} updates), beam {options.beam}",
             highlight=False,
         )
-        with _progress(console) as progress, track_expert_usage(translator.models[0]) as usage:
+        with progress_bar(console) as progress, track_expert_usage(translator.models[0]) as usage:
             task = progress.add_task(f"translate {files.name}", total=len(sources))
             translations = translator.translate(
                 sources, on_batch=lambda n: progress.advance(task, n)

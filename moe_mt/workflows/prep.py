@@ -25,12 +25,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from moe_mt.config import to_yaml
 from moe_mt.data_prep import binarize, clean, spm, validate
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
+from moe_mt.workflows.progress import progress_bar
 from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text, building_dir
 
 MANIFEST_FORMAT = 1
@@ -86,7 +87,7 @@ def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
             return PrepResult(run_dir.root, existing, up_to_date=True)
 
         started = time.time()
-        with building_dir(run_dir.data) as tmp, _progress(console) as progress:
+        with building_dir(run_dir.data) as tmp, progress_bar(console) as progress:
             manifest = _build(cfg.data, files, inputs, tmp, progress)
             manifest["fingerprint"] = fingerprint
             manifest["seconds"] = round(time.time() - started, 2)
@@ -94,18 +95,6 @@ def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
             atomic_write_json(tmp / "manifest.json", manifest)
         atomic_write_text(run_dir.config, to_yaml(cfg))
         return PrepResult(run_dir.root, manifest, up_to_date=False)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
 
 
 def _fingerprint(data_cfg: DictConfig, inputs: dict) -> str:
