@@ -306,7 +306,8 @@ def test_set_inference_checks_its_arguments(prepped_demo):
 
 @pytest.fixture(scope="module")
 def thor_run(prepped_demo, tmp_path_factory) -> Path:
-    """THOR (2 experts, layers 0 of 2+2... every other from the first) trained 4 updates."""
+    """THOR, 2 experts in layer 0 of 2+2 (every other from the first), sentence-level draws,
+    trained 4 updates."""
     run_dir = tmp_path_factory.mktemp("thor") / "run"
     shutil.copytree(prepped_demo, run_dir)
     cfg = moe_config(
