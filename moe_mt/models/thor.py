@@ -211,6 +211,7 @@ class ThorOptions:
     inference_seed: int
     expert_dropout: float | None  # None: the model's activation dropout
 
+    # The same reading of ``cfg.moe_<field>`` and the same placement rule as the routed families.
     from_cfg = classmethod(MoEOptions.from_cfg.__func__)
     is_moe_layer = MoEOptions.is_moe_layer
 
