@@ -25,6 +25,8 @@ batch of one sentence, closer to what one token stream sees).
 
     flock /tmp/moemt-cpu.lock .venv/bin/python benchmarks/family_speed.py
     .venv/bin/python benchmarks/family_speed.py --rounds 2 --updates 3 --warmup 3   # quick look
+    .venv/bin/python benchmarks/family_speed.py --checkpoints \
+        mhmoe=runs/demo_mhmoe/checkpoints/checkpoint_last.pt   # activation rates of trained runs
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ MODELS = {
 }
 
 
-def activation_rates(trainer, eval_batches: int, sentences: int) -> tuple[float, float]:
+def activation_rates(
+    task, model, max_tokens: int, eval_batches: int, sentences: int
+) -> tuple[float, float]:
     """Mean activation rate over MoE layers: per validation batch, and per single sentence."""
     from moe_mt.models.moe_layers import collect_moe_outputs
 
-    task, model = trainer.task, trainer.model
     task.load_dataset("valid")
     dataset = task.dataset("valid")
     model.eval()
@@ -65,13 +68,30 @@ def activation_rates(trainer, eval_batches: int, sentences: int) -> tuple[float,
             model(**sample["net_input"])
         return statistics.mean(float(o.output.stats.activation_rate) for o in outputs)
 
-    itr = task.get_batch_iterator(
-        dataset, max_tokens=trainer.cfg.dataset.max_tokens, seed=1
-    ).next_epoch_itr(shuffle=False)
+    itr = task.get_batch_iterator(dataset, max_tokens=max_tokens, seed=1).next_epoch_itr(
+        shuffle=False
+    )
     per_batch = [rate(sample) for _, sample in zip(range(eval_batches), itr, strict=False)]
     per_sentence = [rate(dataset.collater([dataset[i]])) for i in range(sentences)]
     model.train()
     return statistics.mean(per_batch), statistics.mean(per_sentence)
+
+
+def checkpoint_rates(args) -> None:
+    """The activation-rate columns for trained checkpoints (``NAME=PATH``)."""
+    from fairseq import checkpoint_utils
+
+    print("| model | updates | activation rate per batch | per sentence |")
+    print("| --- | --- | --- | --- |")
+    for item in args.checkpoints:
+        name, _, path = item.partition("=")
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path])
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        updates = state["optimizer_history"][-1]["num_updates"]
+        batch, sentence = activation_rates(
+            task, models[0], args.max_tokens, args.eval_batches, args.sentences
+        )
+        print(f"| {name} | {updates} | {100 * batch:.2f}% | {100 * sentence:.2f}% |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,10 +105,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sentences", type=int, default=200)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--work-dir", type=Path, default=None, help="prepared data (reused)")
+    parser.add_argument(
+        "--checkpoints",
+        nargs="+",
+        metavar="NAME=CHECKPOINT",
+        help="only measure the activation rates of these trained checkpoints (no timing)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     moe_mt.register()
+    if args.checkpoints:
+        checkpoint_rates(args)
+        return
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "moemt-bench-train-speed"
     if not (work_dir / "data" / "manifest.json").exists():
         _prepare(work_dir)
@@ -127,7 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         if runner.name == "dense":
             rates = "| - | - |"
         else:
-            batch, sentence = activation_rates(runner.trainer, args.eval_batches, args.sentences)
+            batch, sentence = activation_rates(
+                runner.trainer.task, runner.trainer.model, args.max_tokens, args.eval_batches,
+                args.sentences,
+            )  # fmt: skip
             rates = f"| {100 * batch:.2f}% | {100 * sentence:.2f}% |"
         print(
             f"| {runner.name} | {_params(runner.trainer.model) / 1e6:.1f}M "
