@@ -170,6 +170,17 @@ eval_commands.register(
     err_console=err_console,
 )
 
+from moe_mt.cli import distill_command  # noqa: E402  (registers `distill`)
+
+distill_command.register(
+    app,
+    user_errors=user_errors,
+    config_arg=ConfigArg,
+    overrides_arg=OverridesArg,
+    console=console,
+    err_console=err_console,
+)
+
 
 if __name__ == "__main__":
     app()

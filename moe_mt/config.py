@@ -30,6 +30,8 @@ PATH_KEYS = (
     "eval.source",
     "eval.reference",
     "eval.bootstrap_baseline",
+    "distill.teacher",
+    "distill.baseline",
 )
 
 RUN_CONFIG = "config.yaml"
@@ -202,6 +204,26 @@ class EvalConfig:
 
 
 @dataclass
+class DistillConfig:
+    """``moemt distill``: a dense student (this recipe's ``model`` and ``train``) learns from the
+    teacher run ``teacher`` on the teacher's data (Switch Transformer §5.3; Kim & Rush 2016)."""
+
+    teacher: Optional[str] = None  # run directory of the trained teacher (prepared data)
+    teacher_checkpoint: str = "last"  # last | best | average | a path (as eval.checkpoint)
+    mode: str = "word"  # word (KL to the teacher's distributions) | sequence (teacher outputs)
+    teacher_weight: float = 0.25  # word: w of KL(teacher || student); 1 - w on gold CE
+    teacher_inference: Optional[str] = None  # THOR teachers: random | fixed | mean (null: eval's)
+    init: str = "mean"  # student FFN from an MoE layer: mean (of experts) | expert | none
+    init_expert: int = 0  # the expert of init=expert
+    init_from_teacher: bool = True  # copy the teacher's non-expert weights where shapes agree
+    beam: int = 5  # sequence: beam of the teacher's translation of the training source
+    mix_original: bool = False  # sequence: train on teacher outputs plus the original targets
+    chunk_lines: int = 2000  # sequence: teacher translations written (atomically) per chunk
+    max_sentences: int = 0  # sequence: translate only the first N training sentences (0: all)
+    baseline: Optional[str] = None  # run directory of a dense baseline, for the report
+
+
+@dataclass
 class ExperimentConfig:
     name: str = MISSING  # experiment name
     run_dir: Optional[str] = None  # experiment directory (default: runs/<name>)
@@ -209,6 +231,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # moemt distill only
 
 
 def schema() -> DictConfig:
