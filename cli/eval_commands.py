@@ -58,14 +58,21 @@ def bootstrap_table(bootstrap: dict) -> Table:
 
 def expert_usage_table(usage: dict) -> Table:
     """One row per MoE layer: tokens routed, active experts, most/least used expert's load."""
-    table = Table(title="expert usage (load: tokens relative to a uniform share)")
-    for column in ("layer", "tokens", "active experts", "load max", "load min", "dropped"):
+    table = Table(
+        title="expert usage (activation rate: share of experts reached per forward pass; "
+        "load: tokens relative to a uniform share)"
+    )
+    columns = ("layer", "tokens", "active experts", "activation rate", "load max", "load min",
+               "dropped")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "layer" else "right")
     for name, layer in usage["layers"].items():
+        rate = layer.get("activation_rate")
         table.add_row(
             name,
             f"{sum(layer['tokens']):,}",
             f"{layer['active_experts']}/{len(layer['tokens'])}",
+            "-" if rate is None else f"{rate:.2%}",
             f"{layer['load_max']:.2f}",
             f"{layer['load_min']:.2f}",
             f"{layer['dropped']:,}",

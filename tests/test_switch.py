@@ -240,6 +240,13 @@ def test_expert_usage_over_a_decode(switch_run, tmp_path):
     # Every real source token once (beam search encodes each sentence once), no pads, no drops.
     assert sum(encoder["tokens"]) == int(sample["net_input"]["src_tokens"].ne(pad).sum())
     assert encoder["dropped"] == 0 and len(encoder["share"]) == 8
+    # One encoder pass: its activation rate is the share of experts that got a token.
+    assert encoder["activation_rate"] == pytest.approx(encoder["active_experts"] / 8, abs=1e-4)
+    decoder_rate = report["layers"]["decoder.layers.1"]["activation_rate"]
+    assert 0 < decoder_rate <= 1
+    assert report["activation_rate"] == pytest.approx(
+        (encoder["activation_rate"] + decoder_rate) / 2, abs=1e-4
+    )
     assert sum(report["layers"]["decoder.layers.1"]["tokens"]) > 0
     assert report["plot"] == "expert_usage.png"
     assert (tmp_path / "eval" / "expert_usage.png").read_bytes()[:4] == b"\x89PNG"
@@ -248,7 +255,11 @@ def test_expert_usage_over_a_decode(switch_run, tmp_path):
 
     with track_expert_usage() as nothing:  # dense decode or no MoE layer ran: no plot
         pass
-    assert write_expert_usage(nothing, tmp_path / "none.png") == {"layers": {}, "plot": None}
+    assert write_expert_usage(nothing, tmp_path / "none.png") == {
+        "layers": {},
+        "activation_rate": None,
+        "plot": None,
+    }
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,9 @@ class ExpertUsage:
 
     tokens: dict[str, Tensor] = field(default_factory=dict)  # name -> [e] float64
     dropped: dict[str, float] = field(default_factory=dict)  # name -> dropped assignments
+    # Sum of the core's per-forward-pass activation rate, and the number of passes.
+    activation_sum: dict[str, float] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
 
     def add(self, name: str, output: MoEOutput) -> None:
         """Observer of one MoE layer's output (see :func:`track_expert_usage`)."""
@@ -58,11 +61,15 @@ class ExpertUsage:
         self.tokens[name] += counts
         kept = float(output.plan.counts.sum())
         self.dropped[name] += float(output.plan.num_assignments) - kept
+        self.activation_sum[name] += float(output.stats.activation_rate)
+        self.passes[name] += 1
 
     def _ensure(self, name: str, num_experts: int) -> None:
         if name not in self.tokens:
             self.tokens[name] = torch.zeros(num_experts, dtype=torch.float64)
             self.dropped[name] = 0.0
+            self.activation_sum[name] = 0.0
+            self.passes[name] = 0
 
     def layer_names(self) -> list[str]:
         """Encoder layers first, then decoder layers, each by index."""
@@ -87,8 +94,19 @@ class ExpertUsage:
                 "active_experts": int((tokens > 0).sum()),
                 "load_max": round(max(share) * e, 4),
                 "load_min": round(min(share) * e, 4),
+                # Mean over forward passes of the share of experts that got a token in the
+                # pass (the core's MoEStats.activation_rate; a beam-search step is a pass).
+                "activation_rate": (
+                    round(self.activation_sum[name] / self.passes[name], 4)
+                    if self.passes[name]
+                    else None
+                ),
             }
-        return {"layers": layers}
+        rates = [v["activation_rate"] for v in layers.values() if v["activation_rate"] is not None]
+        return {
+            "layers": layers,
+            "activation_rate": round(sum(rates) / len(rates), 4) if rates else None,
+        }
 
 
 @contextlib.contextmanager
