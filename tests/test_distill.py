@@ -147,3 +147,16 @@ def test_config_errors(teacher, tmp_path, override, message):
 def test_teacher_is_required(tmp_path):
     with pytest.raises(MoeMtError, match="distill.teacher"):
         distill(demo_config(tmp_path / "s"))
+
+
+def test_demo_recipe_loads():
+    from moe_mt.config import load_config
+
+    cfg = load_config(REPO / "recipes" / "demo_distill.yaml")
+    assert cfg.distill.teacher == str((REPO / "runs" / "demo_switch").resolve())
+    assert cfg.distill.baseline == str((REPO / "runs" / "demo").resolve())
+    assert (cfg.distill.mode, cfg.distill.teacher_weight, cfg.distill.init) == (
+        "word",
+        0.25,
+        "mean",
+    )
