@@ -161,3 +161,16 @@ def test_resume_after_kill(trained_demo, tmp_path):
     result = train(_cfg(run_dir, f"train.max_update={saved + 5}", "train.save_interval_updates=10"))
     assert result.resumed_from_update == saved
     assert checkpoint_update(last) == saved + 5
+
+
+def test_rejected_model_config_writes_nothing(trained_demo, tmp_path):
+    run_dir = _copy(trained_demo, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")
+    before = (run_dir / "config.yaml").read_bytes()
+    with pytest.raises(MoeMtError, match="invalid choice: 'no_such_arch'"):
+        train(_cfg(run_dir, "model.arch=no_such_arch"))
+    cfg = _cfg(run_dir, "model.arch=soft_moe_transformer_demo", "model.moe.sides=decoder")
+    with pytest.raises(MoeMtError, match="decoder"):
+        train(cfg)
+    assert (run_dir / "config.yaml").read_bytes() == before
+    assert not (run_dir / "checkpoints").exists()

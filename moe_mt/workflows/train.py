@@ -114,6 +114,9 @@ def train(
     start_from = _finetune_checkpoint(finetune_from) if finetune_from is not None else None
     if start_from is not None:
         args += ["--finetune-from-model", str(start_from)]
+    # Every error fairseq or an architecture finds in the arguments (an unknown option, Soft MoE
+    # in a decoder) surfaces here, before anything is written.
+    parse_fairseq_args(args)
     if dry_run:
         return TrainResult(run_dir.root, args, dry_run=True)
 
@@ -145,12 +148,30 @@ def train(
         return TrainResult(run_dir.root, args, resumed_from_update=resumed_from, summary=summary)
 
 
-def _run_fairseq(cfg, run_dir: RunDir, args: list[str], console: Console, resumed_from: int):
+def parse_fairseq_args(args: list[str]):
+    """fairseq's config for a fairseq-train argument list; a rejected argument is one line."""
+    import contextlib
+    import io
+
     import moe_mt
 
     moe_mt.register()
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, args))
+    except SystemExit:  # argparse's way of rejecting an argument
+        lines = [line for line in errors.getvalue().splitlines() if line.strip()]
+        message = lines[-1] if lines else "invalid arguments"
+        message = message.split(" (choose from ")[0]  # not fairseq's list of every choice
+        raise MoeMtError(f"fairseq rejected the training arguments: {message}") from None
+
+
+def _run_fairseq(cfg, run_dir: RunDir, args: list[str], console: Console, resumed_from: int):
     from fairseq.distributed import utils as distributed_utils
 
     previous = _read_json(run_dir.logs / "train_summary.json") if resumed_from else {}
@@ -168,8 +189,7 @@ def _run_fairseq(cfg, run_dir: RunDir, args: list[str], console: Console, resume
             log.info("resuming from %s at update %d", LAST_CHECKPOINT, resumed_from)
         from fairseq_cli import train as fairseq_train
 
-        parser = options.get_training_parser()
-        fairseq_cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, args))
+        fairseq_cfg = parse_fairseq_args(args)
         try:
             distributed_utils.call_main(fairseq_cfg, fairseq_train.main)
         except KeyboardInterrupt:
