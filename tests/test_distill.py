@@ -160,3 +160,26 @@ def test_demo_recipe_loads():
         0.25,
         "mean",
     )
+
+
+def test_thor_teacher_word_level(prepped_demo, tmp_path):
+    """An MoE (THOR) teacher: FFNs from the mean of its experts, its inference mode passed to
+    the criterion, and the student trains a few updates."""
+    from moe_mt.workflows.train import train
+
+    thor = tmp_path / "thor"
+    shutil.copytree(prepped_demo, thor)
+    thor_args = ("model.arch=thor_transformer_demo", "model.moe.num_experts=2",
+                 "train.criterion=thor_label_smoothed_cross_entropy")  # fmt: skip
+    train(demo_config(thor, "data.spm.vocab_size=2000", *TINY_MODEL, *thor_args,
+                      "train.max_update=5"))  # fmt: skip
+    student = tmp_path / "student"
+    cfg = demo_config(student, *_overrides(thor, "distill.teacher_inference=fixed",
+                                           "eval.thor_draws=2", "eval.split=valid"))  # fmt: skip
+    report = distill(cfg).report
+    assert report["init"]["from_experts"] == 8  # fc1/fc2 weight and bias, 1 layer per side
+    assert report["student"]["parameters"] < report["teacher"]["parameters"]
+    assert report["teacher"]["arch"] == "thor_transformer_demo"
+    config = (student / "config.yaml").read_text()
+    assert "--distill-teacher-inference" in config and "- fixed" in config
+    assert read_num_updates(student / "checkpoints" / "checkpoint_last.pt") == 3
