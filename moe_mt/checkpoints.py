@@ -221,10 +221,10 @@ def average_checkpoints(inputs: Sequence[CheckpointInfo], output: Path, record: 
         # fairseq stores plain containers; the loader turned it into a DictConfig.
         state["cfg"] = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)
     state[AVERAGE_KEY] = {**record, "non_float_differing": differing}
-    _atomic_torch_save(state, output)
+    atomic_torch_save(state, output)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
+def atomic_torch_save(obj, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -38,7 +38,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from moe_mt.checkpoints import LAST, _atomic_torch_save, choose_checkpoint, load_state
+from moe_mt.checkpoints import LAST, atomic_torch_save, choose_checkpoint, load_state
 from moe_mt.config import load_config
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
@@ -348,7 +348,7 @@ def write_init_checkpoint(cfg, student_cfg, chosen, student_dir: RunDir, console
         _log(student_dir, console, "  " + line, quiet=True)
     atomic_write_json(student_dir.root / "distill" / "init.json", report.as_dict())
     path = student_dir.root / "distill" / INIT_CHECKPOINT
-    _atomic_torch_save(
+    atomic_torch_save(
         {
             "args": None,
             "cfg": None,
