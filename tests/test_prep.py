@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from moe_mt.cli.main import app
+from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.prep import prep, sha256_file
+from moe_mt.workflows.prep import prep
 from moe_mt.workflows.rundir import RunDir
 
 SMALL = 300  # lines of the shipped corpus per split in these tests
@@ -156,7 +157,7 @@ def test_manifest_and_layout(tmp_path, corpus):
     result = prep(_load(tmp_path, corpus))
     data = RunDir(result.run_dir).data
     manifest = json.loads((data / "manifest.json").read_text())
-    assert manifest["inputs"]["test"]["de"]["sha256"] == sha256_file(corpus / "test.de")
+    assert manifest["inputs"]["test"]["de"]["sha256"] == file_sha256(corpus / "test.de")
     train = manifest["splits"]["train"]
     assert train["lines"]["kept"] == SMALL - sum(train["dropped"].values())
     for split in ("train", "valid", "test"):

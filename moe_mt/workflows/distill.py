@@ -200,8 +200,8 @@ def _read_chunk(path: Path, expected: int) -> list[str] | None:
 def teacher_outputs(cfg, teacher_cfg, chosen, student_dir: RunDir, console) -> tuple[Path, dict]:
     """Translate the teacher's cleaned training source with the teacher (resumably); return the
     file of translations and what made it."""
+    from moe_mt.data_prep.download import file_sha256
     from moe_mt.workflows.evaluate import read_lines
-    from moe_mt.workflows.prep import sha256_file
     from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
 
     teacher_dir = RunDir(teacher_cfg.run_dir)
@@ -218,7 +218,7 @@ def teacher_outputs(cfg, teacher_cfg, chosen, student_dir: RunDir, console) -> t
     fingerprint = {
         "teacher_checkpoint": str(chosen.path),
         "teacher_updates": chosen.num_updates,
-        "source_sha256": sha256_file(source),
+        "source_sha256": file_sha256(source),
         "decoding": options.as_dict(),
         "model_overrides": overrides,
     }

@@ -37,10 +37,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from moe_mt.checkpoints import choose_checkpoint
+from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
 from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
-from moe_mt.workflows.prep import sha256_file
 from moe_mt.workflows.progress import progress_bar
 from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.thor_consistency import thor_consistency, thor_models
@@ -272,7 +272,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
         check_same_length(
             sources, files.source, references, files.reference, "source and reference"
         )
-        reference_sha256 = sha256_file(files.reference)
+        reference_sha256 = file_sha256(files.reference)
         baseline = _baseline(cfg, files, reference_sha256)
 
         chosen = choose_checkpoint(run_dir.checkpoints, cfg.eval.checkpoint, cfg.eval.average_last)
@@ -325,7 +325,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             "split": files.split,
             "lines": len(sources),
             "files": {
-                "source": {"path": str(files.source), "sha256": sha256_file(files.source)},
+                "source": {"path": str(files.source), "sha256": file_sha256(files.source)},
                 "reference": {"path": str(files.reference), "sha256": reference_sha256},
                 "hypotheses": str(out_dir / HYPOTHESES),
             },

@@ -29,6 +29,7 @@ from rich.progress import Progress
 
 from moe_mt.config import to_yaml
 from moe_mt.data_prep import binarize, clean, spm, validate
+from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
 from moe_mt.workflows.progress import progress_bar
@@ -62,14 +63,6 @@ def split_files(data_cfg: DictConfig) -> dict[str, dict[str, Path]]:
     return files
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
     """Run the data preparation of ``cfg`` into ``cfg.run_dir``; a no-op when up to date."""
     console = console or Console(stderr=True)
@@ -77,7 +70,7 @@ def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
     with run_dir.locked():
         files = split_files(cfg.data)
         inputs = {
-            split: {lang: {"path": str(p), "sha256": sha256_file(p)} for lang, p in langs.items()}
+            split: {lang: {"path": str(p), "sha256": file_sha256(p)} for lang, p in langs.items()}
             for split, langs in files.items()
         }
         fingerprint = _fingerprint(cfg.data, inputs)
