@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+
+from moe_mt.data_prep.download_extract import archive_kind
 
 __all__ = [
     "Archive",
@@ -69,14 +71,7 @@ class Archive:
     @property
     def kind(self) -> str:
         """``tar``, ``zip``, ``gz`` (one gzipped file) or ``file`` (used as downloaded)."""
-        name = self.filename.lower()
-        if name.endswith((".tar.gz", ".tgz", ".tar")):
-            return "tar"
-        if name.endswith(".zip"):
-            return "zip"
-        if name.endswith(".gz"):
-            return "gz"
-        return "file"
+        return archive_kind(Path(self.filename))
 
 
 @dataclass(frozen=True)
