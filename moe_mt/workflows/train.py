@@ -116,7 +116,7 @@ def train(
         args += ["--finetune-from-model", str(start_from)]
     # Every error fairseq or an architecture finds in the arguments (an unknown option, Soft MoE
     # in a decoder) surfaces here, before anything is written.
-    parse_fairseq_args(args)
+    fairseq_cfg = parse_fairseq_args(args)
     if dry_run:
         return TrainResult(run_dir.root, args, dry_run=True)
 
@@ -131,6 +131,7 @@ def train(
                 if start_from.is_relative_to(run_dir.checkpoints.resolve()):
                     start_from = aside / start_from.relative_to(run_dir.checkpoints.resolve())
                     args[-1] = str(start_from)
+                    fairseq_cfg = parse_fairseq_args(args)
             else:
                 _guard(cfg, run_dir)
         elif overwrite:
@@ -144,7 +145,7 @@ def train(
         if not (run_dir.checkpoints / RUN_CONFIG).exists() or resumed_from == 0:
             atomic_write_text(run_dir.checkpoints / RUN_CONFIG, text)
 
-        summary = _run_fairseq(cfg, run_dir, args, console, resumed_from)
+        summary = _run_fairseq(cfg, run_dir, args, fairseq_cfg, console, resumed_from)
         return TrainResult(run_dir.root, args, resumed_from_update=resumed_from, summary=summary)
 
 
@@ -171,7 +172,9 @@ def parse_fairseq_args(args: list[str]):
         raise MoeMtError(f"fairseq rejected the training arguments: {message}") from None
 
 
-def _run_fairseq(cfg, run_dir: RunDir, args: list[str], console: Console, resumed_from: int):
+def _run_fairseq(
+    cfg, run_dir: RunDir, args: list[str], fairseq_cfg, console: Console, resumed_from: int
+):
     from fairseq.distributed import utils as distributed_utils
 
     previous = _read_json(run_dir.logs / "train_summary.json") if resumed_from else {}
@@ -189,7 +192,6 @@ def _run_fairseq(cfg, run_dir: RunDir, args: list[str], console: Console, resume
             log.info("resuming from %s at update %d", LAST_CHECKPOINT, resumed_from)
         from fairseq_cli import train as fairseq_train
 
-        fairseq_cfg = parse_fairseq_args(args)
         try:
             distributed_utils.call_main(fairseq_cfg, fairseq_train.main)
         except KeyboardInterrupt:
