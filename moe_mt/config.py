@@ -61,10 +61,17 @@ class SpmConfig:
 
 @dataclass
 class DataConfig:
-    """Parallel text: ``<prefix>.<src>`` and ``<prefix>.<tgt>`` per split, line-aligned."""
+    """Parallel text: ``<prefix>.<src>`` and ``<prefix>.<tgt>`` per split, line-aligned.
+
+    Multilingual (``pairs`` set, ``src``/``tgt`` unused): every direction ``a-b`` reads
+    ``<prefix>.a`` and ``<prefix>.b`` with ``{pair}`` in a prefix replaced by ``a-b``, or by
+    ``b-a`` where only those files exist (one corpus serves both directions); one joint
+    sentencepiece model and dictionary (``moe_mt/workflows/multilingual.py``).
+    """
 
     src: str = MISSING  # source language code, the file suffix (e.g. en)
     tgt: str = MISSING  # target language code (e.g. de)
+    pairs: List[str] = field(default_factory=list)  # multilingual directions: [en-de, de-en, ...]
     train: str = MISSING  # path prefix of the training files
     valid: str = MISSING  # path prefix of the validation files
     test: Optional[str] = None  # path prefix of the test files
@@ -175,6 +182,10 @@ class TrainConfig:
     num_workers: int = 0  # data loader workers
     log_interval: int = 50  # updates between log lines
     tensorboard_logdir: Optional[str] = None
+    # Multilingual runs (data.pairs; fairseq's translation_multi_simple_epoch task):
+    sampling_temperature: float = 5.0  # pair sampling p ~ (n_pair / n)^(1/T); 1: by size
+    encoder_langtok: Optional[str] = "src"  # source prefixed with the src | tgt language token
+    decoder_langtok: bool = True  # target starts with the target language token
     fairseq_args: List[str] = field(default_factory=list)  # any other fairseq option, verbatim
 
 
@@ -201,6 +212,9 @@ class EvalConfig:
     thor_inference: str = "random"  # random (per sentence, seeded) | fixed | mean (all experts)
     thor_expert: int = 0  # the expert of thor_inference=fixed, in every expert layer
     thor_draws: int = 3  # eval: random draws (seeds seed, seed+1, ...) for the consistency report
+    # Multilingual runs (data.pairs): eval scores these directions (empty: every one with a
+    # test set); translate takes exactly one (or --src/--tgt).
+    directions: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -330,6 +344,8 @@ def _resolve_paths(cfg: DictConfig, base: Path) -> None:
 
 def _check_mandatory(cfg: DictConfig, origin: str) -> None:
     missing = sorted(_missing_keys(cfg))
+    if cfg.data.pairs:  # multilingual: the directions name the languages
+        missing = [key for key in missing if key not in ("data.src", "data.tgt")]
     if missing:
         raise MoeMtError(f"{origin}: missing mandatory key(s): {', '.join(missing)}")
 
