@@ -8,6 +8,11 @@ the file (or override) it came from.
 
 Relative paths in a recipe are relative to the recipe file, so that a recipe works from any
 working directory; relative paths given as overrides are relative to the working directory.
+
+A recipe may compose shared pieces: ``include: [pieces/data/x.yaml, pieces/schedule/y.yaml]``
+(paths relative to the including file) merges each piece in order (a piece may include others,
+expanded first), later pieces over earlier ones, then the including file itself, then the
+command-line overrides. An include cycle or a missing piece is an error naming the file.
 """
 
 # No `from __future__ import annotations` here: omegaconf 2.0 reads the dataclass field types.
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from moe_mt.errors import MoeMtError
@@ -26,6 +31,7 @@ PATH_KEYS = (
     "data.train",
     "data.valid",
     "data.test",
+    "data.cache_dir",
     "train.tensorboard_logdir",
     "eval.source",
     "eval.reference",
@@ -35,6 +41,7 @@ PATH_KEYS = (
 )
 
 RUN_CONFIG = "config.yaml"
+INCLUDE_KEY = "include"  # a recipe's list of pieces merged before it
 
 
 @dataclass
@@ -72,9 +79,13 @@ class DataConfig:
     src: str = MISSING  # source language code, the file suffix (e.g. en)
     tgt: str = MISSING  # target language code (e.g. de)
     pairs: List[str] = field(default_factory=list)  # multilingual directions: [en-de, de-en, ...]
-    train: str = MISSING  # path prefix of the training files
-    valid: str = MISSING  # path prefix of the validation files
+    # Local files (train and valid mandatory), or a corpus of the download registry:
+    train: Optional[str] = None  # path prefix of the training files
+    valid: Optional[str] = None  # path prefix of the validation files
     test: Optional[str] = None  # path prefix of the test files
+    source: Optional[str] = None  # registry corpus (data_prep/sources.py) that prep downloads
+    cache_dir: Optional[str] = None  # its downloads (default: $MOEMT_CACHE_DIR or ~/.cache/moemt)
+    lowercase: bool = False  # lowercase every split, both sides, as fairseq's IWSLT14 preparation
     max_line_chars: int = 2000  # longer lines: dropped in train, fatal in valid/test
     joined_dictionary: bool = True  # one fairseq dictionary for both sides
     clean: CleanConfig = field(default_factory=CleanConfig)
@@ -212,6 +223,9 @@ class EvalConfig:
     thor_inference: str = "random"  # random (per sentence, seeded) | fixed | mean (all experts)
     thor_expert: int = 0  # the expert of thor_inference=fixed, in every expert layer
     thor_draws: int = 3  # eval: random draws (seeds seed, seed+1, ...) for the consistency report
+    # Tokenised BLEU as WMT En-De papers report it, beside (never instead of) sacreBLEU:
+    legacy_bleu: bool = False  # report.json `legacy_bleu` (moe_mt/workflows/legacy_bleu.py)
+    legacy_bleu_compound_split: bool = True  # split hyphenated compounds (##AT##-##AT##)
     # Multilingual runs (data.pairs): eval scores these directions (empty: every one with a
     # test set); translate takes exactly one (or --src/--tgt).
     directions: List[str] = field(default_factory=list)
@@ -265,19 +279,15 @@ def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ())
             raise MoeMtError(f"{source}: not a run directory (no {RUN_CONFIG})")
         raise MoeMtError(f"{path}: no such recipe file")
 
-    try:
-        loaded = OmegaConf.load(path)
-    except (OSError, UnicodeDecodeError, ValueError, OmegaConfBaseException) as exc:
-        raise MoeMtError(f"{path}: cannot read YAML: {_first_line(exc)}") from exc
-    if not isinstance(loaded, DictConfig):
-        raise MoeMtError(f"{path}: a recipe must be a mapping of keys to values")
-    loaded = _without_meta(loaded)
+    loaded = _without_meta(_read_yaml(path))
     if from_run_dir:
         # The directory given is the run directory, wherever config.yaml says it was written
         # (a copied or moved run directory works on itself).
         loaded.run_dir = str(source.resolve())
-    _resolve_paths(loaded, base=path.parent)
-    cfg = _merge(schema(), loaded, origin=str(path))
+    cfg = schema()
+    for piece_path, piece in _with_includes(path, loaded, chain=()):
+        _resolve_paths(piece, base=piece_path.parent)  # relative to the file that says it
+        cfg = _merge(cfg, piece, origin=str(piece_path))
 
     dotlist = _parse_overrides(overrides)
     if dotlist:
@@ -297,6 +307,40 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def section_equal(a: DictConfig, b: DictConfig, key: str) -> bool:
     return OmegaConf.to_container(a[key]) == OmegaConf.to_container(b[key])
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, ValueError, OmegaConfBaseException) as exc:
+        raise MoeMtError(f"{path}: cannot read YAML: {_first_line(exc)}") from exc
+    if not isinstance(loaded, DictConfig):
+        raise MoeMtError(f"{path}: a recipe must be a mapping of keys to values")
+    return loaded
+
+
+def _with_includes(path: Path, loaded: DictConfig, chain: tuple) -> list:
+    """``[(file, config)]`` in merge order: the pieces ``loaded`` includes (each expanded the
+    same way, depth first), then ``loaded`` itself without its ``include`` key."""
+    if INCLUDE_KEY not in loaded:
+        return [(path, loaded)]
+    entries = loaded[INCLUDE_KEY]
+    if isinstance(entries, str):
+        entries = [entries]
+    if not isinstance(entries, (list, ListConfig)) or not all(isinstance(e, str) for e in entries):
+        raise MoeMtError(f"{path}: '{INCLUDE_KEY}' must be a list of YAML paths")
+    chain = (*chain, path.resolve())
+    pieces = []
+    for entry in entries:
+        target = (path.parent / Path(entry).expanduser()).resolve()
+        if target in chain:
+            cycle = " -> ".join(str(p) for p in (*chain[chain.index(target) :], target))
+            raise MoeMtError(f"{path}: include cycle: {cycle}")
+        if not target.is_file():
+            raise MoeMtError(f"{path}: include '{entry}': no such file {target}")
+        pieces += _with_includes(target, _read_yaml(target), chain)
+    own = OmegaConf.masked_copy(loaded, [k for k in loaded if k != INCLUDE_KEY])
+    return [*pieces, (path, own)]
 
 
 def _default_run_dir(cfg: DictConfig) -> str:
@@ -346,8 +390,22 @@ def _check_mandatory(cfg: DictConfig, origin: str) -> None:
     missing = sorted(_missing_keys(cfg))
     if cfg.data.pairs:  # multilingual: the directions name the languages
         missing = [key for key in missing if key not in ("data.src", "data.tgt")]
+    missing = sorted({*missing, *_missing_inputs(cfg, origin)})
     if missing:
         raise MoeMtError(f"{origin}: missing mandatory key(s): {', '.join(missing)}")
+
+
+def _missing_inputs(cfg: DictConfig, origin: str) -> list[str]:
+    """Local files need data.train and data.valid; a registry corpus brings its own splits."""
+    local = [k for k in ("train", "valid", "test") if cfg.data[k] is not None]
+    if cfg.data.source is None:
+        return [f"data.{k}" for k in ("train", "valid") if k not in local]
+    if local:
+        raise MoeMtError(
+            f"{origin}: data.source={cfg.data.source} and data.{local[0]} exclude each other "
+            "(a registry corpus brings its own splits)"
+        )
+    return []
 
 
 def _missing_keys(node: DictConfig, prefix: str = ""):
