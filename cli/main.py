@@ -137,11 +137,15 @@ def compare(
     ] = "compare",
     resamples: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Paired bootstrap seed.")] = 12345,
+    eval_name: Annotated[
+        str | None,
+        typer.Option(help="Compare the reports in eval/NAME (`moemt eval ... eval.name=NAME`)."),
+    ] = None,
 ) -> None:
     """Evaluated runs side by side, with paired bootstrap against the baseline."""
     from moe_mt.workflows.compare import compare as run_compare
 
-    result = run_compare(run_dirs, out, baseline, split, resamples, seed)
+    result = run_compare(run_dirs, out, baseline, split, resamples, seed, eval_name=eval_name)
     console.print(report.compare_table(result))
     console.print(
         f"wrote {out} (compare.md, compare.json, {', '.join(result['plots']) or 'no plots'})"

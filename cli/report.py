@@ -53,8 +53,9 @@ def train_table(result) -> Table:
 def compare_table(result: dict) -> Table:
     from moe_mt.workflows.compare import SIGNIFICANCE, score_cell
 
-    table = Table(title=f"compare {result['split']} ({result['lines']} lines)")
-    columns = ("run", "BLEU", "chrF2", "TER", "params", "active/token", "updates",
+    where = result.get("eval_name", result["split"])
+    table = Table(title=f"compare {result['split']} ({result['lines']} lines, eval/{where})")
+    columns = ("run", "BLEU", "chrF2", "TER", "params", "active/token", "ckpt updates", "updates",
                "train wall s", "sent/s", "act. rate", "dropped")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "run" else "right")
@@ -67,6 +68,7 @@ def compare_table(result: dict) -> Table:
                 for k in (
                     "parameters",
                     "active_parameters",
+                    "checkpoint_updates",
                     "updates",
                     "train_wall_seconds",
                     "sentences_per_second",

@@ -209,6 +209,7 @@ class EvalConfig:
     split: str = "test"  # a prepared split (valid | test) ...
     source: Optional[str] = None  # ... or any source file with its reference:
     reference: Optional[str] = None
+    name: Optional[str] = None  # directory under eval/ (default: the split or the source's name)
     beam: int = 5
     lenpen: float = 1.0
     max_len_a: float = 1.2  # hypotheses are at most max_len_a * source length + max_len_b

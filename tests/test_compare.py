@@ -95,3 +95,30 @@ def test_refusals_name_runs_and_field(two_runs, tmp_path):
 
     with pytest.raises(MoeMtError, match="no eval report"):
         compare([early, tmp_path], tmp_path / "o4", summaries=False)
+
+
+def test_named_eval_of_an_earlier_checkpoint(two_runs, tmp_path):
+    """eval.name keeps an earlier checkpoint's report beside the final one; compare reads it."""
+    _, late = two_runs
+    runs = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        shutil.copytree(late, run_dir)
+        cfg = demo_config(
+            run_dir, "data.spm.vocab_size=2000", *TINY_MODEL, "train.max_update=30",
+            "eval.checkpoint=checkpoint_1_20.pt", "eval.beam=1", "eval.name=test@u20",
+        )  # fmt: skip
+        evaluate(cfg)
+        runs.append(run_dir)
+    named = json.loads((runs[0] / "eval" / "test@u20" / "report.json").read_text())
+    final = json.loads((runs[0] / "eval" / "test" / "report.json").read_text())
+    assert named["split"] == "test" and named["checkpoint"]["num_updates"] == 20
+    assert final["checkpoint"]["num_updates"] == 30  # untouched
+    result = compare(runs, tmp_path / "out", resamples=20, summaries=False, eval_name="test@u20")
+    assert [r["checkpoint_updates"] for r in result["runs"]] == [20, 20]
+    assert result["runs"][1]["updates"] == 30  # the whole training run's
+    # Same checkpoint, same decoding: identical hypotheses and scores.
+    assert result["runs"][1]["scores"] == result["runs"][0]["scores"]
+    assert "eval/test@u20" in (tmp_path / "out" / "compare.md").read_text()
+    with pytest.raises(MoeMtError, match="eval.name='../x'"):
+        evaluate(demo_config(runs[0], "data.spm.vocab_size=2000", *TINY_MODEL, "eval.name=../x"))

@@ -48,9 +48,10 @@ class RunRecord:
     train: dict  # logs/train_summary.json, {} when absent
 
 
-def load_run(run_dir: str | Path, split: str) -> RunRecord:
+def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> RunRecord:
+    """The run's report of ``split`` in ``eval/<eval_name or split>/`` and its train summary."""
     run_dir = Path(run_dir).resolve()
-    report_path = run_dir / "eval" / split / "report.json"
+    report_path = run_dir / "eval" / (eval_name or split) / "report.json"
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
     except OSError:
@@ -98,16 +99,20 @@ def compare(
     resamples: int = 1000,
     seed: int = 12345,
     summaries: bool = True,
+    eval_name: str | None = None,
 ) -> dict:
     """Compare evaluated runs; write compare.json, compare.md and the plots to ``out_dir``.
 
     ``baseline`` defaults to the first run. ``summaries=False`` skips building each model for
-    its parameter counts (they then come from the eval reports: total only).
+    its parameter counts (they then come from the eval reports: total only). ``eval_name`` reads
+    the reports of ``moemt eval ... eval.name=NAME`` (e.g. an earlier checkpoint) instead.
     """
     if not run_dirs:
         raise MoeMtError("compare needs at least one run directory")
-    base = load_run(baseline if baseline is not None else run_dirs[0], split)
-    runs = [base] + [load_run(d, split) for d in run_dirs if Path(d).resolve() != base.run_dir]
+    base = load_run(baseline if baseline is not None else run_dirs[0], split, eval_name)
+    runs = [base] + [
+        load_run(d, split, eval_name) for d in run_dirs if Path(d).resolve() != base.run_dir
+    ]
     check_comparable(runs)
     references = read_lines(Path(base.report["files"]["reference"]["path"]))
 
@@ -121,6 +126,7 @@ def compare(
         rows.append(row)
     result = {
         "split": split,
+        "eval_name": eval_name or split,
         "baseline": str(base.run_dir),
         "lines": base.report["lines"],
         "signatures": {m: base.report["scores"][m]["signature"] for m in METRICS},
@@ -147,6 +153,7 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         "active_parameters": None,
         "flops_per_token": None,
         "updates": train.get("num_updates"),
+        "checkpoint_updates": (report.get("checkpoint") or {}).get("num_updates"),
         "epochs": train.get("epoch"),
         "train_wall_seconds": train.get("wall_seconds"),
         "train_cpu_seconds": train.get("cpu_seconds"),
@@ -177,10 +184,12 @@ def _fmt(value, spec: str = ",") -> str:
 
 
 def markdown_table(result: dict) -> str:
-    columns = ["run", "arch", *METRICS, "params", "active/token", "updates", "epochs",
+    columns = ["run", "arch", *METRICS, "params", "active/token", "ckpt updates", "updates", "epochs",
                "train wall s", "train CPU s", "sent/s", "act. rate", "dropped"]  # fmt: skip
     lines = [
-        f"Split `{result['split']}` ({result['lines']} lines); baseline `{result['baseline']}`.",
+        f"Split `{result['split']}` ({result['lines']} lines, reports `eval/{result['eval_name']}`); "
+        f"baseline `{result['baseline']}`. `ckpt updates`: the evaluated checkpoint's; `updates`, "
+        "`epochs`, `train wall s` and `train CPU s`: the whole training run's.",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + " --- |" * len(columns),
@@ -192,6 +201,7 @@ def markdown_table(result: dict) -> str:
         cells += [
             _fmt(row["parameters"]),
             _fmt(row["active_parameters"]),
+            _fmt(row["checkpoint_updates"]),
             _fmt(row["updates"]),
             _fmt(row["epochs"]),
             _fmt(row["train_wall_seconds"]),

@@ -25,6 +25,7 @@ is refused before any decoding is spent.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -120,6 +121,14 @@ def eval_files(cfg: DictConfig, run_dir: RunDir, manifest: dict) -> EvalFiles:
         text / f"{ev.split}.{langs['src']}",
         text / f"{ev.split}.{langs['tgt']}",
     )
+
+
+def _checked_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@+-]*", name):
+        raise MoeMtError(
+            f"eval.name={name!r}: use letters, digits and . _ @ + - (a directory under eval/)"
+        )
+    return name
 
 
 def _name_for(source: Path) -> str:
@@ -268,6 +277,9 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
     with run_dir.locked():
         manifest = _read_manifest(run_dir)
         files = eval_files(cfg, run_dir, manifest)
+        if cfg.eval.name is not None:
+            # e.g. an earlier checkpoint's scores beside the final ones (eval/test@u1000)
+            files = dataclasses.replace(files, name=_checked_name(cfg.eval.name))
         sources, references = read_lines(files.source), read_lines(files.reference)
         check_same_length(
             sources, files.source, references, files.reference, "source and reference"
