@@ -119,25 +119,20 @@ def _build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
     splits: dict[str, dict] = {"train": {}}  # filled after valid/test, kept first in order
     # valid/test first: small, and any problem there is fatal.
     for split in (s for s in SPLITS if s in files and s != "train"):
-        counts = validate.PairCounts()
-        for _ in validate.iter_valid_pairs(
-            files[split][src], files[split][tgt], data_cfg.max_line_chars, False, counts
-        ):
-            pass
-        for lang in (src, tgt):
-            shutil.copyfile(files[split][lang], text_dir / f"{split}.{lang}")
-        splits[split] = {"lines": {"raw": counts.raw, "kept": counts.raw}, "dropped": {}}
-    splits["train"] = _clean_train(data_cfg, files["train"], text_dir, progress)
-    if splits["train"]["lines"]["kept"] == 0:
-        raise MoeMtError(
-            f"{files['train'][src]}: no training pair survives validation and cleaning"
-        )
+        splits[split] = check_and_copy_split(
+            files[split], {lang: text_dir / f"{split}.{lang}" for lang in (src, tgt)},
+            (src, tgt), data_cfg.max_line_chars,
+        )  # fmt: skip
+    splits["train"] = clean_train(
+        data_cfg, files["train"], {lang: text_dir / f"train.{lang}" for lang in (src, tgt)},
+        (src, tgt), progress,
+    )  # fmt: skip
 
     spm_models = _train_spm(data_cfg, text_dir, out)
     encoders = {lang: spm.Encoder(out / model) for lang, model in spm_models.items()}
     for split in splits:
         for lang in (src, tgt):
-            _encode(
+            encode_file(
                 encoders[lang],
                 text_dir / f"{split}.{lang}",
                 work_dir / f"{split}.{lang}",
@@ -148,19 +143,17 @@ def _build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
 
     dictionaries = _dictionaries(data_cfg, work_dir, bin_dir)
     for split in splits:
-        splits[split]["tokens"] = {}
-        for lang in (src, tgt):
-            task = progress.add_task(
-                f"binarise {split}.{lang}", total=splits[split]["lines"]["kept"]
-            )
-            stats = binarize.binarize_file(
+        splits[split]["tokens"] = {
+            lang: binarise_file(
                 work_dir / f"{split}.{lang}",
                 dictionaries[lang],
                 bin_dir / f"{split}.{src}-{tgt}.{lang}",
-                on_line=lambda n, t=task: progress.advance(t, n),
+                splits[split]["lines"]["kept"],
+                progress,
+                f"binarise {split}.{lang}",
             )
-            progress.remove_task(task)
-            splits[split]["tokens"][lang] = {"tokens": stats.tokens, "unknown": stats.unknown}
+            for lang in (src, tgt)
+        }
     shutil.rmtree(work_dir)
 
     return {
@@ -182,19 +175,37 @@ def _build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
     }
 
 
-def _clean_train(data_cfg, train_files, text_dir: Path, progress: Progress) -> dict:
-    src, tgt = data_cfg.src, data_cfg.tgt
+def check_and_copy_split(
+    inputs: dict[str, Path], dests: dict[str, Path], langs: tuple[str, str], max_line_chars: int
+) -> dict:
+    """A valid/test split: every problem is fatal; the files are copied byte for byte (they are
+    the references of scoring). Returns the split's manifest entry."""
+    src, tgt = langs
+    counts = validate.PairCounts()
+    for _ in validate.iter_valid_pairs(inputs[src], inputs[tgt], max_line_chars, False, counts):
+        pass
+    for lang in langs:
+        shutil.copyfile(inputs[lang], dests[lang])
+    return {"lines": {"raw": counts.raw, "kept": counts.raw}, "dropped": {}}
+
+
+def clean_train(
+    data_cfg, inputs: dict[str, Path], dests: dict[str, Path], langs: tuple[str, str], progress
+) -> dict:
+    """Validate and clean a training pair of files into ``dests``; returns its manifest entry
+    (line counts after each filter, drops by reason). No surviving pair is an error."""
+    src, tgt = langs
     counts = validate.PairCounts()
     cleaned = Counter()
-    total = validate.count_lines(train_files[src])
-    task = progress.add_task("validate + clean train", total=total)
+    total = validate.count_lines(inputs[src])
+    task = progress.add_task(f"validate + clean train {src}-{tgt}", total=total)
     kept = 0
     pairs = validate.iter_valid_pairs(
-        train_files[src], train_files[tgt], data_cfg.max_line_chars, True, counts
+        inputs[src], inputs[tgt], data_cfg.max_line_chars, True, counts
     )
     with (
-        open(text_dir / f"train.{src}", "w", encoding="utf-8") as out_src,
-        open(text_dir / f"train.{tgt}", "w", encoding="utf-8") as out_tgt,
+        open(dests[src], "w", encoding="utf-8") as out_src,
+        open(dests[tgt], "w", encoding="utf-8") as out_tgt,
     ):
         for s, t in clean.clean_pairs(pairs, data_cfg.clean, cleaned):
             out_src.write(s + "\n")
@@ -215,6 +226,8 @@ def _clean_train(data_cfg, train_files, text_dir: Path, progress: Progress) -> d
         lines[f"after_{name}"] = remaining
     lines["kept"] = kept
     assert remaining == kept, (remaining, kept)
+    if kept == 0:
+        raise MoeMtError(f"{inputs[src]}: no training pair survives validation and cleaning")
     dropped = {k: v for k, v in {**counts.dropped, **cleaned}.items() if v}
     return {"lines": lines, "dropped": dropped}
 
@@ -232,7 +245,8 @@ def _train_spm(data_cfg, text_dir: Path, out: Path) -> dict[str, str]:
     return {lang: f"spm.{lang}.model" for lang in (src, tgt)}
 
 
-def _encode(encoder: spm.Encoder, source: Path, dest: Path, total: int, progress, label) -> None:
+def encode_file(encoder: spm.Encoder, source: Path, dest: Path, total: int, progress, label):
+    """Write ``source``'s lines as space-separated pieces into ``dest``."""
     task = progress.add_task(label, total=total)
     with open(source, encoding="utf-8") as inp, open(dest, "w", encoding="utf-8") as out:
         chunk: list[str] = []
@@ -245,6 +259,16 @@ def _encode(encoder: spm.Encoder, source: Path, dest: Path, total: int, progress
         if chunk:
             out.writelines(p + "\n" for p in encoder.encode(chunk))
     progress.remove_task(task)
+
+
+def binarise_file(pieces: Path, dictionary, out_prefix: Path, total: int, progress, label) -> dict:
+    """fairseq's binary ``<out_prefix>.{bin,idx}`` of a piece file; its token counts."""
+    task = progress.add_task(label, total=total)
+    stats = binarize.binarize_file(
+        pieces, dictionary, out_prefix, on_line=lambda n: progress.advance(task, n)
+    )
+    progress.remove_task(task)
+    return {"tokens": stats.tokens, "unknown": stats.unknown}
 
 
 def _dictionaries(data_cfg, work_dir: Path, bin_dir: Path) -> dict:
