@@ -189,7 +189,9 @@ class TrainConfig:
     eval_bleu_beam: int = 4
     fp16: bool = False  # CUDA only
     bf16: bool = False  # CUDA or recent CPUs
-    distributed_world_size: int = 1
+    distributed_world_size: int = 1  # >1: spawn that many data-parallel processes (one node)
+    # A rank that waits longer than this on another (hung) rank fails instead of hanging.
+    distributed_timeout_minutes: float = 10
     num_workers: int = 0  # data loader workers
     log_interval: int = 50  # updates between log lines
     tensorboard_logdir: Optional[str] = None
