@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from moe_mt.config import to_yaml
-from moe_mt.data_prep import binarize, clean, spm, validate
+from moe_mt.data_prep import binarize, clean, fetch_source, spm, validate
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
@@ -68,7 +68,9 @@ def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
     console = console or Console(stderr=True)
     run_dir = RunDir(cfg.run_dir)
     with run_dir.locked():
-        files = split_files(cfg.data)
+        # Local files, or a registry corpus fetched into the cache (data.source); lowercased
+        # copies with data.lowercase. Everything below treats them alike.
+        files = fetch_source.input_files(cfg.data, local=split_files)
         inputs = {
             split: {lang: {"path": str(p), "sha256": file_sha256(p)} for lang, p in langs.items()}
             for split, langs in files.items()
