@@ -144,6 +144,43 @@ def logging_args(train: DictConfig) -> list[str]:
     )
 
 
+def task_args(data: DictConfig) -> list[str]:
+    return ["--task", "translation", "--source-lang", data.src, "--target-lang", data.tgt]
+
+
+def multilingual_task_args(cfg: DictConfig) -> list[str]:
+    """fairseq's ``translation_multi_simple_epoch``: every direction of ``data.pairs``, language
+    tokens, temperature sampling over the directions (p_ij ~ (n_ij / n)^(1/T), Arivazhagan et
+    al. 2019)."""
+    from moe_mt.workflows.multilingual import directions, languages
+
+    dirs = directions(cfg.data)
+    train = cfg.train
+    if train.encoder_langtok not in (None, "src", "tgt"):
+        raise MoeMtError(
+            f"train.encoder_langtok={train.encoder_langtok}: expected src, tgt or null"
+        )
+    if train.sampling_temperature <= 0:
+        raise MoeMtError(
+            f"train.sampling_temperature must be positive, not {train.sampling_temperature}"
+        )
+    return [
+        "--task",
+        "translation_multi_simple_epoch",
+        "--lang-pairs",
+        ",".join(d.name for d in dirs),
+        "--langs",
+        ",".join(languages(dirs)),
+        "--sampling-method",
+        "temperature",
+        "--sampling-temperature",
+        str(train.sampling_temperature),
+        *_pairs(
+            {"encoder_langtok": train.encoder_langtok, "decoder_langtok": train.decoder_langtok}
+        ),
+    ]
+
+
 def train_args(cfg: DictConfig, run_dir: RunDir) -> list[str]:
     """The complete fairseq-train argument list for ``cfg``."""
     data = cfg.data
@@ -153,12 +190,7 @@ def train_args(cfg: DictConfig, run_dir: RunDir) -> list[str]:
         str(Path(run_dir.data) / "bin"),
         "--user-dir",
         moe_mt.USER_DIR,
-        "--task",
-        "translation",
-        "--source-lang",
-        data.src,
-        "--target-lang",
-        data.tgt,
+        *(multilingual_task_args(cfg) if data.pairs else task_args(data)),
         *model_args(cfg.model),
         *optimization_args(cfg.train),
         *checkpoint_args(cfg.train, run_dir),

@@ -68,9 +68,14 @@ def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
     console = console or Console(stderr=True)
     run_dir = RunDir(cfg.run_dir)
     with run_dir.locked():
-        # Local files, or a registry corpus fetched into the cache (data.source); lowercased
-        # copies with data.lowercase. Everything below treats them alike.
-        files = fetch_source.input_files(cfg.data, local=split_files)
+        if cfg.data.pairs:  # many directions, one joint vocabulary (multilingual.py)
+            from moe_mt.workflows import multilingual
+
+            files, build = multilingual.input_files(cfg.data), multilingual.build
+        else:
+            # Local files, or a registry corpus fetched into the cache (data.source); lowercased
+            # copies with data.lowercase. Everything below treats them alike.
+            files, build = fetch_source.input_files(cfg.data, local=split_files), _build
         inputs = {
             split: {lang: {"path": str(p), "sha256": file_sha256(p)} for lang, p in langs.items()}
             for split, langs in files.items()
@@ -83,7 +88,7 @@ def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
 
         started = time.time()
         with building_dir(run_dir.data) as tmp, progress_bar(console) as progress:
-            manifest = _build(cfg.data, files, inputs, tmp, progress)
+            manifest = build(cfg.data, files, inputs, tmp, progress)
             manifest["fingerprint"] = fingerprint
             manifest["seconds"] = round(time.time() - started, 2)
             # Written last: a data/ directory with a manifest is a complete one.

@@ -1,0 +1,254 @@
+"""English-centric many-to-many data: directions, their files, and ``moemt prep`` for them.
+
+A multilingual recipe lists directions (``data.pairs: [en-de, de-en, en-fr, fr-en]``) instead of
+``data.src``/``data.tgt``. One *corpus* serves both directions of a language pair: the files of
+direction ``a-b`` are ``<prefix>.a`` and ``<prefix>.b``, where ``{pair}`` in a prefix is replaced
+by ``a-b``, or by ``b-a`` where only those files exist (``tatoeba_en_xx/{pair}/train`` serves
+en-de and de-en from ``en-de/``); a prefix without ``{pair}`` (FLORES-200 ``test.<lang>``, one
+file per language, multi-way) serves every pair.
+
+Prep runs the single-pair steps of :mod:`moe_mt.workflows.prep` on every corpus (validation,
+cleaning of train, byte copies of valid/test), then trains one joint sentencepiece model on all
+cleaned training text and builds one joint dictionary (fairseq's
+``translation_multi_simple_epoch`` task wants one dictionary for all languages; it adds the
+``__<lang>__`` tokens itself when it loads it), written as ``dict.<lang>.txt`` for every
+language. ``bin/`` holds ``<split>.<a>-<b>.<lang>.{bin,idx}`` per corpus: the task's reader
+finds direction ``b-a`` in the ``a-b`` files (``MultilingualDatasetManager.load_lang_dataset``).
+
+Layout of ``data/``::
+
+    manifest.json               per corpus: inputs (sha256), line counts per split and filter
+    text/<a>-<b>/<split>.<lang> train: cleaned; valid/test: byte copies (the references)
+    spm.model                   the joint sentencepiece model (+ .vocab)
+    bin/                        dict.<lang>.txt (one dictionary), <split>.<a>-<b>.<lang>.{bin,idx}
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
+
+from moe_mt.data_prep import binarize, spm
+from moe_mt.errors import MoeMtError
+from moe_mt.provenance import package_versions
+from moe_mt.workflows import prep as single
+
+PLACEHOLDER = "{pair}"
+_LANG = re.compile(r"[A-Za-z0-9_]+")
+
+
+@dataclass(frozen=True)
+class Direction:
+    src: str
+    tgt: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.src}-{self.tgt}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_direction(text: str, key: str) -> Direction:
+    """``"en-de"`` -> Direction; anything else is an error naming ``key``."""
+    src, sep, tgt = str(text).partition("-")
+    if not sep or not _LANG.fullmatch(src) or not _LANG.fullmatch(tgt):
+        raise MoeMtError(f"{key}: '{text}' is not a direction of the form src-tgt (e.g. en-de)")
+    if src == tgt:
+        raise MoeMtError(f"{key}: '{text}' translates a language into itself")
+    return Direction(src, tgt)
+
+
+def directions(data_cfg: DictConfig) -> list[Direction]:
+    """The directions of ``data.pairs``, in order, each once."""
+    parsed = [parse_direction(p, "data.pairs") for p in data_cfg.pairs]
+    seen = set()
+    for d in parsed:
+        if d in seen:
+            raise MoeMtError(f"data.pairs: {d} is listed twice")
+        seen.add(d)
+    return parsed
+
+
+def languages(dirs: list[Direction]) -> list[str]:
+    """Every language of ``dirs``, sorted: the order of fairseq's ``--langs`` (stable, so that
+    the language tokens keep their ids whichever order the pairs are listed in)."""
+    return sorted({lang for d in dirs for lang in (d.src, d.tgt)})
+
+
+def corpora(dirs: list[Direction]) -> dict[str, tuple[str, str]]:
+    """``{corpus name: (a, b)}``: one corpus per language pair, named after its first listed
+    direction (en-de and de-en share corpus ``en-de``)."""
+    found: dict[frozenset, tuple[str, str]] = {}
+    for d in dirs:
+        found.setdefault(frozenset((d.src, d.tgt)), (d.src, d.tgt))
+    return {f"{a}-{b}": (a, b) for a, b in found.values()}
+
+
+def corpus_name(direction: Direction, dirs: list[Direction]) -> str:
+    """The corpus (of :func:`corpora`) that holds ``direction``'s text."""
+    for name, pair in corpora(dirs).items():
+        if set(pair) == {direction.src, direction.tgt}:
+            return name
+    raise MoeMtError(f"{direction}: not a direction of data.pairs")
+
+
+def pair_files(prefix: str, pair: tuple[str, str], key: str) -> dict[str, Path]:
+    """``{lang: path}`` of one split of the corpus ``pair`` (see the module docstring)."""
+    a, b = pair
+    candidates = [f"{a}-{b}", f"{b}-{a}"] if PLACEHOLDER in prefix else [None]
+    tried = []
+    for name in candidates:
+        base = prefix.replace(PLACEHOLDER, name) if name else prefix
+        paths = {lang: Path(f"{base}.{lang}") for lang in pair}
+        if all(p.is_file() for p in paths.values()):
+            return paths
+        tried += [str(p) for p in paths.values() if not p.is_file()]
+    raise MoeMtError(f"{tried[0]}: no such file ({key}={prefix}, pair {a}-{b})")
+
+
+def input_files(data_cfg: DictConfig) -> dict[str, dict[str, Path]]:
+    """``{"<corpus>/<split>": {lang: path}}`` of every corpus and configured split."""
+    if data_cfg.get("source"):
+        raise MoeMtError("data.source and data.pairs exclude each other (local files only)")
+    if not data_cfg.spm.joint or not data_cfg.joined_dictionary:
+        raise MoeMtError(
+            "data.pairs needs data.spm.joint=true and data.joined_dictionary=true "
+            "(the multilingual task reads one dictionary for every language)"
+        )
+    files = {}
+    for name, pair in corpora(directions(data_cfg)).items():
+        for split in single.SPLITS:
+            prefix = data_cfg[split]
+            if prefix is None:
+                if split != "test":
+                    raise MoeMtError(f"data.{split}: missing (needed for every pair)")
+                continue
+            files[f"{name}/{split}"] = pair_files(prefix, pair, f"data.{split}")
+    return files
+
+
+def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
+    """Prepare every corpus into ``out`` (the building ``data/``); return the manifest."""
+    dirs = directions(data_cfg)
+    text_dir, work_dir, bin_dir = out / "text", out / "pieces", out / "bin"
+    for d in (text_dir, work_dir, bin_dir):
+        d.mkdir()
+    names = corpora(dirs)
+    splits: dict[str, dict[str, dict]] = {}
+    # valid/test of every corpus first: small, and any problem there is fatal.
+    for name, pair in names.items():
+        (text_dir / name).mkdir()
+        (work_dir / name).mkdir()
+        splits[name] = {"train": {}}
+        for split in ("valid", "test"):
+            if f"{name}/{split}" in files:
+                splits[name][split] = single.check_and_copy_split(
+                    files[f"{name}/{split}"],
+                    _paths(text_dir / name, split, pair),
+                    pair,
+                    data_cfg.max_line_chars,
+                )
+    for name, pair in names.items():
+        splits[name]["train"] = single.clean_train(
+            data_cfg,
+            files[f"{name}/train"],
+            _paths(text_dir / name, "train", pair),
+            pair,
+            progress,
+        )
+
+    train_text = _train_files(text_dir, names)
+    spm.train_spm(train_text, out / "spm", data_cfg.spm)
+    encoder = spm.Encoder(out / "spm.model")
+    for name, pair in names.items():
+        for split, info in splits[name].items():
+            for lang in pair:
+                file = f"{name}/{split}.{lang}"
+                single.encode_file(
+                    encoder,
+                    text_dir / file,
+                    work_dir / file,
+                    info["lines"]["kept"],
+                    progress,
+                    f"encode {file}",
+                )
+
+    dictionary = binarize.build_dictionary(_train_files(work_dir, names))
+    langs = languages(dirs)
+    for lang in langs:
+        dictionary.save(str(bin_dir / f"dict.{lang}.txt"))
+    for name, pair in names.items():
+        for split, info in splits[name].items():
+            info["tokens"] = {
+                lang: single.binarise_file(
+                    work_dir / name / f"{split}.{lang}",
+                    dictionary,
+                    bin_dir / f"{split}.{name}.{lang}",
+                    info["lines"]["kept"],
+                    progress,
+                    f"binarise {name} {split}.{lang}",
+                )
+                for lang in pair
+            }
+    shutil.rmtree(work_dir)
+
+    return {
+        "format": single.MANIFEST_FORMAT,
+        "multilingual": True,
+        "languages": {"langs": langs, "directions": [d.name for d in dirs]},
+        "corpora": {
+            name: {
+                "languages": list(pair),
+                "directions": [d.name for d in dirs if {d.src, d.tgt} == set(pair)],
+                "inputs": {s: inputs[f"{name}/{s}"] for s in splits[name]},
+                "splits": splits[name],
+            }
+            for name, pair in names.items()
+        },
+        "files": {
+            "text": "text",
+            "bin": "bin",
+            "spm": {lang: "spm.model" for lang in langs},
+            "dictionaries": {lang: f"bin/dict.{lang}.txt" for lang in langs},
+        },
+        "dictionary_size": {"joint": len(dictionary)},
+        "joined_dictionary": True,
+        "config": OmegaConf.to_container(data_cfg),
+        "versions": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _train_files(root: Path, names: dict[str, tuple[str, str]]) -> list[Path]:
+    """Every corpus' training files under ``root`` (text or pieces)."""
+    return [p for name, pair in names.items() for p in _paths(root / name, "train", pair).values()]
+
+
+def _paths(directory: Path, split: str, pair: tuple[str, str]) -> dict[str, Path]:
+    return {lang: directory / f"{split}.{lang}" for lang in pair}
+
+
+def is_multilingual(manifest: dict) -> bool:
+    return bool(manifest.get("multilingual"))
+
+
+def text_files(manifest: dict, data_dir: Path, direction: Direction, split: str):
+    """(source, reference) text files of ``direction``'s ``split`` in a prepared ``data/``."""
+    dirs = [parse_direction(d, "manifest") for d in manifest["languages"]["directions"]]
+    name = corpus_name(direction, dirs)
+    if split not in manifest["corpora"][name]["splits"] or split == "train":
+        prepared = [s for s in manifest["corpora"][name]["splits"] if s != "train"]
+        raise MoeMtError(
+            f"eval.split={split}: not a prepared split of {name} "
+            f"(prepared: {', '.join(prepared) or 'none'})"
+        )
+    text = data_dir / manifest["files"]["text"] / name
+    return text / f"{split}.{direction.src}", text / f"{split}.{direction.tgt}"
