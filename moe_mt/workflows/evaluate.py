@@ -42,6 +42,7 @@ from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
 from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
+from moe_mt.workflows.legacy_bleu import legacy_bleu
 from moe_mt.workflows.progress import progress_bar
 from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.thor_consistency import thor_consistency, thor_models
@@ -309,6 +310,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
         if expert_usage["plot"] is None:
             expert_usage = None
         scores = score(hypotheses, references, out_dir / HYPOTHESES, files.reference)
+        legacy = _legacy_bleu(cfg, manifest, hypotheses, references)
         thor = _thor_consistency(cfg, translator, sources, references, hypotheses, console)
 
         bootstrap = None
@@ -344,6 +346,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             "checkpoint": chosen.as_dict(),
             "decoding": options.as_dict(),
             "scores": scores,
+            "legacy_bleu": legacy,  # tokenised BLEU, beside sacreBLEU, if eval.legacy_bleu
             "bootstrap": bootstrap,
             "timing": {
                 "load_seconds": round(load_seconds, 3),
@@ -367,6 +370,14 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
         # Written last: a report means the hypotheses beside it are complete.
         atomic_write_json(out_dir / REPORT, report)
         return EvalResult(run_dir.root, out_dir, report)
+
+
+def _legacy_bleu(cfg, manifest: dict, hypotheses, references) -> dict | None:
+    """Tokenised, compound-split BLEU (:mod:`moe_mt.workflows.legacy_bleu`) when asked for."""
+    if not cfg.eval.legacy_bleu:
+        return None
+    lang = manifest.get("languages", {}).get("tgt") or cfg.data.tgt
+    return legacy_bleu(hypotheses, references, lang, cfg.eval.legacy_bleu_compound_split)
 
 
 def _thor_consistency(cfg, translator, sources, references, hypotheses, console) -> dict | None:
