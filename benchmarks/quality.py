@@ -56,9 +56,10 @@ FAMILIES = (
     Family("softmoe", "demo_softmoe.yaml"),  # 8 experts x 1 slot, encoder only
 )
 
-# A few updates with a tiny model: checks the pipeline, not the question.
+# A few updates with a tiny model (two layers: the MoE families put experts in layer 1): checks
+# the pipeline, not the question.
 TINY = (
-    "model.encoder_layers=1", "model.decoder_layers=1", "model.embed_dim=64",
+    "model.encoder_layers=2", "model.decoder_layers=2", "model.embed_dim=64",
     "model.ffn_embed_dim=128", "model.attention_heads=2", "data.spm.vocab_size=1000",
     "train.max_update=20", "train.warmup_updates=10", "train.max_tokens=2048",
     "eval.beam=1", "eval.thor_draws=1", "eval.max_len_b=5", "eval.max_len_a=1.0",

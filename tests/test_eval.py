@@ -190,3 +190,16 @@ def test_eval_input_errors(run_copy, tmp_path):
     bad.write_bytes(b"ok\n\xff\n")
     with pytest.raises(MoeMtError, match=r"bad.en:2: invalid UTF-8"):
         evaluate(_cfg(run_copy, f"eval.source={bad}", f"eval.reference={bad}"))
+
+
+def test_paired_bootstrap_equal_systems_are_not_significant():
+    """sacrebleu returns 1/(n+1) for a zero difference; equal systems must read p = 1."""
+    from moe_mt.workflows.evaluate import paired_bootstrap
+
+    refs = ["the cat sat on the mat", "a dog barked", "it is raining today", "hello world"]
+    hyps = ["the cat sat on a mat", "a dog barks", "it rains today", "hello world"]
+    same = paired_bootstrap(hyps, list(hyps), refs, resamples=50, seed=3)["metrics"]
+    assert all(m["p_value"] == 1.0 for m in same.values())
+    worse = ["cat", "dog", "rain", "hi"]
+    differ = paired_bootstrap(hyps, worse, refs, resamples=50, seed=3)["metrics"]
+    assert all(m["p_value"] < 1.0 for m in differ.values())

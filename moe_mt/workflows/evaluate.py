@@ -198,7 +198,10 @@ def paired_bootstrap(
     """sacrebleu's paired bootstrap resampling of ``system`` against ``baseline``.
 
     Per metric: both scores, the bootstrap mean and 95% confidence half-width of each, and the
-    p-value of the difference (Koehn 2004, as sacrebleu's ``--paired-bs``).
+    p-value of the difference (Koehn 2004, as sacrebleu's ``--paired-bs``). One exception: where
+    the two scores are equal, sacrebleu counts no resample "more extreme" than a zero difference
+    and returns the smallest p-value it can, 1 / (resamples + 1), which would call two identical
+    systems significantly different; a zero observed difference gets p = 1 instead.
     """
     from sacrebleu.significance import PairedTest
 
@@ -226,7 +229,7 @@ def paired_bootstrap(
             "system": _number(sys_.score),
             "system_mean": _number(sys_.mean),
             "system_ci95": _number(sys_.ci),
-            "p_value": _number(sys_.p_value),
+            "p_value": 1.0 if sys_.score == base.score else _number(sys_.p_value),
             "signature": str(signatures[name]),
         }
     return {"resamples": resamples, "seed": seed, "metrics": metrics}
