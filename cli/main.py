@@ -66,12 +66,25 @@ def main() -> None:
 def prep(
     config: ConfigArg,
     overrides: OverridesArg = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what would be downloaded (URLs, sizes, checksums, cache) and written.",
+        ),
+    ] = False,
 ) -> None:
     """Validate, clean, tokenise (sentencepiece) and binarise a parallel corpus."""
     from moe_mt.config import load_config
     from moe_mt.workflows.prep import prep as run_prep
 
     cfg = load_config(config, overrides or [])
+    if dry_run:
+        from moe_mt.workflows.prep_plan import prep_plan
+
+        for line in prep_plan(cfg).lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        return
     result = run_prep(cfg, console=err_console)
     if result.up_to_date:
         console.print(
