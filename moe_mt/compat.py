@@ -34,6 +34,12 @@ lazily or not. Each patch names the test that fails without it.
    ``PathManager`` whose ``copy`` of local files goes through a temporary file and a rename.
    Test: ``tests/test_compat.py::test_checkpoint_copies_are_atomic`` and
    ``tests/test_train.py::test_resume_after_kill``.
+6. torch DDP on CPU. fairseq's ``DistributedFairseqModel`` builds torch's
+   ``DistributedDataParallel`` with ``device_ids=[device_id]`` for ``--ddp-backend c10d``
+   (``pytorch_ddp``); torch rejects ``device_ids`` for a CPU module, so c10d training on gloo
+   fails at the first step. We give that module a ``DistributedDataParallel`` subclass that drops
+   ``device_ids``/``output_device`` when every parameter is on the CPU (what torch wants there).
+   Test: ``tests/test_distributed_train.py::test_two_ranks_equal_one_process``.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ def apply() -> None:
     _after_import("fairseq.modules.transformer_layer", _disable_bettertransformer)
     _after_import("fairseq.ngram_repeat_block", _fix_ngram_repeat_block)
     _after_import("fairseq.checkpoint_utils", _atomic_checkpoint_copies)
+    _after_import("fairseq.models.distributed_fairseq_model", _cpu_torch_ddp)
     _applied = True
 
 
@@ -227,3 +234,20 @@ class _AtomicCopyPathManager:
 
 def _atomic_checkpoint_copies(module) -> None:
     module.PathManager = _AtomicCopyPathManager(module.PathManager)
+
+
+# -- 6. torch DDP on CPU ---------------------------------------------------------------------
+
+
+def _cpu_torch_ddp(module) -> None:
+    ddp_cls = module.DistributedDataParallel
+
+    class CpuAwareDistributedDataParallel(ddp_cls):
+        """torch's DDP, without the device arguments that torch refuses for a CPU module."""
+
+        def __init__(self, module, device_ids=None, output_device=None, **kwargs):
+            if all(p.device.type == "cpu" for p in module.parameters()):
+                device_ids = output_device = None
+            super().__init__(module, device_ids=device_ids, output_device=output_device, **kwargs)
+
+    module.DistributedDataParallel = CpuAwareDistributedDataParallel
