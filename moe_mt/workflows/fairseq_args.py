@@ -139,9 +139,32 @@ def logging_args(train: DictConfig) -> list[str]:
             "log_interval": train.log_interval,
             "tensorboard_logdir": train.tensorboard_logdir,
             "num_workers": train.num_workers,
-            "distributed_world_size": train.distributed_world_size,
         }
     )
+
+
+def distributed_args(train: DictConfig) -> list[str]:
+    """Data parallelism over ``train.distributed_world_size`` processes (none for one).
+
+    The ddp backend is ``c10d``, torch's ``DistributedDataParallel`` (fairseq's default under its
+    older name): it overlaps the gradient all-reduce with the backward pass, and expert
+    parallelism needs it, since it can leave expert parameters out of that all-reduce
+    (``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``), which fairseq's
+    ``legacy_ddp`` cannot. On CPU it needs ``moe_mt.compat`` patch 6. The backend of
+    torch.distributed is gloo on CPU, NCCL on GPUs.
+    """
+    if train.distributed_world_size <= 1:
+        return []
+    from moe_mt.workflows.distributed import backend
+
+    return [
+        "--distributed-world-size",
+        str(train.distributed_world_size),
+        "--distributed-backend",
+        backend(),
+        "--ddp-backend",
+        "c10d",
+    ]
 
 
 def task_args(data: DictConfig) -> list[str]:
@@ -195,5 +218,6 @@ def train_args(cfg: DictConfig, run_dir: RunDir) -> list[str]:
         *optimization_args(cfg.train),
         *checkpoint_args(cfg.train, run_dir),
         *logging_args(cfg.train),
+        *distributed_args(cfg.train),
         *cfg.train.fairseq_args,
     ]

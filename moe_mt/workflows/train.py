@@ -12,14 +12,25 @@ Run directory contract:
 - ``logs/train.log``: every log line; ``logs/train_summary.json``: updates, epochs, wall-clock and
   CPU seconds (cumulative over resumes), last validation.
 - Ctrl-C stops training; the last checkpoint stays, and the same command resumes from it.
+
+Data parallel (``train.distributed_world_size=N``, or started by torchrun / srun, see
+:mod:`moe_mt.workflows.distributed`): one process owns the run directory. Spawned, it is the
+launching process (it holds the lock, checks and writes the config, then starts the ranks);
+under torchrun/srun it is rank 0, which does the same after the ranks have met and tells the
+others whether to start. Rank 0 alone writes ``logs/`` and the live view, fairseq writes
+checkpoints on rank 0 only; the other ranks write no file. The world size is recorded in the
+config, and the guard compares the global batch (``distributed_world_size x update_freq``), so a
+run may resume on another number of processes with the same global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +41,11 @@ from moe_mt.checkpoints import read_num_updates
 from moe_mt.config import RUN_CONFIG, load_config, to_yaml
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
+from moe_mt.workflows import distributed
+from moe_mt.workflows.distributed import Launch
 from moe_mt.workflows.fairseq_args import train_args
 from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
-from moe_mt.workflows.train_view import training_logs
+from moe_mt.workflows.train_view import rank_logs, training_logs
 
 #: Keys that may change between a run and its resumption: they bound or observe the training,
 #: they do not change the model, the data or the optimisation.
@@ -55,8 +68,15 @@ RESUMABLE_KEYS = (
     "train.num_workers",
     "train.log_interval",
     "train.tensorboard_logdir",
+    "train.distributed_timeout_minutes",
     "model.moe.eval_capacity_factor",  # used at evaluation only
+    # Checked as their product, the global batch (see GLOBAL_BATCH_KEYS).
+    "train.distributed_world_size",
+    "train.update_freq",
 )
+
+#: Their product is the number of batches per update: the one thing about them the model sees.
+GLOBAL_BATCH_KEYS = ("distributed_world_size", "update_freq")
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
 
@@ -83,7 +103,16 @@ def config_differences(old: DictConfig, new: DictConfig) -> list[str]:
         a, b = flat_old.get(key, "<unset>"), flat_new.get(key, "<unset>")
         if a != b:
             differences.append(f"{key}: {a!r} -> {b!r}")
+    before, after = (_batches_per_update(c) for c in (old, new))
+    if before != after:
+        keys = " x ".join(f"train.{k}" for k in GLOBAL_BATCH_KEYS)
+        differences.append(f"{keys}: {before[1]} -> {after[1]}")
     return differences
+
+
+def _batches_per_update(cfg: DictConfig) -> tuple[int, str]:
+    values = [int(OmegaConf.select(cfg, f"train.{k}") or 1) for k in GLOBAL_BATCH_KEYS]
+    return values[0] * values[1], " x ".join(map(str, values))
 
 
 def _flatten(node, prefix: str = "") -> dict:
@@ -100,6 +129,19 @@ def checkpoint_update(path: Path) -> int:
     return read_num_updates(path)
 
 
+@dataclass
+class RankJob:
+    """What every rank of a data-parallel training needs (picklable: spawn sends it)."""
+
+    launch: Launch
+    run_dir: str
+    args: list[str]
+    resumed_from: int
+    max_update: int
+    max_seconds: float
+    timeout_minutes: float
+
+
 def train(
     cfg: DictConfig,
     *,
@@ -109,6 +151,11 @@ def train(
     console: Console | None = None,
 ) -> TrainResult:
     console = console or Console(stderr=True)
+    launch = distributed.launch_plan(cfg.train.distributed_world_size)
+    if launch is not None and launch.world_size != cfg.train.distributed_world_size:
+        # torchrun/srun chose the world size: the config records the one that trained.
+        cfg = cfg.copy()
+        cfg.train.distributed_world_size = launch.world_size
     run_dir = RunDir(cfg.run_dir)
     args = train_args(cfg, run_dir)
     start_from = _finetune_checkpoint(finetune_from) if finetune_from is not None else None
@@ -119,34 +166,194 @@ def train(
     fairseq_cfg = parse_fairseq_args(args)
     if dry_run:
         return TrainResult(run_dir.root, args, dry_run=True)
+    if launch is not None and not launch.spawn:
+        return _train_as_rank(cfg, launch, run_dir, args, start_from, overwrite, console)
 
     with run_dir.locked():
-        _check_data(cfg, run_dir)
-        last = run_dir.checkpoints / LAST_CHECKPOINT
-        if last.exists():
-            if overwrite:
-                _remove_training(run_dir)
-            elif start_from is not None:
-                aside = _set_aside_checkpoints(run_dir)
-                if start_from.is_relative_to(run_dir.checkpoints.resolve()):
-                    start_from = aside / start_from.relative_to(run_dir.checkpoints.resolve())
-                    args[-1] = str(start_from)
-                    fairseq_cfg = parse_fairseq_args(args)
-            else:
-                _guard(cfg, run_dir)
-        elif overwrite:
+        prepared, resumed_from = _prepare(cfg, run_dir, args, start_from, overwrite)
+        if launch is None:
+            if prepared != args:
+                fairseq_cfg = parse_fairseq_args(prepared)
+            from fairseq.distributed import utils as distributed_utils
+            from fairseq_cli import train as fairseq_train
+
+            def run() -> None:
+                distributed_utils.call_main(fairseq_cfg, fairseq_train.main)
+
+            summary = _run_logged(run_dir, prepared, console, resumed_from, cfg.train, run)
+        else:
+            summary = _spawn(_job(cfg, launch, run_dir, prepared, resumed_from))
+        return TrainResult(
+            run_dir.root, prepared, resumed_from_update=resumed_from, summary=summary
+        )
+
+
+def _prepare(
+    cfg: DictConfig, run_dir: RunDir, args: list[str], start_from: Path | None, overwrite: bool
+) -> tuple[list[str], int]:
+    """Check the data, apply --overwrite / --finetune-from / the resume guard, write the config.
+
+    Runs in the one process that holds the run directory's lock. Returns fairseq's arguments
+    (the fine-tuning checkpoint may have moved aside) and the update training resumes from.
+    """
+    _check_data(cfg, run_dir)
+    last = run_dir.checkpoints / LAST_CHECKPOINT
+    if last.exists():
+        if overwrite:
             _remove_training(run_dir)
-        resumed_from = checkpoint_update(last) if last.exists() else 0
+        elif start_from is not None:
+            aside = _set_aside_checkpoints(run_dir)
+            if start_from.is_relative_to(run_dir.checkpoints.resolve()):
+                start_from = aside / start_from.relative_to(run_dir.checkpoints.resolve())
+                args = [*args[:-1], str(start_from)]
+        else:
+            _guard(cfg, run_dir)
+    elif overwrite:
+        _remove_training(run_dir)
+    resumed_from = checkpoint_update(last) if last.exists() else 0
 
-        meta = {**provenance(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        text = to_yaml(cfg) + to_yaml(OmegaConf.create({"meta": meta}))
-        atomic_write_text(run_dir.config, text)
-        run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
-        if not (run_dir.checkpoints / RUN_CONFIG).exists() or resumed_from == 0:
-            atomic_write_text(run_dir.checkpoints / RUN_CONFIG, text)
+    meta = {**provenance(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    text = to_yaml(cfg) + to_yaml(OmegaConf.create({"meta": meta}))
+    atomic_write_text(run_dir.config, text)
+    run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+    if not (run_dir.checkpoints / RUN_CONFIG).exists() or resumed_from == 0:
+        atomic_write_text(run_dir.checkpoints / RUN_CONFIG, text)
+    return args, resumed_from
 
-        summary = _run_fairseq(cfg, run_dir, args, fairseq_cfg, console, resumed_from)
-        return TrainResult(run_dir.root, args, resumed_from_update=resumed_from, summary=summary)
+
+def _job(cfg, launch: Launch, run_dir: RunDir, args: list[str], resumed_from: int) -> RankJob:
+    return RankJob(
+        launch=launch,
+        run_dir=str(run_dir.root),
+        args=args,
+        resumed_from=resumed_from,
+        max_update=cfg.train.max_update,
+        max_seconds=cfg.train.max_time_minutes * 60,
+        timeout_minutes=cfg.train.distributed_timeout_minutes,
+    )
+
+
+def _train_as_rank(
+    cfg, launch: Launch, run_dir: RunDir, args, start_from, overwrite, console
+) -> TrainResult:
+    """One rank started by torchrun/srun: rank 0 prepares the run directory, then all train.
+
+    The ranks meet first, so that rank 0 can tell the others whether the run directory is theirs
+    (a refused resume or a held lock stops every rank at once instead of leaving them waiting).
+    """
+    distributed.init_process_group(launch, launch.rank, cfg.train.distributed_timeout_minutes)
+    try:
+        if launch.rank != 0:
+            started = distributed.broadcast_from_rank0(None)
+            if "error" in started:
+                raise MoeMtError(f"rank {launch.rank}: rank 0 did not start: {started['error']}")
+            job = started["job"]
+            _run_rank(job, launch.rank, console)
+            return TrainResult(run_dir.root, job.args, resumed_from_update=job.resumed_from)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(run_dir.locked())
+                prepared, resumed_from = _prepare(cfg, run_dir, args, start_from, overwrite)
+            except BaseException as exc:
+                distributed.broadcast_from_rank0({"error": str(exc) or type(exc).__name__})
+                raise
+            job = _job(cfg, launch, run_dir, prepared, resumed_from)
+            distributed.broadcast_from_rank0({"job": job})
+            summary = _run_rank(job, 0, console)
+        return TrainResult(
+            run_dir.root, prepared, resumed_from_update=resumed_from, summary=summary
+        )
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawn(job: RankJob) -> dict:
+    """Start the ranks of ``job`` in this node (as fairseq's ``call_main`` does); rank 0's summary.
+
+    When a rank fails, torch's ``join`` stops the others (SIGTERM) and names the first failure,
+    which becomes the one-line error.
+    """
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(_spawned_rank, args=(job,), nprocs=job.launch.world_size, join=False)
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessRaisedException as exc:
+        raise MoeMtError(f"rank {exc.error_index}: {_last_line(exc.msg)}") from None
+    except mp.ProcessExitedException as exc:
+        how = f"signal {exc.signal_name}" if exc.signal_name else f"exit code {exc.exit_code}"
+        raise MoeMtError(f"rank {exc.error_index} stopped ({how})") from None
+    except KeyboardInterrupt:
+        # The ranks got the same Ctrl-C: let rank 0 write its summary, then make sure.
+        for process in context.processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        raise
+    return _read_json(RunDir(job.run_dir).logs / "train_summary.json")
+
+
+def _spawned_rank(index: int, job: RankJob) -> None:
+    """Entry point of a spawned rank (a fresh interpreter: ``import moe_mt`` ran on unpickling)."""
+    distributed.init_process_group(job.launch, index, job.timeout_minutes)
+    _run_rank(job, index, Console(stderr=True))
+
+
+def _run_rank(job: RankJob, rank: int, console: Console) -> dict:
+    """Train as ``rank`` of ``job`` (its process group joined); rank 0 logs and summarises."""
+    from fairseq.distributed import utils as distributed_utils
+
+    fairseq_cfg = parse_fairseq_args(job.args)
+    setup = fairseq_cfg.distributed_training
+    setup.distributed_init_method = job.launch.init_method
+    setup.distributed_rank = rank
+    setup.distributed_no_spawn = True
+    local_rank = job.launch.local_rank if not job.launch.spawn else rank
+
+    def run() -> float:
+        from fairseq_cli import train as fairseq_train
+
+        started = _cpu_seconds()
+        try:
+            # fairseq's distributed_init finds the process group joined and keeps it.
+            with _quiet_reinit_warning():
+                distributed_utils.distributed_main(local_rank, fairseq_train.main, fairseq_cfg, {})
+            return distributed.sum_over_ranks(_cpu_seconds() - started)
+        except Exception as exc:
+            if distributed.is_distributed_error(exc):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise MoeMtError(
+                    f"rank {rank}: another rank stopped or stopped answering ({first})"
+                ) from exc
+            raise
+
+    if rank == 0:
+        bounds = {"max_update": job.max_update, "max_time_minutes": job.max_seconds / 60}
+        return _run_logged(
+            RunDir(job.run_dir), job.args, console, job.resumed_from, bounds, run, job.launch
+        )
+    with rank_logs(rank, console):
+        run()
+    return {}
+
+
+@contextlib.contextmanager
+def _quiet_reinit_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Distributed is already initialized")
+        yield
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else "failed"
+    return line.removeprefix(f"{MoeMtError.__module__}.{MoeMtError.__name__}: ")
 
 
 def parse_fairseq_args(args: list[str]):
@@ -172,31 +379,42 @@ def parse_fairseq_args(args: list[str]):
         raise MoeMtError(f"fairseq rejected the training arguments: {message}") from None
 
 
-def _run_fairseq(
-    cfg, run_dir: RunDir, args: list[str], fairseq_cfg, console: Console, resumed_from: int
-):
-    from fairseq.distributed import utils as distributed_utils
+def _run_logged(
+    run_dir: RunDir,
+    args: list[str],
+    console: Console,
+    resumed_from: int,
+    bounds,
+    run: Callable[[], float | None],
+    launch: Launch | None = None,
+) -> dict:
+    """Run ``run`` (fairseq's training) with logs/train.log and the live view; write the summary.
 
+    ``bounds`` holds ``max_update`` and ``max_time_minutes``. ``run`` returns the CPU seconds of
+    all ranks, or None for this process's own.
+    """
     previous = _read_json(run_dir.logs / "train_summary.json") if resumed_from else {}
     started_wall, started_cpu = time.time(), _cpu_seconds()
-    max_seconds = cfg.train.max_time_minutes * 60
-    interrupted = False
+    max_seconds = bounds["max_time_minutes"] * 60
+    interrupted, cpu_seconds = False, None
     with training_logs(
-        run_dir.logs / "train.log", console, cfg.train.max_update, max_seconds
+        run_dir.logs / "train.log", console, bounds["max_update"], max_seconds
     ) as monitor:
         import logging
 
         log = logging.getLogger("moe_mt.train")
         log.info("moemt train %s: fairseq-train %s", run_dir.root, " ".join(args))
+        if launch is not None:
+            log.info("data parallel: %d ranks (%s)", launch.world_size, launch.launcher)
         if resumed_from:
             log.info("resuming from %s at update %d", LAST_CHECKPOINT, resumed_from)
-        from fairseq_cli import train as fairseq_train
-
         try:
-            distributed_utils.call_main(fairseq_cfg, fairseq_train.main)
+            cpu_seconds = run()
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: rerun the same command to resume from %s", LAST_CHECKPOINT)
+        if cpu_seconds is None:
+            cpu_seconds = _cpu_seconds() - started_cpu
         summary = {
             "num_updates": monitor.train.get("num_updates"),
             "epoch": monitor.train.get("epoch"),
@@ -209,7 +427,9 @@ def _run_fairseq(
                 for v in monitor.valid_history
             ],
             "wall_seconds": previous.get("wall_seconds", 0) + round(time.time() - started_wall, 1),
-            "cpu_seconds": previous.get("cpu_seconds", 0) + round(_cpu_seconds() - started_cpu, 1),
+            # Of every rank of the latest run, cumulative over resumes.
+            "cpu_seconds": previous.get("cpu_seconds", 0) + round(cpu_seconds, 1),
+            "world_size": launch.world_size if launch is not None else 1,
             "interrupted": interrupted,
         }
         last = run_dir.checkpoints / LAST_CHECKPOINT

@@ -6,6 +6,8 @@ name ``train_inner``, one per epoch under ``train`` and one per validation under
 rich live view (update, epoch, loss, lr, words/s, ETA where a bound is known;
 for MoE models the balance loss and the share of tokens dropped); otherwise fairseq's
 plain log lines go to stderr, as CI wants them. Everything also goes to ``logs/train.log``.
+In data-parallel training only rank 0 does this; the other ranks show their warnings and errors
+on stderr, prefixed with their rank, and write no file (:func:`rank_logs`).
 """
 
 from __future__ import annotations
@@ -144,6 +146,23 @@ def training_logs(
         root.handlers = saved_handlers
         root.setLevel(saved_level)
         file_handler.close()
+
+
+@contextlib.contextmanager
+def rank_logs(rank: int, console: Console) -> Iterator[None]:
+    """Logging of a rank other than 0: warnings and errors to the console, no file, no view."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    stream = logging.StreamHandler(console.file)
+    stream.setLevel(logging.WARNING)
+    stream.setFormatter(logging.Formatter(f"rank {rank} | {LOG_FORMAT}"))
+    root.handlers = [stream]  # also makes fairseq's basicConfig at import a no-op
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
 
 
 def _number(value) -> float | None:
