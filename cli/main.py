@@ -134,7 +134,8 @@ def train(
 
         console.print(summary_table(model_summary(cfg)))
         return
-    console.print(report.train_table(result))
+    if result.rank == 0:  # under torchrun/srun, rank 0 alone reports
+        console.print(report.train_table(result))
 
 
 @app.command()

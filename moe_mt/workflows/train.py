@@ -88,6 +88,7 @@ class TrainResult:
     dry_run: bool = False
     resumed_from_update: int = 0
     summary: dict = field(default_factory=dict)
+    rank: int = 0  # of this process in a torchrun/srun job; only rank 0 reports
 
 
 def config_differences(old: DictConfig, new: DictConfig) -> list[str]:
@@ -249,7 +250,9 @@ def _train_as_rank(
                 raise MoeMtError(f"rank {launch.rank}: rank 0 did not start: {started['error']}")
             job = started["job"]
             _run_rank(job, launch.rank, console)
-            return TrainResult(run_dir.root, job.args, resumed_from_update=job.resumed_from)
+            return TrainResult(
+                run_dir.root, job.args, resumed_from_update=job.resumed_from, rank=launch.rank
+            )
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(run_dir.locked())
