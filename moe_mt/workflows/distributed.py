@@ -184,6 +184,18 @@ def is_distributed_error(exc: BaseException) -> bool:
     )
 
 
+def torchrun_environ(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables torchrun sets for ``rank`` of a one-node job meeting at 127.0.0.1:port."""
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": LOCALHOST,
+        "MASTER_PORT": str(port),
+    }
+
+
 def run_local_ranks(
     command: Sequence[str],
     world_size: int = 2,
@@ -211,12 +223,7 @@ def run_local_ranks(
         rank_environ = {
             **os.environ,
             **(env or {}),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-            "LOCAL_WORLD_SIZE": str(world_size),
-            "MASTER_ADDR": LOCALHOST,
-            "MASTER_PORT": str(port),
+            **torchrun_environ(rank, world_size, port),
             **((rank_env or {}).get(rank, {})),
         }
         # Files, not pipes: a rank blocked on a full pipe would stall the others' collectives.
