@@ -7,7 +7,9 @@ mapping, argument types, consoles) so that this module does not import ``moe_mt.
 # No `from __future__ import annotations`: typer reads the parameter annotations, which are
 # the argument types handed to register().
 import sys
+from typing import Annotated
 
+import typer
 from rich.table import Table
 
 
@@ -32,6 +34,41 @@ def eval_table(report: dict) -> Table:
         f"{timing['tokens_per_second']:.0f} tokens/s"
     )
     return table
+
+
+def multilingual_eval_table(report: dict):
+    """One row per direction (BLEU, chrF2, TER), then their macro average; the signatures and
+    the checkpoint below the table."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from moe_mt.workflows.evaluate import METRICS
+
+    table = Table(title=f"eval {report['name']} ({len(report['directions'])} directions)")
+    for column in ("direction", "lines", *METRICS, "sent/s"):
+        table.add_column(column, justify="left" if column == "direction" else "right")
+    for name, info in report["directions"].items():
+        scores = info["scores"]
+        table.add_row(
+            name,
+            f"{info['lines']:,}",
+            *(f"{scores[m]['score']:.2f}" for m in METRICS),
+            f"{info['timing']['sentences_per_second']:.1f}",
+            end_section=name == list(report["directions"])[-1],
+        )
+    average = report["average"]
+    table.add_row(
+        "average", f"{report['lines']:,}", *(f"{average[m]['score']:.2f}" for m in METRICS), "",
+        style="bold",
+    )  # fmt: skip
+    checkpoint = report["checkpoint"]
+    notes = [
+        "average: unweighted mean of the directions' scores",
+        *(f"{m} {average[m]['signature']}" for m in METRICS),
+        f"checkpoint {checkpoint['path']}, {checkpoint['num_updates']:,} updates; "
+        f"{report['parameters']:,} parameters; beam {report['decoding']['beam']}",
+    ]
+    return Group(table, *(Text(line) for line in notes))
 
 
 def bootstrap_table(bootstrap: dict) -> Table:
@@ -123,6 +160,10 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
 
         cfg = load_config(config, overrides or [])
         result = evaluate(cfg, console=err_console)
+        if result.report.get("multilingual"):
+            console.print(multilingual_eval_table(result.report))
+            console.print(f"wrote {result.out_dir} (report.json, <src>-<tgt>/hyp.txt)")
+            return
         console.print(eval_table(result.report))
         if result.report["bootstrap"] is not None:
             console.print(bootstrap_table(result.report["bootstrap"]))
@@ -132,12 +173,25 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         written = "hyp.txt, report.json" + (f", {usage['plot']}" if usage else "")
         console.print(f"wrote {result.out_dir} ({written})", highlight=False)
 
-    def translate_command(config: config_arg, overrides: overrides_arg = None) -> None:
+    def translate_command(
+        config: config_arg,
+        overrides: overrides_arg = None,
+        src: Annotated[
+            str | None, typer.Option("--src", help="Multilingual runs: source language.")
+        ] = None,
+        tgt: Annotated[
+            str | None, typer.Option("--tgt", help="Multilingual runs: target language.")
+        ] = None,
+    ) -> None:
         """Translate the lines of stdin to stdout, one per line, with eval's checkpoint choice."""
         from moe_mt.config import load_config
+        from moe_mt.errors import MoeMtError
         from moe_mt.workflows.translate import translate_stream
 
-        cfg = load_config(config, overrides or [])
+        if (src is None) != (tgt is None):
+            raise MoeMtError("--src and --tgt go together")
+        direction = [f"eval.directions=[{src}-{tgt}]"] if src is not None else []
+        cfg = load_config(config, [*(overrides or []), *direction])
         # Interactive: answer each line at once; piped: batch up to 10,000 lines at a time.
         chunk = 1 if sys.stdin.isatty() else 10_000
         summary = translate_stream(cfg, _read_stdin_lines(), _write_stdout, chunk_lines=chunk)

@@ -6,17 +6,31 @@ from rich.table import Table
 
 
 def prep_table(manifest: dict) -> Table:
+    """One row per split (multilingual runs: per corpus and split)."""
     langs = manifest["languages"]
-    table = Table(title=f"prep {langs['src']}-{langs['tgt']}")
+    if manifest.get("multilingual"):
+        title = f"prep {', '.join(langs['directions'])}"
+        rows = [
+            (f"{name} {split}", info, corpus["languages"])
+            for name, corpus in manifest["corpora"].items()
+            for split, info in corpus["splits"].items()
+        ]
+    else:
+        title = f"prep {langs['src']}-{langs['tgt']}"
+        rows = [
+            (split, info, (langs["src"], langs["tgt"]))
+            for split, info in manifest["splits"].items()
+        ]
+    table = Table(title=title)
     for column in ("split", "lines in", "kept", "dropped", "src tokens", "tgt tokens", "unk"):
         table.add_column(column, justify="left" if column in ("split", "dropped") else "right")
-    for split, info in manifest["splits"].items():
+    for label, info, (src, tgt) in rows:
         tokens = info.get("tokens", {})
-        src_tok = tokens.get(langs["src"], {})
-        tgt_tok = tokens.get(langs["tgt"], {})
+        src_tok = tokens.get(src, {})
+        tgt_tok = tokens.get(tgt, {})
         dropped = ", ".join(f"{k} {v:,}" for k, v in info["dropped"].items()) or "-"
         table.add_row(
-            split,
+            label,
             f"{info['lines']['raw']:,}",
             f"{info['lines']['kept']:,}",
             dropped,

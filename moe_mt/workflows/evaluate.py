@@ -280,6 +280,10 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
     options = DecodeOptions.from_config(cfg.eval)
     with run_dir.locked():
         manifest = _read_manifest(run_dir)
+        if manifest.get("multilingual"):  # per-direction scores and their average
+            from moe_mt.workflows.multilingual_eval import evaluate_directions
+
+            return evaluate_directions(cfg, run_dir, manifest, options, console)
         files = eval_files(cfg, run_dir, manifest)
         if cfg.eval.name is not None:
             # e.g. an earlier checkpoint's scores beside the final ones (eval/test@u1000)

@@ -8,10 +8,16 @@ search is fairseq's ``SequenceGenerator``, built by ``task.build_generator``.
 
 Empty (or blank) input lines give empty output lines without reaching the model; a source
 longer than the model's positions is cut to fit (and counted in ``Translations.truncated``).
+
+Multilingual runs (``translation_multi_simple_epoch``) translate one direction at a time: the
+task, set up for that direction, prefixes the source with its language token and forces the
+target language token as the decoder's first token, then strips it from the output;
+:meth:`Translator.for_direction` gives the same loaded models another direction.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -130,9 +136,11 @@ class Translator:
         checkpoint: str | Path,
         options: DecodeOptions,
         model_overrides: dict | None = None,
+        direction: tuple[str, str] | None = None,
     ):
         """Load ``checkpoint`` with the task, dictionaries and spm model(s) of ``run_dir``;
-        ``model_overrides`` replace model args of the checkpoint (see :func:`model_overrides`)."""
+        ``model_overrides`` replace model args of the checkpoint (see :func:`model_overrides`).
+        Multilingual runs translate ``direction`` (``(src, tgt)``; default: the first trained)."""
         import moe_mt
 
         moe_mt.register()
@@ -145,6 +153,14 @@ class Translator:
         # The checkpoint names the data-bin it was trained on; read this run's (a copied or
         # moved run directory keeps working).
         overrides = {**(model_overrides or {}), "data": str(bin_dir)}
+        if manifest.get("multilingual"):
+            src, tgt = direction or manifest["languages"]["directions"][0].split("-")
+            _check_languages(manifest["languages"]["langs"], src, tgt)
+            # A source and target language set the task up for inference in that direction.
+            overrides.update(source_lang=src, target_lang=tgt)
+            langs = {"src": src, "tgt": tgt}
+        else:
+            langs = manifest["languages"]
         state = load_state(checkpoint, overrides)
         try:
             models, model_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
@@ -158,7 +174,6 @@ class Translator:
         for model in models:
             model.eval()
             model.make_generation_fast_(beamable_mm_beam_size=options.beam, need_attn=False)
-        langs = manifest["languages"]
         spm_files = manifest["files"]["spm"]
         spm_src, spm_tgt = (
             sentencepiece.SentencePieceProcessor(model_file=str(run.data / spm_files[lang]))
@@ -166,6 +181,39 @@ class Translator:
         )
         arch = getattr(model_cfg.model, "arch", None) or getattr(model_cfg.model, "_name", None)
         return cls(models, task, options, spm_src, spm_tgt, num_updates, arch)
+
+    @property
+    def multilingual(self) -> bool:
+        from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
+
+        return isinstance(self.task, TranslationMultiSimpleEpochTask)
+
+    @property
+    def direction(self) -> tuple[str, str] | None:
+        """``(src, tgt)`` of a multilingual translator, else None."""
+        return (
+            (self.task.args.source_lang, self.task.args.target_lang) if self.multilingual else None
+        )
+
+    def for_direction(self, src: str, tgt: str) -> Translator:
+        """The same models and options translating ``src`` -> ``tgt`` (multilingual runs): the
+        task (language tokens) and generator are set up again, the models are shared."""
+        if not self.multilingual:
+            raise MoeMtError(f"{src}-{tgt}: this run translates one direction only (no data.pairs)")
+        from fairseq import tasks
+
+        _check_languages(self.task.langs, src, tgt)
+        args = copy.deepcopy(self.task.args)  # the task keeps (and reads) its own Namespace
+        args.source_lang, args.target_lang = src, tgt
+        return Translator(
+            self.models,
+            tasks.setup_task(args),
+            self.options,
+            self.spm_src,
+            self.spm_tgt,
+            self.num_updates,
+            self.arch,
+        )
 
     @property
     def num_parameters(self) -> int:
@@ -218,6 +266,8 @@ class Translator:
         """Token tensors of the non-blank lines, their line numbers, and how many were cut."""
         src_dict = self.task.source_dictionary
         limit = self.max_positions[0] if isinstance(self.max_positions, tuple) else None
+        if limit is not None and self.multilingual and self.task.args.langtoks["main"][0]:
+            limit -= 1  # the task prepends the encoder's language token after this cut
         ids, texts = [], []
         for number, line in enumerate(lines):
             if line.strip():
@@ -239,6 +289,14 @@ class Translator:
                 f"({longest} tokens); raise it"
             )
         return ids, tokens, truncated
+
+
+def _check_languages(known, src: str, tgt: str) -> None:
+    for lang in (src, tgt):
+        if lang not in known:
+            raise MoeMtError(
+                f"{src}-{tgt}: language '{lang}' is not one of the run's ({', '.join(known)})"
+            )
 
 
 def model_overrides(eval_cfg: DictConfig) -> dict:
@@ -300,7 +358,9 @@ def translate_stream(
             chosen = choose()
     else:
         chosen = choose()
-    translator = Translator.load(run_dir.root, chosen.path, options, model_overrides(cfg.eval))
+    translator = Translator.load(
+        run_dir.root, chosen.path, options, model_overrides(cfg.eval), stream_direction(cfg)
+    )
     summary = StreamSummary(chosen, 0, 0.0, 0, 0)
     for chunk in _chunks(lines, chunk_lines):
         result = translator.translate(chunk)
@@ -310,6 +370,23 @@ def translate_stream(
         summary.generated_tokens += result.generated_tokens
         summary.truncated += result.truncated
     return summary
+
+
+def stream_direction(cfg: DictConfig) -> tuple[str, str] | None:
+    """The one direction ``translate`` takes in a multilingual run (``eval.directions``)."""
+    if not cfg.data.pairs:
+        if cfg.eval.directions:
+            raise MoeMtError("eval.directions: only for multilingual runs (data.pairs)")
+        return None
+    from moe_mt.workflows.multilingual import parse_direction
+
+    if len(cfg.eval.directions) != 1:
+        raise MoeMtError(
+            "a multilingual run translates one direction: give --src and --tgt "
+            f"(or eval.directions=[src-tgt]); trained: {', '.join(cfg.data.pairs)}"
+        )
+    direction = parse_direction(cfg.eval.directions[0], "eval.directions")
+    return direction.src, direction.tgt
 
 
 def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -1,0 +1,410 @@
+"""The multilingual path: data.pairs prep, translation_multi_simple_epoch training (dense and
+MoE), per-direction eval with the macro average, language tokens, translate --src/--tgt.
+
+The small corpus is cut from the shared Tatoeba English-centric set (skipped without it): en-de
+and en-fr in both directions and es-en, whose files live under ``en-es/`` (the reversed-name
+rule), a few hundred training lines each.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from moe_mt.cli.main import app
+from moe_mt.config import load_config
+from moe_mt.data_prep.download import file_sha256
+from moe_mt.errors import MoeMtError
+from moe_mt.workflows.evaluate import score
+from moe_mt.workflows.multilingual import Direction, corpora, pair_files, parse_direction
+from moe_mt.workflows.multilingual_eval import macro_average
+from moe_mt.workflows.prep import prep
+from tests.conftest import REPO, TINY_MODEL
+
+PAIRS = ("en-de", "de-en", "en-fr", "fr-en", "es-en")
+LINES = {"train": 300, "valid": 30, "test": 20}
+#: Fast decoding for tiny, barely trained models: hypotheses of at most 12 tokens.
+FAST_EVAL = ("eval.beam=2", "eval.max_len_a=0", "eval.max_len_b=12")
+TINY_ML = (*TINY_MODEL, "data.spm.vocab_size=500", "train.save_interval_updates=10")
+
+
+def _write_corpus(shared: Path, root: Path) -> Path:
+    for corpus in ("en-de", "en-fr", "en-es"):
+        (root / corpus).mkdir(parents=True)
+        for split, n in LINES.items():
+            for lang in corpus.split("-"):
+                src = shared / "tatoeba_en_xx" / corpus / f"{split}.{lang}"
+                with open(src, "rb") as handle:
+                    lines = [next(handle) for _ in range(n)]
+                (root / corpus / f"{split}.{lang}").write_bytes(b"".join(lines))
+    return root
+
+
+def _recipe(tmp: Path, corpus: Path, pairs=PAIRS, test: str | None = None) -> Path:
+    test = test or f"{corpus}/{{pair}}/test"
+    recipe = tmp / "ml.yaml"
+    recipe.write_text(
+        "name: ml\n"
+        "data:\n"
+        f"  pairs: [{', '.join(pairs)}]\n"
+        f"  train: {corpus}/{{pair}}/train\n"
+        f"  valid: {corpus}/{{pair}}/valid\n"
+        f"  test: {test}\n",
+        encoding="utf-8",
+    )
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data, tmp_path_factory) -> Path:
+    return _write_corpus(shared_data, tmp_path_factory.mktemp("ml_corpus"))
+
+
+@pytest.fixture(scope="module")
+def recipe(corpus, tmp_path_factory) -> Path:
+    return _recipe(tmp_path_factory.mktemp("ml_recipe"), corpus)
+
+
+def _cfg(recipe: Path, run_dir: Path, *overrides: str):
+    return load_config(recipe, [f"run_dir={run_dir}", *TINY_ML, *overrides])
+
+
+@pytest.fixture(scope="module")
+def prepped(recipe, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ml_prepped") / "run"
+    prep(_cfg(recipe, run_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained(recipe, prepped, tmp_path_factory) -> Path:
+    """The prepared run with a tiny dense model trained for 30 updates (read-only)."""
+    from moe_mt.workflows.train import train
+
+    run_dir = tmp_path_factory.mktemp("ml_trained") / "run"
+    shutil.copytree(prepped, run_dir)
+    train(_cfg(recipe, run_dir, "train.max_update=30"))
+    return run_dir
+
+
+# -- directions and files ----------------------------------------------------------------------
+
+
+def test_directions_parse_and_share_one_corpus_per_language_pair():
+    assert parse_direction("de-en", "k") == Direction("de", "en")
+    for bad, what in (("en_de", "not a direction"), ("en-en", "into itself"), ("en-", "not a")):
+        with pytest.raises(MoeMtError, match=f"^k: '{bad}' .*{what}"):
+            parse_direction(bad, "k")
+    dirs = [parse_direction(p, "data.pairs") for p in PAIRS]
+    assert corpora(dirs) == {"en-de": ("en", "de"), "en-fr": ("en", "fr"), "es-en": ("es", "en")}
+
+
+def test_pair_files_layout_rule(tmp_path):
+    (tmp_path / "en-de").mkdir()
+    for lang in ("en", "de"):
+        (tmp_path / "en-de" / f"train.{lang}").write_text("x\n")
+        (tmp_path / f"test.{lang}").write_text("x\n")  # multi-way, one file per language
+    prefix = f"{tmp_path}/{{pair}}/train"
+    expected = {lang: tmp_path / "en-de" / f"train.{lang}" for lang in ("en", "de")}
+    assert pair_files(prefix, ("en", "de"), "data.train") == expected
+    assert pair_files(prefix, ("de", "en"), "data.train") == expected  # the reversed name
+    assert pair_files(f"{tmp_path}/test", ("de", "en"), "data.test") == {
+        lang: tmp_path / f"test.{lang}" for lang in ("de", "en")
+    }
+    with pytest.raises(MoeMtError, match=r"fr-en/train\.fr: no such file \(data\.train=.*, pair fr-en\)"):
+        pair_files(prefix, ("fr", "en"), "data.train")
+
+
+# -- prep --------------------------------------------------------------------------------------
+
+
+def test_prep_writes_one_dictionary_and_the_multilingual_layout(prepped, corpus):
+    data = prepped / "data"
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["multilingual"] is True
+    assert manifest["languages"] == {"langs": ["de", "en", "es", "fr"], "directions": list(PAIRS)}
+    assert manifest["corpora"]["en-de"]["directions"] == ["en-de", "de-en"]
+    assert manifest["corpora"]["es-en"]["directions"] == ["es-en"]
+    # One joint dictionary, saved under every language's name (the task checks they are equal).
+    dicts = {
+        lang: (data / "bin" / f"dict.{lang}.txt").read_bytes() for lang in "de en es fr".split()
+    }
+    assert len(set(dicts.values())) == 1
+    for name, info in manifest["corpora"].items():
+        a, b = info["languages"]
+        for split in ("train", "valid", "test"):
+            assert info["splits"][split]["lines"]["kept"] > 0
+            for lang in (a, b):
+                assert (data / "bin" / f"{split}.{name}.{lang}.idx").is_file()
+        # inputs by sha256, valid/test kept byte for byte (the references of eval)
+        folder = "en-es" if name == "es-en" else name
+        for split in ("valid", "test"):
+            for lang in (a, b):
+                original = corpus / folder / f"{split}.{lang}"
+                assert info["inputs"][split][lang]["sha256"] == file_sha256(original)
+                assert (data / "text" / name / f"{split}.{lang}").read_bytes() == (
+                    original.read_bytes()
+                )
+        assert info["splits"]["valid"]["lines"]["raw"] == LINES["valid"]
+    assert manifest["corpora"]["en-de"]["splits"]["train"]["lines"]["raw"] == LINES["train"]
+
+
+def test_prep_validates_each_pair_as_a_single_pair(corpus, tmp_path):
+    bad = tmp_path / "corpus"
+    shutil.copytree(corpus, bad)
+    lines = (bad / "en-fr" / "valid.fr").read_text().splitlines(keepends=True)
+    lines[4] = "\n"
+    (bad / "en-fr" / "valid.fr").write_text("".join(lines))
+    recipe = _recipe(tmp_path, bad)
+    with pytest.raises(MoeMtError, match=r"en-fr/valid\.fr:5: empty line"):
+        prep(_cfg(recipe, tmp_path / "run"))
+    with pytest.raises(MoeMtError, match="data.pairs needs data.spm.joint=true"):
+        prep(_cfg(recipe, tmp_path / "run", "data.spm.joint=false"))
+    with pytest.raises(MoeMtError, match="data.pairs: de-en is listed twice"):
+        prep(load_config(_recipe(tmp_path, bad, ("de-en", "de-en")), [f"run_dir={tmp_path}/r"]))
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_multi_way_test_set_without_pair_placeholder(corpus, tmp_path):
+    # FLORES-200 / NTREX-128 style: test.<lang> for every language, no {pair}.
+    multiway = tmp_path / "multiway"
+    multiway.mkdir()
+    for lang in ("en", "de", "fr", "es"):
+        folder = "en-de" if lang in ("en", "de") else f"en-{lang}"
+        lines = (corpus / folder / f"test.{lang}").read_bytes().splitlines(keepends=True)
+        (multiway / f"test.{lang}").write_bytes(b"".join(lines[:10]))
+    run_dir = tmp_path / "run"
+    manifest = prep(_cfg(_recipe(tmp_path, corpus, test=f"{multiway}/test"), run_dir)).manifest
+    for info in manifest["corpora"].values():
+        assert info["splits"]["test"]["lines"]["raw"] == 10
+        for lang in info["languages"]:
+            assert info["inputs"]["test"][lang]["sha256"] == file_sha256(multiway / f"test.{lang}")
+
+
+# -- training arguments ------------------------------------------------------------------------
+
+
+def test_fairseq_task_arguments(recipe, tmp_path):
+    from moe_mt.workflows.fairseq_args import train_args
+    from moe_mt.workflows.rundir import RunDir
+    from moe_mt.workflows.train import parse_fairseq_args
+
+    cfg = _cfg(recipe, tmp_path / "run", "train.sampling_temperature=2.0")
+    args = train_args(cfg, RunDir(cfg.run_dir))
+    parsed = parse_fairseq_args(args).task
+    assert parsed._name == "translation_multi_simple_epoch"
+    assert parsed.lang_pairs == ",".join(PAIRS)
+    assert parsed.langs == ["de", "en", "es", "fr"]  # sorted: stable language-token ids
+    assert parsed.sampling_method == "temperature" and parsed.sampling_temperature == 2.0
+    assert parsed.encoder_langtok == "src" and parsed.decoder_langtok is True
+    assert parsed.source_lang is None  # training: every direction
+    with pytest.raises(MoeMtError, match="train.encoder_langtok=both"):
+        train_args(_cfg(recipe, tmp_path / "run", "train.encoder_langtok=both"), RunDir(tmp_path))
+
+
+# -- language tokens ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def translator(trained):
+    from moe_mt.workflows.translate import DecodeOptions, Translator
+
+    checkpoint = trained / "checkpoints" / "checkpoint_last.pt"
+    return Translator.load(trained, checkpoint, DecodeOptions(beam=2, max_len_a=0, max_len_b=8))
+
+
+def test_source_carries_its_language_token_and_decoder_starts_with_the_target_one(translator):
+    dictionary = translator.task.source_dictionary
+    sentences = ["Where is the station?", "I like tea."]
+    for src, tgt in (("en", "de"), ("de", "en"), ("en", "fr"), ("es", "en")):
+        t = translator.for_direction(src, tgt)
+        assert t.direction == (src, tgt)
+        _, tokens, _ = t._encode(sentences)
+        dataset = t.task.build_dataset_for_inference(tokens, [x.numel() for x in tokens])
+        sample = dataset.collater([dataset[i] for i in range(len(tokens))])
+        src_tokens = sample["net_input"]["src_tokens"]
+        # left-padded: the first non-pad token of each row is the source language token
+        first = [row[row.ne(dictionary.pad())][0].item() for row in src_tokens]
+        assert first == [dictionary.index(f"__{src}__")] * len(sentences)
+        hypos = t.task.inference_step(t.generator, t.models, sample)
+        starts = {h[0]["tokens"][0].item() for h in hypos}
+        assert starts == {dictionary.index(f"__{tgt}__")}
+        # ... and the output text carries no language token
+        assert not any("__" in h for h in t.translate(sentences).hypotheses)
+    with pytest.raises(MoeMtError, match="en-xx: language 'xx' is not one of the run's"):
+        translator.for_direction("en", "xx")
+
+
+# -- eval --------------------------------------------------------------------------------------
+
+
+def test_macro_average_is_the_unweighted_mean_over_directions():
+    refs_a = ["the cat sat on the mat", "a dog barked loudly today"]
+    refs_b = ["un chat", "le chien aboie fort aujourd'hui", "bonjour", "merci beaucoup"]
+    perfect = score(refs_a, refs_a)
+    poor = score(["x y z"] * 4, refs_b)
+    average = macro_average({"en-xx": perfect, "en-yy": poor})
+    for metric in ("BLEU", "chrF2", "TER"):
+        expected = (perfect[metric]["score"] + poor[metric]["score"]) / 2
+        assert average[metric]["score"] == pytest.approx(expected)
+        assert average[metric]["signature"] == perfect[metric]["signature"]
+        assert average[metric]["directions"] == 2
+    assert average["BLEU"]["score"] == pytest.approx(50.0)  # not the pooled corpus BLEU
+    other = {**poor, "BLEU": {**poor["BLEU"], "signature": "tok:intl"}}
+    with pytest.raises(MoeMtError, match="BLEU: directions scored with different signatures"):
+        macro_average({"a": perfect, "b": other})
+
+
+class _OracleTranslator:
+    """Stands in for a model: "translates" each test line into the line of the same number in
+    ``<corpus dir>/test.<tgt>`` of the original corpus, i.e. perfectly, so that each direction
+    scores 100 BLEU only if eval scores it against the reference in the target language."""
+
+    def __init__(self, corpus: Path, direction=None):
+        self.corpus, self.direction = corpus, direction
+        self.models, self.num_parameters, self.arch = [None], 0, "oracle"
+
+    def for_direction(self, src, tgt):
+        return _OracleTranslator(self.corpus, (src, tgt))
+
+    def translate(self, lines, on_batch=None):
+        from moe_mt.workflows.translate import Translations
+
+        src, tgt = self.direction
+        folder = "en-" + (tgt if src == "en" else src)
+        source = (self.corpus / folder / f"test.{src}").read_text().splitlines()
+        target = (self.corpus / folder / f"test.{tgt}").read_text().splitlines()
+        assert list(lines) == source  # the source side is the source language's file
+        return Translations(list(target), 1.0, 0, 0, 0)
+
+
+def test_each_direction_is_scored_against_its_target_language(
+    trained, corpus, tmp_path, monkeypatch
+):
+    from moe_mt.workflows import multilingual_eval
+    from moe_mt.workflows.evaluate import evaluate
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    monkeypatch.setattr(
+        multilingual_eval.Translator,
+        "load",
+        classmethod(lambda cls, *a, **k: _OracleTranslator(corpus)),
+    )
+    report = evaluate(load_config(run_dir, [])).report
+    assert list(report["directions"]) == list(PAIRS)
+    for name, info in report["directions"].items():
+        assert info["scores"]["BLEU"]["score"] == pytest.approx(100.0), name
+        tgt = name.split("-")[1]
+        assert info["files"]["reference"]["path"].endswith(f"test.{tgt}")
+        folder = "en-" + (tgt if name.startswith("en-") else name.split("-")[0])
+        assert info["files"]["reference"]["sha256"] == file_sha256(corpus / folder / f"test.{tgt}")
+    assert report["average"]["BLEU"]["score"] == pytest.approx(100.0)
+
+
+def test_train_and_eval_dense_end_to_end(recipe, trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    summary = json.loads((run_dir / "logs" / "train_summary.json").read_text())
+    assert summary["num_updates"] == 30 and float(summary["last_valid"]["loss"]) > 0
+
+    result = CliRunner().invoke(
+        app, ["eval", str(run_dir), *FAST_EVAL, "eval.directions=[de-en,en-fr]"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "de-en" in result.stdout and "average" in result.stdout and "nrefs:1" in result.stdout
+    out = run_dir / "eval" / "test"
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["directions"]) == ["de-en", "en-fr"]
+    for name, info in report["directions"].items():
+        hyps = (out / name / "hyp.txt").read_text(encoding="utf-8").split("\n")[:-1]
+        assert len(hyps) == info["lines"] == LINES["test"]
+        for metric in ("BLEU", "chrF2", "TER"):
+            assert info["scores"][metric]["signature"].startswith("nrefs:1")
+    for metric in ("BLEU", "chrF2", "TER"):
+        scores = [d["scores"][metric]["score"] for d in report["directions"].values()]
+        assert report["average"][metric]["score"] == pytest.approx(sum(scores) / 2)
+
+    # translate: one direction, by --src/--tgt; refused without one
+    result = CliRunner().invoke(
+        app,
+        ["translate", str(run_dir), "--src", "de", "--tgt", "en", *FAST_EVAL],
+        input="Hallo.\n\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.split("\n")[:-1]) == 2
+    result = CliRunner().invoke(app, ["translate", str(run_dir)], input="Hallo.\n")
+    assert result.exit_code == 1 and "a multilingual run translates one direction" in result.stderr
+
+
+def test_moe_family_trains_and_evaluates_on_multilingual_batches(recipe, prepped, tmp_path):
+    from moe_mt.workflows.evaluate import evaluate
+    from moe_mt.workflows.train import train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepped, run_dir)
+    cfg = _cfg(
+        recipe, run_dir, "train.max_update=10", "model.arch=switch_transformer_demo",
+        "train.criterion=moe_label_smoothed_cross_entropy", "model.moe.num_experts=4",
+        "model.moe.freq=1", *FAST_EVAL, "eval.directions=[fr-en]",
+    )  # fmt: skip
+    summary = train(cfg).summary
+    assert summary["num_updates"] == 10
+    valid = summary["last_valid"]
+    assert float(valid["loss"]) > 0 and 0 < float(valid["moe_active"]) <= 1
+    report = evaluate(cfg).report
+    usage = report["directions"]["fr-en"]["expert_usage"]
+    assert usage is not None and usage["layers"]
+    assert (run_dir / "eval" / "test" / "fr-en" / "expert_usage.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family",
+    [
+        ("xmoe_transformer_demo", "moe_label_smoothed_cross_entropy", "model.moe.router_dim=16"),
+        ("thor_transformer_demo", "thor_label_smoothed_cross_entropy", "model.moe.num_experts=2"),
+        ("mhmoe_transformer_demo", "moe_label_smoothed_cross_entropy", "model.moe.heads=4"),
+        (
+            "soft_moe_transformer_demo",
+            "moe_label_smoothed_cross_entropy",
+            "model.moe.sides=encoder",
+        ),
+    ],
+    ids=lambda f: f[0].split("_transformer")[0],
+)
+def test_other_moe_families_train_and_evaluate(recipe, prepped, tmp_path, family):
+    from moe_mt.workflows.evaluate import evaluate
+    from moe_mt.workflows.train import train
+
+    arch, criterion, extra = family
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepped, run_dir)
+    cfg = _cfg(
+        recipe, run_dir, "train.max_update=10", f"model.arch={arch}",
+        f"train.criterion={criterion}", "model.moe.freq=1", extra, *FAST_EVAL,
+        "eval.directions=[en-de,es-en]",
+    )  # fmt: skip
+    assert train(cfg).summary["num_updates"] == 10
+    report = evaluate(cfg).report
+    assert set(report["directions"]) == {"en-de", "es-en"}
+
+
+@pytest.mark.slow
+def test_demo_multilingual_recipe_prepares_and_trains(shared_data, tmp_path):
+    from moe_mt.workflows.evaluate import evaluate
+    from moe_mt.workflows.train import train
+
+    cfg = load_config(
+        REPO / "recipes" / "demo_multilingual.yaml",
+        [f"run_dir={tmp_path / 'run'}", *TINY_MODEL, "train.max_update=20", *FAST_EVAL],
+    )
+    manifest = prep(cfg).manifest
+    assert set(manifest["languages"]["directions"]) == set(cfg.data.pairs)
+    train(cfg)
+    report = evaluate(load_config(tmp_path / "run", ["eval.directions=[en-de]"])).report
+    assert report["directions"]["en-de"]["lines"] == 1012  # FLORES-200 devtest
