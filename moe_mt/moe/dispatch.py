@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -69,10 +70,15 @@ def plan_dispatch(
     num_experts: int,
     capacity: int | None = None,
     pad_mask: Tensor | None = None,
+    queue_ahead: Tensor | None = None,
 ) -> DispatchPlan:
     """Group the assignments of ``expert_index`` ``[t, k]`` by expert, applying ``capacity``.
 
-    Pads (``pad_mask`` ``[t]`` True) get no row and take no capacity.
+    Pads (``pad_mask`` ``[t]`` True) get no row and take no capacity. ``queue_ahead`` ``[k, e]``
+    (expert parallelism, :mod:`moe_mt.moe.expert_parallel`): how many assignments of *other*
+    ranks come before this rank's choice-``j`` assignments to expert ``e`` in the priority order
+    of the layer's global batch; they take capacity first, so the assignments kept here are
+    those one process would keep on that batch.
     """
     t, k = expert_index.shape
     # Choice-major order [k * t]: all first choices (in sequence order), then all second choices.
@@ -86,10 +92,15 @@ def plan_dispatch(
     keep_sorted = sorted_expert < num_experts
     if capacity is not None:
         rank = torch.arange(k * t, device=order.device) - starts[sorted_expert]
+        if queue_ahead is not None:
+            ahead = F.pad(queue_ahead, (0, 1))  # pads (expert e) have nobody ahead
+            rank = rank + ahead[torch.div(order, t, rounding_mode="floor"), sorted_expert]
         keep_sorted &= rank < capacity
     selected = order[keep_sorted]
     counts = counts_all[:num_experts]
-    if capacity is not None:
+    if queue_ahead is not None and capacity is not None:
+        counts = torch.bincount(sorted_expert[keep_sorted], minlength=num_experts)
+    elif capacity is not None:
         counts = counts.clamp(max=capacity)
     m = selected.shape[0]
     row_index = torch.full((k * t,), m, dtype=torch.long, device=order.device)

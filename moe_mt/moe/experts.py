@@ -77,6 +77,12 @@ class ExpertBank(nn.Module):
         self.b2 = nn.Parameter(torch.empty(num_experts, d_out)) if bias else None
         self.reset_parameters()
 
+    @property
+    def num_global_experts(self) -> int:
+        """Experts of the layer (a shard of an expert-parallel layer holds fewer, see
+        :class:`~moe_mt.moe.expert_parallel.ShardedExpertBank`)."""
+        return self.num_experts
+
     def reset_parameters(self) -> None:
         for w, b, fan_in in ((self.w1, self.b1, self.d_model), (self.w2, self.b2, self.d_ff)):
             bound = 1.0 / math.sqrt(fan_in)

@@ -59,14 +59,16 @@ class MoEFeedForward(nn.Module):
         eval_capacity_factor: float | None = None,
     ) -> None:
         super().__init__()
-        if router.num_experts != experts.num_experts:
-            raise ValueError(f"router has {router.num_experts} experts, bank {experts.num_experts}")
+        # A shard of an expert-parallel bank holds fewer experts than the layer routes to.
+        num_experts = getattr(experts, "num_global_experts", experts.num_experts)
+        if router.num_experts != num_experts:
+            raise ValueError(f"router has {router.num_experts} experts, bank {num_experts}")
         self.router, self.experts = router, experts
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
 
     @property
     def num_experts(self) -> int:
-        return self.experts.num_experts
+        return getattr(self.experts, "num_global_experts", self.experts.num_experts)
 
     def capacity(self, num_tokens: int, k: int) -> int | None:
         """Per-expert capacity for ``num_tokens`` non-pad tokens in the current mode."""

@@ -1,7 +1,9 @@
 """Auxiliary losses of MoE routers, as plain functions, and their combination across layers.
 
 Axes: ``t`` tokens, ``k`` choices per token, ``e`` experts. Pad tokens (``pad_mask`` True) are
-excluded from every mean.
+excluded from every mean. Under expert parallelism the token sums of the balance and z losses
+run over the layer's global batch (:func:`~moe_mt.moe.batch_scope.global_sum`), so that every
+rank gets the one-process value of the concatenated batch.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from moe_mt.moe.batch_scope import global_sum
 
 
 def _token_weight(t: int, pad_mask: Tensor | None, like: Tensor) -> Tensor:
@@ -40,11 +44,13 @@ def load_balance_loss(
     t, e = router_probs.shape
     k = expert_index.shape[1]
     w = _token_weight(t, pad_mask, router_probs)
-    n = w.sum().clamp_min(1.0)
     counts = torch.zeros(e, dtype=w.dtype, device=w.device)
     counts.index_add_(0, expert_index.reshape(-1), w.repeat_interleave(k))
+    # Under expert parallelism the sums run over the layer's global batch (one collective).
+    sums = global_sum(torch.cat([counts, w.sum()[None], (router_probs * w[:, None]).sum(0)]))
+    counts, n, p_sum = sums[:e], sums[e].clamp_min(1.0), sums[e + 1 :]
     f = counts / (n * k)
-    p = (router_probs * w[:, None]).sum(0) / n
+    p = p_sum / n
     return e * (f * p).sum()
 
 
@@ -58,7 +64,8 @@ def router_z_loss(router_logits: Tensor, pad_mask: Tensor | None = None) -> Tens
     t = router_logits.shape[0]
     w = _token_weight(t, pad_mask, router_logits)
     z = torch.logsumexp(router_logits, dim=-1)
-    return (z.square() * w).sum() / w.sum().clamp_min(1.0)
+    sums = global_sum(torch.stack([(z.square() * w).sum(), w.sum()]))
+    return sums[0] / sums[1].clamp_min(1.0)
 
 
 def combine_aux_losses(

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from moe_mt.moe.batch_scope import draw_window, sentence_window
 from moe_mt.moe.routing import Router, Routing, router_dtype
 
 GRANULARITIES = ("batch", "sentence", "token")
@@ -65,18 +66,25 @@ class RandomRouter(Router):
         sentence_index: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """``[t]`` long: uniformly drawn experts at this router's granularity (on the CPU)."""
+        """``[t]`` long: uniformly drawn experts at this router's granularity (on the CPU).
+
+        Under expert parallelism the draws are those of the layer's global batch (one draw
+        for it; one per global sentence; one per global token) and this rank takes its part
+        (:mod:`moe_mt.moe.batch_scope`), so that with a generator in the same state on every
+        rank the experts are those of one process on the concatenated batch.
+        """
         generator = generator if generator is not None else self.generator
         e = self.num_experts
         if self.granularity == "token":
-            return torch.randint(e, (t,), generator=generator)
+            offset, total = draw_window(t)
+            return torch.randint(e, (total,), generator=generator)[offset : offset + t]
         if self.granularity == "batch":
             return torch.randint(e, (1,), generator=generator).expand(t)
         if sentence_index is None:
             raise ValueError("granularity 'sentence' needs sentence_index [t]")
-        num_sentences = int(sentence_index.max()) + 1 if t else 0
-        per_sentence = torch.randint(e, (num_sentences,), generator=generator)
-        return per_sentence[sentence_index.cpu()]
+        offset, total = sentence_window(int(sentence_index.max()) + 1 if t else 0)
+        per_sentence = torch.randint(e, (total,), generator=generator)
+        return per_sentence[sentence_index.cpu() + offset]
 
     def forward(
         self,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moe_mt.moe.batch_scope import draw_window
 from moe_mt.moe.routing import Router, Routing, route_top_k, router_dtype
 
 
@@ -29,7 +30,15 @@ class TopKRouter(Router):
 
     Numerics: the logits, softmax and losses run in fp32 (or wider) with autocast disabled
     (selective precision, Switch §2.4).
+
+    Jitter noise comes from ``generator`` when one is set (a CPU ``torch.Generator``; the
+    models set a shared, per-update seeded one, :class:`~moe_mt.moe.expert_parallel.SharedDraws`),
+    else from torch's global generator. Under expert parallelism the noise is drawn for the
+    layer's whole global batch and this rank keeps its rows
+    (:func:`~moe_mt.moe.batch_scope.draw_window`), as one process on that batch would draw it.
     """
+
+    generator: torch.Generator | None = None
 
     def __init__(
         self,
@@ -55,8 +64,20 @@ class TopKRouter(Router):
         with torch.autocast(device_type=x.device.type, enabled=False):
             h = x.to(dtype)
             if self.training and self.jitter > 0:
-                h = h * torch.empty_like(h).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+                h = h * self.jitter_noise(h)
             return F.linear(h, self.weight.to(dtype))
+
+    def jitter_noise(self, h: Tensor) -> Tensor:
+        """``[t, d]`` multiplicative noise ``U(1 - jitter, 1 + jitter)`` for ``h`` ``[t, d]``."""
+        lo, hi = 1.0 - self.jitter, 1.0 + self.jitter
+        t = h.shape[0]
+        offset, total = draw_window(t)
+        if self.generator is None and total == t:
+            return torch.empty_like(h).uniform_(lo, hi)
+        device = h.device if self.generator is None else self.generator.device
+        noise = torch.empty(total, h.shape[1], dtype=h.dtype, device=device)
+        noise.uniform_(lo, hi, generator=self.generator)
+        return noise[offset : offset + t].to(h.device)
 
     def forward(
         self, x: Tensor, pad_mask: Tensor | None = None, sentence_index: Tensor | None = None
