@@ -8,11 +8,19 @@ per-repeat ratios MoE / dense, for forward+backward (training mode) and forward 
 
     flock /tmp/moemt-cpu.lock python benchmarks/moe_layer.py            # the documented table
     python benchmarks/moe_layer.py --tokens 2048 --experts 8 --k 1 --repeats 3   # quick look
+    python benchmarks/moe_layer.py --device cuda --dtype bf16 --repeats 50     # on a GPU
+
+On CUDA the step is timed between device synchronisations, and half precision runs under
+``torch.autocast`` (fp32 weights, the router in fp32 as always). The last column is what an
+expert-parallel step would move through all_to_all for this layer (dispatch and combine, forward
+and backward: ``4 k T d`` elements in the activations' precision), the number a projection to
+several devices starts from.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -46,13 +54,28 @@ def _infer_step(module: nn.Module, x: torch.Tensor, moe: bool) -> None:
         _ = y.y if moe else y
 
 
-def _timed(fn) -> float:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: wait for them
     return time.perf_counter() - start
 
 
-def compare(dense, moe, x, grad, repeats: int, train: bool) -> tuple[float, float, float]:
+def _precision(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def compare(
+    dense, moe, x, grad, repeats: int, train: bool, dtype: torch.dtype = torch.float32
+) -> tuple[float, float, float]:
     """Median dense time, median MoE time, median per-repeat ratio MoE / dense."""
     dense.train(train)
     moe.train(train)
@@ -63,12 +86,13 @@ def compare(dense, moe, x, grad, repeats: int, train: bool) -> tuple[float, floa
         )
     else:
         steps = (lambda: _infer_step(dense, x, False), lambda: _infer_step(moe, x, True))
-    for step in steps:  # warm-up
-        step()
-    dense_t, moe_t = [], []
-    for _ in range(repeats):
-        dense_t.append(_timed(steps[0]))
-        moe_t.append(_timed(steps[1]))
+    with _precision(x.device, dtype):
+        for step in steps:  # warm-up
+            step()
+        dense_t, moe_t = [], []
+        for _ in range(repeats):
+            dense_t.append(_timed(steps[0], x.device))
+            moe_t.append(_timed(steps[1], x.device))
     ratios = [m / d for m, d in zip(moe_t, dense_t, strict=True)]
     return statistics.median(dense_t), statistics.median(moe_t), statistics.median(ratios)
 
@@ -85,35 +109,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     args = parser.parse_args(argv)
 
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    x = torch.randn(args.tokens, args.d, requires_grad=True)  # an FFN input inside a model
-    grad = torch.randn(args.tokens, args.d)
-    dense = DenseFFN(args.d, args.f)
+    # an FFN input inside a model
+    x = torch.randn(args.tokens, args.d, device=device, requires_grad=True)
+    grad = torch.randn(args.tokens, args.d, device=device)
+    dense = DenseFFN(args.d, args.f).to(device)
+    where = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
+    )
     print(
-        f"torch {torch.__version__}, {args.threads} threads, d={args.d}, f={args.f}, "
+        f"torch {torch.__version__}, {where}, {args.dtype}, d={args.d}, f={args.f}, "
         f"T={args.tokens}, impl={args.impl}, capacity factor={args.capacity_factor}, "
         f"median of {args.repeats}"
     )
     print(
         "| E | k | max/mean load | fwd+bwd dense ms | fwd+bwd MoE ms | ratio "
-        "| fwd dense ms | fwd MoE ms | ratio |"
+        "| fwd dense ms | fwd MoE ms | ratio | all_to_all MB/step |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    element_bytes = torch.finfo(dtype).bits // 8
+    ms = ".0f" if device.type == "cpu" else ".2f"
     for e in args.experts:
         for k in args.k:
             router = TopKRouter(args.d, e, k=k)
             bank = ExpertBank(e, args.d, args.f, impl=args.impl)
-            moe = MoEFeedForward(router, bank, capacity_factor=args.capacity_factor)
+            moe = MoEFeedForward(router, bank, capacity_factor=args.capacity_factor).to(device)
             with torch.no_grad():
-                load = moe(x).stats.tokens_per_expert
-            train = compare(dense, moe, x, grad, args.repeats, train=True)
-            infer = compare(dense, moe, x, grad, args.repeats, train=False)
+                load = moe(x).stats.tokens_per_expert.float()
+            train = compare(dense, moe, x, grad, args.repeats, True, dtype)
+            infer = compare(dense, moe, x, grad, args.repeats, False, dtype)
             cells = [f"{(load.max() / load.mean()).item():.2f}"]
-            cells += [f"{train[0] * 1e3:.0f}", f"{train[1] * 1e3:.0f}", f"{train[2]:.2f}"]
-            cells += [f"{infer[0] * 1e3:.0f}", f"{infer[1] * 1e3:.0f}", f"{infer[2]:.2f}"]
+            cells += [f"{train[0] * 1e3:{ms}}", f"{train[1] * 1e3:{ms}}", f"{train[2]:.2f}"]
+            cells += [f"{infer[0] * 1e3:{ms}}", f"{infer[1] * 1e3:{ms}}", f"{infer[2]:.2f}"]
+            cells.append(f"{4 * k * args.tokens * args.d * element_bytes / 1e6:.1f}")
             print(f"| {e} | {k} | " + " | ".join(cells) + " |", flush=True)
 
 

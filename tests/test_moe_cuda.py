@@ -1,0 +1,105 @@
+"""The MoE core on CUDA: mixed precision with the fp32 router, and CUDA against CPU.
+
+Skipped without a GPU (CI has none); run on a GPU machine with
+``python -m pytest tests/test_moe_cuda.py``. What it pins down:
+
+- Under ``torch.autocast`` (bf16 or fp16), as under fairseq's ``--bf16`` / ``--fp16`` (whole model
+  cast to half precision), the router's logits, probabilities and auxiliary losses stay fp32
+  (Switch Transformer §2.4, selective precision) and the routing decisions are those of the fp32
+  layer on the same input; the experts compute in half precision; outputs and gradients stay
+  close to the fp32 layer's.
+- The same fp32 layer gives the same routing, outputs and gradients on CUDA and on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from moe_mt.moe import CosineRouter, ExpertBank, MoEFeedForward, TopKRouter
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+D, F, E, T = 64, 128, 8, 512
+
+
+def _layer(router: str, k: int, capacity: float | None) -> MoEFeedForward:
+    torch.manual_seed(0)
+    if router == "topk":
+        gate = TopKRouter(D, E, k=k)
+    else:
+        gate = CosineRouter(D, E, k=k)
+    return MoEFeedForward(gate, ExpertBank(E, D, F), capacity_factor=capacity)
+
+
+def _inputs(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, D, generator=g)
+    pad = torch.zeros(T, dtype=torch.bool)
+    pad[-37:] = True  # a padded tail, as in a batch of unequal sentences
+    grad = torch.randn(T, D, generator=g)
+    return x.to(device), pad.to(device), grad.to(device)
+
+
+def _run(layer: MoEFeedForward, x, pad, grad):
+    x = x.detach().requires_grad_(True)
+    out = layer(x, pad)
+    loss = (out.y.float() * grad.float()).sum() + sum(out.aux_losses.values())
+    loss.backward()
+    grads = {name: p.grad.detach().float().cpu() for name, p in layer.named_parameters()}
+    return out, x.grad.detach().float().cpu(), grads
+
+
+@pytest.mark.parametrize("router", ["topk", "cosine"])
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("capacity", [None, 1.0])
+def test_cuda_fp32_matches_cpu(router, k, capacity):
+    layer = _layer(router, k, capacity)
+    cuda_layer = copy.deepcopy(layer).cuda()
+    layer.train(), cuda_layer.train()
+    cpu_out, cpu_dx, cpu_grads = _run(layer, *_inputs("cpu"))
+    gpu_out, gpu_dx, gpu_grads = _run(cuda_layer, *_inputs("cuda"))
+    assert torch.equal(cpu_out.routing.expert_index, gpu_out.routing.expert_index.cpu())
+    assert torch.equal(cpu_out.plan.counts, gpu_out.plan.counts.cpu())
+    torch.testing.assert_close(gpu_out.y.cpu(), cpu_out.y, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gpu_dx, cpu_dx, rtol=1e-4, atol=1e-5)
+    for name, g in cpu_grads.items():
+        torch.testing.assert_close(gpu_grads[name], g, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("router", ["topk", "cosine"])
+@pytest.mark.parametrize("mode", ["autocast", "half_model"])
+def test_half_precision_keeps_the_router_fp32(precision, router, mode):
+    dtype = HALF[precision]
+    layer = _layer(router, 2, 1.25).cuda().train()
+    x, pad, grad = _inputs("cuda")
+    if mode == "autocast":  # torch AMP: fp32 weights, half-precision matmuls
+        reference = copy.deepcopy(layer)
+        ref_out, ref_dx, ref_grads = _run(reference, x, pad, grad)
+        with torch.autocast("cuda", dtype=dtype):
+            out, dx, grads = _run(layer, x, pad, grad)
+    else:  # fairseq --fp16 / --bf16: the whole model and its activations in half precision
+        layer, x = layer.to(dtype), x.to(dtype)
+        # The fp32 reference sees the same rounded weights and inputs.
+        reference = copy.deepcopy(layer).float()
+        ref_out, ref_dx, ref_grads = _run(reference, x.float(), pad, grad)
+        out, dx, grads = _run(layer, x, pad, grad.to(dtype))
+        assert out.y.dtype == dtype  # the experts ran in half precision
+    routing = out.routing
+    assert routing.combine_weight.dtype == torch.float32
+    assert all(loss.dtype == torch.float32 for loss in out.aux_losses.values())
+    assert torch.equal(routing.expert_index, ref_out.routing.expert_index)  # same decisions
+    assert torch.equal(out.plan.counts, ref_out.plan.counts)
+    for name, loss in out.aux_losses.items():
+        torch.testing.assert_close(loss, ref_out.aux_losses[name], rtol=1e-5, atol=1e-6)
+    tol = {"bf16": 3e-2, "fp16": 5e-3}[precision]
+    torch.testing.assert_close(out.y.float(), ref_out.y, rtol=tol, atol=tol)
+    torch.testing.assert_close(dx, ref_dx, rtol=tol, atol=tol)
+    for name, g in ref_grads.items():
+        assert torch.isfinite(grads[name]).all(), name
+        scale = g.abs().max().item()
+        assert (grads[name] - g).abs().max().item() <= 5 * tol * max(scale, 1e-3), name
