@@ -152,6 +152,9 @@ class ModelConfig:
     activation_dropout: float = 0.0
     share_all_embeddings: bool = True  # needs data.joined_dictionary
     moe: MoEConfig = field(default_factory=MoEConfig)  # MoE architectures only
+    # MoE architectures: each MoE layer's experts spread over this many ranks (divides
+    # train.distributed_world_size and model.moe.num_experts); see README "Expert parallelism"
+    expert_parallel_size: Optional[int] = None
     args: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -56,6 +56,7 @@ def model_args(model: DictConfig) -> list[str]:
         ),
         # MoE keys left at null are not passed: dense architectures know none of them.
         *_pairs({f"moe_{k}": v for k, v in OmegaConf.to_container(model.moe).items()}),
+        *_pairs({"moe_expert_parallel_size": model.get("expert_parallel_size")}),
         *_pairs(OmegaConf.to_container(model.args)),
     ]
 
