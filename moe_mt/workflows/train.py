@@ -70,6 +70,7 @@ RESUMABLE_KEYS = (
     "train.tensorboard_logdir",
     "train.distributed_timeout_minutes",
     "model.moe.eval_capacity_factor",  # used at evaluation only
+    "model.expert_parallel_size",  # checkpoints hold all experts whatever it is
     # Checked as their product, the global batch (see GLOBAL_BATCH_KEYS).
     "train.distributed_world_size",
     "train.update_freq",
