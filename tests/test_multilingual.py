@@ -115,7 +115,9 @@ def test_pair_files_layout_rule(tmp_path):
     assert pair_files(f"{tmp_path}/test", ("de", "en"), "data.test") == {
         lang: tmp_path / f"test.{lang}" for lang in ("de", "en")
     }
-    with pytest.raises(MoeMtError, match=r"fr-en/train\.fr: no such file \(data\.train=.*, pair fr-en\)"):
+    with pytest.raises(
+        MoeMtError, match=r"fr-en/train\.fr: no such file \(data\.train=.*, pair fr-en\)"
+    ):
         pair_files(prefix, ("fr", "en"), "data.train")
 
 
@@ -237,6 +239,15 @@ def test_source_carries_its_language_token_and_decoder_starts_with_the_target_on
         assert not any("__" in h for h in t.translate(sentences).hypotheses)
     with pytest.raises(MoeMtError, match="en-xx: language 'xx' is not one of the run's"):
         translator.for_direction("en", "xx")
+
+
+def test_dry_run_summary_counts_the_language_tokens(recipe, trained, translator):
+    from moe_mt.workflows.model_summary import model_summary
+
+    # The model embeds the joint dictionary plus one __<lang>__ token per language: the summary
+    # of the config must count exactly the parameters of the model trained from it.
+    cfg = _cfg(recipe, trained, "train.max_update=30")
+    assert model_summary(cfg)["parameters"] == translator.num_parameters
 
 
 # -- eval --------------------------------------------------------------------------------------
@@ -362,7 +373,6 @@ def test_moe_family_trains_and_evaluates_on_multilingual_batches(recipe, prepped
     assert (run_dir / "eval" / "test" / "fr-en" / "expert_usage.png").is_file()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "family",
     [

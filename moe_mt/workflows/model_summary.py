@@ -75,6 +75,11 @@ class _DictTask:
 def _dictionaries(cfg: DictConfig, bin_dir: Path):
     from fairseq.data import Dictionary
 
+    if cfg.data.pairs:  # multilingual: one dictionary, with the task's language tokens
+        from moe_mt.workflows.multilingual import task_dictionary
+
+        joint = task_dictionary(cfg.data, bin_dir)
+        return joint, joint
     paths = [bin_dir / f"dict.{cfg.data.src}.txt", bin_dir / f"dict.{cfg.data.tgt}.txt"]
     if all(p.is_file() for p in paths):
         src = Dictionary.load(str(paths[0]))

@@ -236,6 +236,26 @@ def _paths(directory: Path, split: str, pair: tuple[str, str]) -> dict[str, Path
     return {lang: directory / f"{split}.{lang}" for lang in pair}
 
 
+def task_dictionary(data_cfg: DictConfig, bin_dir: Path):
+    """The dictionary a model of ``data.pairs`` embeds: the prepared joint one (before prep, a
+    stand-in of ``data.spm.vocab_size`` symbols) with the ``__<lang>__`` token of every
+    language added as ``translation_multi_simple_epoch`` adds them (fairseq's
+    ``augment_dictionary``, default token style)."""
+    from fairseq.data import Dictionary
+    from fairseq.data.multilingual.multilingual_utils import augment_dictionary
+
+    langs = languages(directions(data_cfg))
+    path = bin_dir / f"dict.{langs[0]}.txt"
+    if path.is_file():
+        dictionary = Dictionary.load(str(path))
+    else:
+        dictionary = Dictionary()
+        for i in range(data_cfg.spm.vocab_size):
+            dictionary.add_symbol(f"w{i}")
+    augment_dictionary(dictionary, langs, lang_tok_style="multilingual")
+    return dictionary
+
+
 def is_multilingual(manifest: dict) -> bool:
     return bool(manifest.get("multilingual"))
 
