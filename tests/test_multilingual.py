@@ -187,6 +187,18 @@ def test_multi_way_test_set_without_pair_placeholder(corpus, tmp_path):
             assert info["inputs"]["test"][lang]["sha256"] == file_sha256(multiway / f"test.{lang}")
 
 
+def test_lowercase_applies_to_every_corpus(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEMT_CACHE_DIR", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    prep(_cfg(_recipe(tmp_path, corpus), run_dir, "data.lowercase=true"))
+    for name in ("en-de", "es-en"):
+        folder = "en-es" if name == "es-en" else name
+        for lang in name.split("-"):
+            original = (corpus / folder / f"test.{lang}").read_text(encoding="utf-8")
+            copied = (run_dir / "data" / "text" / name / f"test.{lang}").read_text(encoding="utf-8")
+            assert copied == original.lower() != original
+
+
 # -- training arguments ------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
-from moe_mt.data_prep import binarize, spm
+from moe_mt.data_prep import binarize, fetch_source, spm
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
 from moe_mt.workflows import prep as single
@@ -132,6 +132,10 @@ def input_files(data_cfg: DictConfig) -> dict[str, dict[str, Path]]:
                     raise MoeMtError(f"data.{split}: missing (needed for every pair)")
                 continue
             files[f"{name}/{split}"] = pair_files(prefix, pair, f"data.{split}")
+    if data_cfg.get("lowercase"):  # the single-pair rule, every corpus alike
+        files = fetch_source.lowercased(
+            files, fetch_source.cache_dir(data_cfg) / fetch_source.LOWERCASED_DIR
+        )
     return files
 
 
