@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# CI-sized runs: a tiny version of every model family, prep -> train -> eval on real data from
+# the shared corpora (../shared/data): the IWSLT'14 De-En recipe of each family
+# (recipes/iwslt/iwslt14_de_en_<family>.yaml: its family options and data cleaning) at the demo
+# size (3+3 layers, d=256), with the CI schedule (recipes/pieces/schedule/ci_tiny.yaml) and
+# local data instead of the download:
+#   CI_DATA=iwslt14   the 8.7k-pair IWSLT'14 sample (de -> en; lowercased, Moses-tokenised)
+#   CI_DATA=multi30k  Multi30k (29k pairs, en -> de; raw, cased)
+# valid and test are their first CI_VALID_LINES lines (short validation and eval).
+#
+#   bash recipes/ci_family_runs.sh                    # every family, 300 updates each
+#   CI_UPDATES=20 bash recipes/ci_family_runs.sh thor # one family, 20 updates
+#
+# Environment: MOEMT_SHARED_DATA (default ../shared/data), CI_DATA (iwslt14), CI_UPDATES (300),
+# CI_VALID_LINES (500), CI_RUNS (runs/ci), MOEMT (the moemt command). Each run lands in
+# $CI_RUNS/ci_<data>_<family>; $CI_RUNS/summary.tsv gets one line per run (family, updates,
+# seconds of prep / train / eval, sacreBLEU, tokenised BLEU).
+# Measured on 2 CPU cores (iwslt14, 300 updates): see the table in README.md ("Recipes").
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+moemt="${MOEMT:-$here/.venv/bin/moemt}"
+python="$(dirname "$moemt")/python"
+shared="${MOEMT_SHARED_DATA:-$here/../shared/data}"
+data="${CI_DATA:-iwslt14}"
+updates="${CI_UPDATES:-300}"
+valid_lines="${CI_VALID_LINES:-500}"
+runs="${CI_RUNS:-$here/runs/ci}"
+families=("$@")
+[ ${#families[@]} -gt 0 ] || families=(dense switch xmoe thor mhmoe softmoe)
+
+case "$data" in
+  iwslt14) corpus="$shared/iwslt14_de_en"; src=de; tgt=en ;;
+  multi30k) corpus="$shared/multi30k_en_de"; src=en; tgt=de ;;
+  *) echo "CI_DATA=$data: iwslt14 or multi30k" >&2; exit 2 ;;
+esac
+[ -f "$corpus/train.$src" ] || { echo "$corpus/train.$src: no such file (MOEMT_SHARED_DATA)" >&2; exit 1; }
+
+declare -A arch=([dense]=moemt_transformer [switch]=switch_transformer [xmoe]=xmoe_transformer
+                 [thor]=thor_transformer [mhmoe]=mhmoe_transformer [softmoe]=soft_moe_transformer)
+
+mkdir -p "$runs/data_$data"
+for split in valid test; do
+  for lang in "$src" "$tgt"; do
+    head -n "$valid_lines" "$corpus/$split.$lang" > "$runs/data_$data/$split.$lang"
+  done
+done
+[ -f "$runs/summary.tsv" ] || printf 'run\tupdates\tprep_s\ttrain_s\teval_s\tsacrebleu\tlegacy_bleu\n' > "$runs/summary.tsv"
+
+for family in "${families[@]}"; do
+  [ -n "${arch[$family]:-}" ] || { echo "unknown family '$family' (${!arch[*]})" >&2; exit 2; }
+  name="ci_${data}_${family}"
+  recipe="$runs/$name.yaml"
+  cat > "$recipe" <<YAML
+# Written by recipes/ci_family_runs.sh
+include:
+  - $here/recipes/iwslt/iwslt14_de_en_$family.yaml
+  - $here/recipes/pieces/schedule/ci_tiny.yaml
+name: $name
+run_dir: $runs/$name
+data:
+  src: $src
+  tgt: $tgt
+  source: null
+  lowercase: false
+  train: $corpus/train
+  valid: $runs/data_$data/valid
+  test: $runs/data_$data/test
+model:
+  arch: ${arch[$family]}_demo
+train:
+  max_update: $updates
+YAML
+  echo "== $name: $updates updates" >&2
+  t0=$(date +%s); "$moemt" prep "$recipe" >/dev/null
+  t1=$(date +%s); "$moemt" train "$recipe" >/dev/null
+  t2=$(date +%s); "$moemt" eval "$recipe" >/dev/null
+  t3=$(date +%s)
+  scores=$("$python" - "$runs/$name/eval/test/report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+legacy = r.get("legacy_bleu") or {}
+print(f"{r['scores']['BLEU']['score']:.2f}\t{legacy.get('score', '')}")
+PY
+)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$updates" $((t1 - t0)) $((t2 - t1)) $((t3 - t2)) \
+    "$scores" | tee -a "$runs/summary.tsv"
+done
