@@ -33,9 +33,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch.distributed as dist
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor, nn
 
+from moe_mt.errors import MoeMtError
 from moe_mt.models.transformer import (
     MoeMtDecoder,
     MoeMtEncoder,
@@ -43,6 +45,15 @@ from moe_mt.models.transformer import (
     MoeMtTransformerModel,
 )
 from moe_mt.moe import CosineRouter, ExpertBank, MoEFeedForward, MoEOutput, TopKRouter
+from moe_mt.moe.expert_parallel import (
+    SOFT_MOE_REFUSAL,
+    ExpertParallelMoE,
+    ShardedExpertBank,
+    SharedDraws,
+    ddp_ignore_expert_params,
+    expert_parallel_groups,
+    reduce_expert_grads,
+)
 
 SIDES = ("encoder", "decoder", "both")
 ROUTERS = ("topk", "cosine")
@@ -153,6 +164,59 @@ class MoEOptions:
         return MoEFeedForward(router, experts, self.capacity_factor, self.eval_capacity_factor)
 
 
+def expert_parallel_size(cfg) -> int | None:
+    """``--moe-expert-parallel-size`` (``model.expert_parallel_size``); None when not set
+    (checkpoints written before it existed do not hold it)."""
+    return getattr(cfg, "moe_expert_parallel_size", None)
+
+
+def prepare_block(block: nn.Module, cfg, name: str) -> nn.Module:
+    """Expert parallelism for one MoE block (see :mod:`moe_mt.moe.expert_parallel`).
+
+    With ``model.expert_parallel_size`` set (any value, 1 included, so that a one-rank run
+    draws as a ``P``-rank one): the router draws from a :class:`SharedDraws` generator (seeded
+    from ``--seed``, the layer name and the update), and the expert parameters carry
+    ``expert = True`` (left out of fairseq's gradient-norm, scaled by its clip coefficient).
+    With ``P > 1`` and torch.distributed initialised with more than one rank, the block keeps
+    only this rank's ``E / P`` experts (:class:`ExpertParallelMoE`); in one process (``moemt
+    eval`` / ``translate`` of an expert-parallel run) it keeps all of them.
+    """
+    size = expert_parallel_size(cfg)
+    if size is None:
+        return block
+    inner = block if isinstance(block, MoEFeedForward) else getattr(block, "moe", None)
+    if not isinstance(inner, MoEFeedForward):
+        if size > 1:
+            raise MoeMtError(f"model.expert_parallel_size={size}: {SOFT_MOE_REFUSAL}")
+        return block
+    if size < 1 or inner.num_experts % size:
+        raise MoeMtError(
+            f"model.expert_parallel_size={size} must divide the number of experts "
+            f"{inner.num_experts} (model.moe.num_experts)"
+        )
+    if hasattr(inner.router, "generator"):
+        inner.shared_draws = SharedDraws(int(getattr(cfg, "seed", 1)), name)
+        inner.router.generator = inner.shared_draws.generator
+    if size > 1 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        if world % size:
+            raise MoeMtError(
+                f"model.expert_parallel_size={size} must divide the number of processes {world} "
+                "(train.distributed_world_size)"
+            )
+        sharded = ExpertParallelMoE.from_layer(inner, expert_parallel_groups(size))
+        if hasattr(inner, "shared_draws"):
+            sharded.shared_draws = inner.shared_draws
+        if inner is block:
+            block = sharded
+        else:
+            block.moe = sharded
+        inner = sharded
+    for param in inner.experts.parameters():
+        param.expert = True
+    return block
+
+
 class _MoEFFNMixin:
     """Swaps a fairseq layer's FFN for ``self.moe`` (see the module docstring)."""
 
@@ -196,7 +260,7 @@ class MoEEncoderLayer(_MoEFFNMixin, MoeMtEncoderLayer):
 
     def __init__(self, cfg, block: MoEFeedForward, name: str, return_fc: bool = False):
         super().__init__(cfg, return_fc=return_fc)
-        self._install_moe(block, name)
+        self._install_moe(prepare_block(block, cfg, name), name)
 
     def forward(self, x, encoder_padding_mask: Tensor | None, attn_mask: Tensor | None = None):
         with _padding_scope(encoder_padding_mask):
@@ -210,7 +274,7 @@ class MoEDecoderLayer(_MoEFFNMixin, TransformerDecoderLayerBase):
         if getattr(cfg, "scale_fc", False):
             raise ValueError("--scale-fc (a LayerNorm on the FFN's hidden layer) is not supported")
         super().__init__(cfg, no_encoder_attn)
-        self._install_moe(block, name)
+        self._install_moe(prepare_block(block, cfg, name), name)
 
     def forward(
         self,
@@ -290,3 +354,28 @@ class MoETransformerModel(MoeMtTransformerModel):
     def moe_layers(self) -> list[tuple[str, MoEFeedForward]]:
         """``(name, block)`` of every MoE layer, encoder first."""
         return [(m.moe_name, m.moe) for m in self.modules() if isinstance(m, _MoEFFNMixin)]
+
+    @classmethod
+    def build_model(cls, args, task):
+        """fairseq's build; with sharded experts (expert parallelism on ``P > 1`` ranks) also
+        leave them out of DDP's all-reduce and make checkpoints hold all ``E`` experts."""
+        model = super().build_model(args, task)
+        if any(isinstance(m, ShardedExpertBank) for m in model.modules()):
+            backend = getattr(args, "ddp_backend", "c10d")
+            if backend not in ("c10d", "pytorch_ddp"):
+                raise MoeMtError(
+                    f"model.expert_parallel_size needs the c10d ddp backend (torch's "
+                    f"DistributedDataParallel), not {backend}: only it can leave the sharded "
+                    "experts out of the gradient all-reduce"
+                )
+            from moe_mt import checkpoint_sharding
+
+            ddp_ignore_expert_params(model)
+            checkpoint_sharding.install()
+        return model
+
+    def all_reduce_grads(self) -> None:
+        """Called by fairseq's optimizer after DDP averaged the shared gradients (DDP has no
+        method of this name, so its proxy forwards the call here): sum and scale the sharded
+        expert gradients (:func:`~moe_mt.moe.expert_parallel.reduce_expert_grads`)."""
+        reduce_expert_grads(self)

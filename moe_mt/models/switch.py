@@ -30,6 +30,9 @@ moe_jitter                 0.0         multiplicative input noise of the top-k g
 moe_capacity_factor        1.25        training capacity factor (<= 0: no dropping)
 moe_eval_capacity_factor   None        eval capacity factor (None or <= 0: no dropping)
 moe_expert_dropout         None        dropout inside experts (None: --activation-dropout)
+moe_expert_parallel_size   None        experts spread over this many ranks (expert
+                                       parallelism, :mod:`moe_mt.moe.expert_parallel`;
+                                       set, even to 1, routers draw from shared generators)
 =========================  ==========  ===================================================
 
 The auxiliary-loss weights are the criterion's (``moe_label_smoothed_cross_entropy``).
@@ -82,6 +85,10 @@ class SwitchTransformerModel(MoETransformerModel):
         add("--moe-capacity-factor", type=float, help="training capacity factor (<=0: none)")
         add("--moe-eval-capacity-factor", type=float, help="eval capacity factor (<=0: none)")
         add("--moe-expert-dropout", type=float, help="dropout inside the experts")
+        add(
+            "--moe-expert-parallel-size", type=int, metavar="P",
+            help="experts of every MoE layer spread over P ranks (model.expert_parallel_size)",
+        )  # fmt: skip
 
 
 def moe_defaults(args, **overrides) -> None:

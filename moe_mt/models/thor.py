@@ -37,6 +37,12 @@ moe_inference_seed      1         the seed of ``random``
 moe_expert_dropout      None      dropout inside experts (None: --activation-dropout)
 ======================  ========  =========================================================
 
+``moe_expert_parallel_size`` (default None): the experts of every expert layer spread over that
+many ranks (:mod:`moe_mt.moe.expert_parallel`). Once set, even to 1, the training draws come from
+a generator seeded from ``--seed``, the layer name and the update, the same on every rank and at
+every world size, instead of torch's global generator; per-sentence and per-token draws are those
+of the whole global batch, of which each rank takes its sentences' / tokens' part.
+
 fairseq saves these args in every checkpoint, so a model reloads from its checkpoint alone.
 """
 
@@ -316,6 +322,10 @@ class ThorTransformerModel(MoETransformerModel):
         add("--moe-inference-expert", type=int, metavar="I", help="the expert of fixed")
         add("--moe-inference-seed", type=int, metavar="S", help="the seed of random")
         add("--moe-expert-dropout", type=float, help="dropout inside the experts")
+        add(
+            "--moe-expert-parallel-size", type=int, metavar="P",
+            help="experts of every MoE layer spread over P ranks (model.expert_parallel_size)",
+        )  # fmt: skip
 
     def routers(self) -> list[ThorRouter]:
         return [block.router for _, block in self.moe_layers()]

@@ -192,6 +192,12 @@ def _all_gather(x: Tensor, size: int, group) -> Tensor:
     return torch.stack(parts)
 
 
+def gather_shards(x: Tensor, groups: ExpertParallelGroups) -> Tensor:
+    """Collective over the expert-parallel group: this shard's ``[L, ...]`` rows of a per-expert
+    tensor, concatenated in shard order to all ``[E, ...]`` rows (no gradient)."""
+    return _all_gather(x.detach(), groups.size, groups.ep_group).reshape(-1, *x.shape[1:])
+
+
 class _Permute(torch.autograd.Function):
     """``x[order]`` for a permutation ``order``; backward gathers with its inverse."""
 
@@ -329,14 +335,13 @@ def gather_expert_state(model: nn.Module, keep: bool = True) -> None:
     for bank in model.modules():
         if isinstance(bank, ShardedExpertBank):
             bank.gathered = {}
-            g = bank.groups
             for name in ("w1", "b1", "w2", "b2"):
                 param = getattr(bank, name)
                 if param is None:
                     continue
-                parts = _all_gather(param.detach(), g.size, g.ep_group)
+                full = gather_shards(param, bank.groups)
                 if keep:
-                    bank.gathered[name] = parts.reshape(-1, *param.shape[1:])
+                    bank.gathered[name] = full
 
 
 def expert_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

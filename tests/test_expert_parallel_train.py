@@ -1,0 +1,133 @@
+"""Expert parallelism in the fairseq models and in ``moemt train``: one logical checkpoint.
+
+Default run (model level, 2 gloo ranks): a Switch model built with ``model.expert_parallel_size=2``
+holds half the experts per rank, leaves them out of DDP, routes and translates like the one-process
+model; gathering writes the one-process state dict and loading a full state dict keeps each
+rank's shard. Slow (``moemt train`` end to end): a one-process checkpoint resumes on 2
+expert-parallel ranks and ends with the parameters and optimizer state of one process trained on
+the same global batches, and the 2-rank checkpoint translates in one process as on 2 ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+import moe_mt
+from moe_mt.moe.expert_parallel import ShardedExpertBank, gather_expert_state
+from moe_mt.workflows.rundir import RunDir
+from tests.conftest import TINY_MODEL, demo_config
+from tests.test_expert_parallel import run_ranks
+
+EP_MODEL = (
+    "data.spm.vocab_size=2000",
+    *TINY_MODEL,
+    "model.arch=switch_transformer_demo",
+    "train.criterion=moe_label_smoothed_cross_entropy",
+    "model.moe.freq=1",
+    "model.moe.num_experts=4",
+    "model.dropout=0",
+)
+SENTENCES = 12
+
+
+def build(run_dir: Path, *overrides: str, seed: int = 1):
+    """(task, model) as ``moemt train`` builds them (inside torch.distributed when initialised)."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from moe_mt.workflows.fairseq_args import train_args
+
+    moe_mt.register()
+    cfg = demo_config(run_dir, *EP_MODEL, *overrides)
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, train_args(cfg, RunDir(cfg.run_dir)))
+    fairseq_cfg = convert_namespace_to_omegaconf(args)
+    torch.manual_seed(seed)
+    task = tasks.setup_task(fairseq_cfg.task)
+    return task, task.build_model(fairseq_cfg.model)
+
+
+def sample(task, n: int = SENTENCES, split: str = "test"):
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    return dataset.collater([dataset[i] for i in range(n)])
+
+
+def translate(task, model, batch) -> list[str]:
+    generator = task.build_generator([model], argparse.Namespace(beam=2, max_len_a=0, max_len_b=8))
+    hypos = task.inference_step(generator, [model], batch)
+    return [task.target_dictionary.string(h[0]["tokens"], "sentencepiece") for h in hypos]
+
+
+def _model_worker(rank: int, run_dir: str, out_dir: str) -> None:
+    task, model = build(Path(run_dir), "model.expert_parallel_size=2")
+    banks = [m for m in model.modules() if isinstance(m, ShardedExpertBank)]
+    ignored = sorted(model._ddp_params_and_buffers_to_ignore)
+    batch = sample(task)
+    model.eval()
+    with torch.no_grad():
+        logits = model(**batch["net_input"])[0]
+        hypotheses = translate(task, model, batch)
+    gather_expert_state(model, keep=rank == 0)
+    state = model.state_dict()
+    full = torch.load(Path(out_dir) / "full_state.pt")
+    model.load_state_dict(full)
+    loaded = {n: p.detach().clone() for n, p in model.named_parameters() if ".experts." in n}
+    torch.save(
+        dict(
+            banks=[(b.start, b.num_experts, b.num_global_experts) for b in banks],
+            ignored=ignored,
+            logits=logits,
+            hypotheses=hypotheses,
+            state=state,
+            loaded=loaded,
+        ),
+        Path(out_dir) / f"rank{rank}.pt",
+    )
+
+
+def test_expert_parallel_model_on_two_ranks(prepped_demo, tmp_path):
+    task, one = build(prepped_demo, "model.expert_parallel_size=1")
+    full = {k: torch.randn_like(v) if ".experts." in k else v for k, v in one.state_dict().items()}
+    torch.save(full, tmp_path / "full_state.pt")
+    run_ranks(_model_worker, (str(prepped_demo), str(tmp_path)), timeout=240)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    # every MoE layer (encoder and decoder) holds experts [2r, 2r + 2) of 4
+    assert [b for b in ranks[0]["banks"]] == [(0, 2, 4)] * 2
+    assert [b for b in ranks[1]["banks"]] == [(2, 2, 4)] * 2
+    expert_names = sorted(n for n, p in one.named_parameters() if ".experts." in n)
+    assert ranks[0]["ignored"] == expert_names and len(expert_names) == 8
+    assert all(getattr(p, "expert", False) for n, p in one.named_parameters() if n in expert_names)
+
+    # both ranks fed the same batch: no capacity in eval, so each equals one process on it
+    batch = sample(task)
+    one.eval()
+    with torch.no_grad():
+        logits = one(**batch["net_input"])[0]
+        hypotheses = translate(task, one, batch)
+    for r in ranks:
+        torch.testing.assert_close(r["logits"], logits, rtol=1e-5, atol=1e-5)
+        assert r["hypotheses"] == hypotheses
+
+    # rank 0's gathered state dict is the one-process one (same seed, same initialisation)
+    reference = one.state_dict()
+    assert ranks[0]["state"].keys() == reference.keys()
+    for key, value in reference.items():
+        if not key.endswith("_float_tensor"):  # fairseq's uninitialised placeholder buffer
+            torch.testing.assert_close(ranks[0]["state"][key], value, msg=key)
+    # loading the logical state dict keeps each rank's rows
+    for rank, r in enumerate(ranks):
+        for name, value in r["loaded"].items():
+            assert torch.equal(value, full[name][2 * rank : 2 * rank + 2]), name
+
+
+def test_soft_moe_refuses_expert_parallelism(prepped_demo):
+    from moe_mt.errors import MoeMtError
+
+    with pytest.raises(MoeMtError, match="Soft MoE does not support expert parallelism.*slots"):
+        build(prepped_demo, "model.arch=soft_moe_transformer_demo", "model.expert_parallel_size=2")
