@@ -364,6 +364,18 @@ def test_train_and_eval_dense_end_to_end(recipe, trained, tmp_path):
     assert result.exit_code == 1 and "a multilingual run translates one direction" in result.stderr
 
 
+def test_training_resumes_with_the_sampled_multilingual_data(recipe, trained, tmp_path):
+    from moe_mt.workflows.train import checkpoint_update, train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    result = train(_cfg(recipe, run_dir, "train.max_update=40"))
+    assert result.resumed_from_update == 30
+    assert checkpoint_update(run_dir / "checkpoints" / "checkpoint_last.pt") == 40
+    with pytest.raises(MoeMtError, match=r"train\.sampling_temperature: 5\.0 -> 1\.0"):
+        train(_cfg(recipe, run_dir, "train.max_update=50", "train.sampling_temperature=1.0"))
+
+
 def test_moe_family_trains_and_evaluates_on_multilingual_batches(recipe, prepped, tmp_path):
     from moe_mt.workflows.evaluate import evaluate
     from moe_mt.workflows.train import train
