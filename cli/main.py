@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Annotated
 
+import rich.markup
 import typer
 from rich.console import Console
 
@@ -47,7 +48,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except MoeMtError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            message = rich.markup.escape(str(exc))  # paths and messages may hold [brackets]
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
