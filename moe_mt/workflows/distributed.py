@@ -156,6 +156,16 @@ def init_process_group(launch: Launch, rank: int, timeout_minutes: float) -> Non
     )
 
 
+def destroy_process_group() -> None:
+    """Leave the process group. A rank must, before it exits: gloo's threads still running when
+    the interpreter tears down abort the process ("terminate called without an active
+    exception", SIGABRT), which the launcher reports as a failed rank."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def broadcast_from_rank0(obj):
     """Rank 0's ``obj`` on every rank (other ranks pass anything, e.g. None)."""
     import torch.distributed as dist

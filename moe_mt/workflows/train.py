@@ -26,6 +26,7 @@ run may resume on another number of processes with the same global batch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import resource
 import shutil
@@ -106,7 +107,7 @@ def config_differences(old: DictConfig, new: DictConfig) -> list[str]:
         if a != b:
             differences.append(f"{key}: {a!r} -> {b!r}")
     before, after = (_batches_per_update(c) for c in (old, new))
-    if before != after:
+    if before[0] != after[0]:
         keys = " x ".join(f"train.{k}" for k in GLOBAL_BATCH_KEYS)
         differences.append(f"{keys}: {before[1]} -> {after[1]}")
     return differences
@@ -152,11 +153,17 @@ def train(
     dry_run: bool = False,
     console: Console | None = None,
 ) -> TrainResult:
+    """Train or resume ``cfg``'s model in its run directory (module docstring: the contract).
+
+    With ``train.distributed_world_size`` > 1 the ranks are spawned processes, which import the
+    caller's main module again: a script that calls this must do so under
+    ``if __name__ == "__main__":``, as with any ``torch.multiprocessing`` code.
+    """
     console = console or Console(stderr=True)
     launch = distributed.launch_plan(cfg.train.distributed_world_size)
     if launch is not None and launch.world_size != cfg.train.distributed_world_size:
         # torchrun/srun chose the world size: the config records the one that trained.
-        cfg = cfg.copy()
+        cfg = copy.deepcopy(cfg)  # not the caller's
         cfg.train.distributed_world_size = launch.world_size
     run_dir = RunDir(cfg.run_dir)
     args = train_args(cfg, run_dir)
@@ -176,10 +183,12 @@ def train(
         if launch is None:
             if prepared != args:
                 fairseq_cfg = parse_fairseq_args(prepared)
-            from fairseq.distributed import utils as distributed_utils
-            from fairseq_cli import train as fairseq_train
 
             def run() -> None:
+                # Imported inside the log context: fairseq_cli.train's basicConfig is then a no-op.
+                from fairseq.distributed import utils as distributed_utils
+                from fairseq_cli import train as fairseq_train
+
                 distributed_utils.call_main(fairseq_cfg, fairseq_train.main)
 
             summary = _run_logged(run_dir, prepared, console, resumed_from, cfg.train, run)
@@ -268,10 +277,7 @@ def _train_as_rank(
             run_dir.root, prepared, resumed_from_update=resumed_from, summary=summary
         )
     finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.destroy_process_group()
 
 
 def _spawn(job: RankJob) -> dict:
@@ -304,7 +310,10 @@ def _spawn(job: RankJob) -> dict:
 def _spawned_rank(index: int, job: RankJob) -> None:
     """Entry point of a spawned rank (a fresh interpreter: ``import moe_mt`` ran on unpickling)."""
     distributed.init_process_group(job.launch, index, job.timeout_minutes)
-    _run_rank(job, index, Console(stderr=True))
+    try:
+        _run_rank(job, index, Console(stderr=True))
+    finally:
+        distributed.destroy_process_group()
 
 
 def _run_rank(job: RankJob, rank: int, console: Console) -> dict:
