@@ -368,6 +368,16 @@ class MoETransformerModel(MoeMtTransformerModel):
                     f"DistributedDataParallel), not {backend}: only it can leave the sharded "
                     "experts out of the gradient all-reduce"
                 )
+            half = getattr(args, "fp16", False) or getattr(args, "bf16", False)
+            efficient = getattr(args, "memory_efficient_fp16", False) or getattr(
+                args, "memory_efficient_bf16", False
+            )
+            if half and not efficient:
+                raise MoeMtError(
+                    "model.expert_parallel_size with train.fp16/bf16 needs fairseq's "
+                    "--memory-efficient-fp16/bf16 (train.fairseq_args): its other fp16 optimizer "
+                    "keeps one flattened fp32 copy whose state cannot be split per expert"
+                )
             from moe_mt import checkpoint_sharding
 
             ddp_ignore_expert_params(model)
