@@ -4,8 +4,8 @@ Default run (model level, 2 gloo ranks): a Switch model built with ``model.exper
 holds half the experts per rank, leaves them out of DDP, routes and translates like the one-process
 model; gathering writes the one-process state dict and loading a full state dict keeps each
 rank's shard. Slow (``moemt train`` end to end): a one-process checkpoint resumes on 2
-expert-parallel ranks and ends with the parameters and optimizer state of one process trained on
-the same global batches, and the 2-rank checkpoint translates in one process as on 2 ranks.
+expert-parallel ranks and ends with the parameters and optimizer state of a data-parallel run on
+the same batches, and the 2-rank checkpoint translates in one process as on 2 ranks.
 """
 
 from __future__ import annotations
@@ -131,3 +131,106 @@ def test_soft_moe_refuses_expert_parallelism(prepped_demo):
 
     with pytest.raises(MoeMtError, match="Soft MoE does not support expert parallelism.*slots"):
         build(prepped_demo, "model.arch=soft_moe_transformer_demo", "model.expert_parallel_size=2")
+
+
+# -- moemt train end to end (slow) -------------------------------------------------------------
+
+#: No dropping and no balance loss: 2 ranks' MoE batch is both ranks' batches at once, while one
+#: process accumulates them one at a time, so capacity and the batch-level balance loss would
+#: differ between the two (the layer tests cover them on one shared batch).
+#: Every rank reads the checkpoint itself: fairseq's rank-0 broadcast of a loaded checkpoint
+#: pickles its omegaconf config, which the receiving ranks' weights-only torch.load refuses.
+E2E = (
+    *EP_MODEL, "model.moe.capacity_factor=0", "model.moe.balance_weight=0",
+    "train.fairseq_args=[--load-checkpoint-on-all-dp-ranks]",
+)  # fmt: skip
+HALF, FULL = 2, 4  # updates
+
+
+def _train(run_dir: Path, *overrides: str):
+    from moe_mt.workflows.train import train
+
+    return train(demo_config(run_dir, *E2E, "train.log_interval=1", *overrides))
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    from moe_mt.checkpoints import load_state
+
+    return load_state(run_dir / "checkpoints" / "checkpoint_last.pt")
+
+
+def _expert_state(checkpoint: dict) -> list[torch.Tensor]:
+    """Adam state tensors of the expert parameters ([E, ...] in a logical checkpoint)."""
+    state = checkpoint["last_optimizer_state"]["state"]
+    return [v for entry in state.values() for v in entry.values() if v.dim() and v.shape[0] == 4]
+
+
+def _translate_worker(rank: int, checkpoint: str, out_dir: str) -> None:
+    from fairseq import checkpoint_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint])
+    assert any(isinstance(m, ShardedExpertBank) for m in models[0].modules())
+    models[0].eval()
+    with torch.no_grad():
+        hypotheses = translate(task, models[0], sample(task))
+    torch.save(hypotheses, Path(out_dir) / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_one_process_checkpoint_resumes_on_two_expert_parallel_ranks(prepped_demo, tmp_path):
+    """1 process trains HALF updates; its checkpoint resumes on 2 ranks (a) expert-parallel,
+    expert_parallel_size=2, and (b) data-parallel only, expert_parallel_size=1 (every rank holds
+    every expert, DDP averages their gradients; tests/test_distributed_train.py checks that this
+    is one process on the same global batches). Both see the same batches up to FULL updates, so
+    parameters and Adam state must agree: the experts were sliced on load (weights and optimizer
+    state), exchanged, reduced and scaled right, and gathered into one file on save. Then the
+    expert-parallel checkpoint translates in one process exactly as on 2 expert-parallel ranks.
+
+    (Both continuations run on 2 ranks: fairseq counts the batches already seen in an epoch per
+    rank, so a mid-epoch resume on another number of ranks does not continue where 1 process
+    would.)"""
+    import shutil
+
+    start = tmp_path / "start"
+    shutil.copytree(prepped_demo, start)
+    _train(start, "model.expert_parallel_size=1", "train.update_freq=2", f"train.max_update={HALF}")
+    two, dp = tmp_path / "two", tmp_path / "dp"
+    shutil.copytree(start, two)
+    shutil.copytree(start, dp)
+    for run_dir, size in ((two, 2), (dp, 1)):
+        result = _train(
+            run_dir, f"model.expert_parallel_size={size}", "train.distributed_world_size=2",
+            f"train.max_update={FULL}",
+        )  # fmt: skip
+        assert result.summary["world_size"] == 2 and result.resumed_from_update == HALF
+
+    a, b = _checkpoint(two), _checkpoint(dp)
+    assert a["model"].keys() == b["model"].keys()
+    assert a["model"]["encoder.layers.0.moe.experts.w1"].shape[0] == 4  # all experts, one file
+    moved = (
+        (
+            a["model"]["encoder.layers.0.moe.experts.w1"]
+            - _checkpoint(start)["model"]["encoder.layers.0.moe.experts.w1"]
+        )
+        .abs()
+        .max()
+    )
+    assert moved > 1e-4  # the experts did train after the resume
+    for key, value in b["model"].items():
+        if not key.endswith("_float_tensor"):
+            torch.testing.assert_close(a["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert len(_expert_state(a)) == len(_expert_state(b)) == 16  # 8 tensors x (exp_avg, sq)
+    for x, y in zip(_expert_state(a), _expert_state(b), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-7)
+
+    checkpoint = two / "checkpoints" / "checkpoint_last.pt"
+    run_ranks(_translate_worker, (str(checkpoint), str(tmp_path)), timeout=240)
+    on_ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    from fairseq import checkpoint_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)])
+    models[0].eval()
+    with torch.no_grad():
+        alone = translate(task, models[0], sample(task))
+    assert on_ranks[0] == on_ranks[1] == alone
+    assert len(set(alone)) > 1  # real, varied output
