@@ -282,3 +282,22 @@ def test_expert_bank_shards_draw_like_one_process():
     shard.load_state_dict(state)
     assert torch.equal(shard.w2, state["w2"][2:]) and state["w2"].shape[0] == E
     assert math.isclose(float(shard.b1.detach().sum()), float(state["b1"][2:].sum()), rel_tol=1e-6)
+
+
+def test_shared_draws_depend_on_seed_layer_and_update_only():
+    from moe_mt.moe.expert_parallel import SharedDraws
+
+    def draws(seed, name, update, calls=1):
+        shared = SharedDraws(seed, name)
+        shared.set_num_updates(update)
+        out = [torch.randint(1000, (4,), generator=shared.generator) for _ in range(calls)]
+        shared.set_num_updates(update)  # the same update again: the stream goes on
+        out.append(torch.randint(1000, (4,), generator=shared.generator))
+        return torch.cat(out)
+
+    assert torch.equal(draws(1, "encoder.layers.1", 5), draws(1, "encoder.layers.1", 5))
+    assert not torch.equal(draws(1, "encoder.layers.1", 5), draws(1, "encoder.layers.1", 6))
+    assert not torch.equal(draws(1, "encoder.layers.1", 5), draws(1, "decoder.layers.1", 5))
+    assert not torch.equal(draws(1, "encoder.layers.1", 5), draws(2, "encoder.layers.1", 5))
+    first = draws(1, "encoder.layers.1", 5)
+    assert not torch.equal(first[:4], first[4:])  # a second draw in one update differs
