@@ -376,6 +376,19 @@ def test_training_resumes_with_the_sampled_multilingual_data(recipe, trained, tm
         train(_cfg(recipe, run_dir, "train.max_update=50", "train.sampling_temperature=1.0"))
 
 
+def test_a_run_does_not_inherit_another_runs_best_validation(recipe, prepped, tmp_path):
+    from fairseq import checkpoint_utils
+
+    from moe_mt.workflows.train import train
+
+    # as if an earlier training in this process had reached a loss no new run can beat
+    checkpoint_utils.save_checkpoint.best = -1.0
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepped, run_dir)
+    train(_cfg(recipe, run_dir, "train.max_update=10"))
+    assert (run_dir / "checkpoints" / "checkpoint_best.pt").is_file()
+
+
 def test_moe_family_trains_and_evaluates_on_multilingual_batches(recipe, prepped, tmp_path):
     from moe_mt.workflows.evaluate import evaluate
     from moe_mt.workflows.train import train

@@ -186,9 +186,15 @@ def train(
 
             def run() -> None:
                 # Imported inside the log context: fairseq_cli.train's basicConfig is then a no-op.
+                from fairseq import checkpoint_utils
                 from fairseq.distributed import utils as distributed_utils
                 from fairseq_cli import train as fairseq_train
 
+                # fairseq keeps the best validation score on a function attribute, one training
+                # per process in its CLI; in-process, a run would inherit another run's best and
+                # never write checkpoint_best.pt. A resumed run gets its own back from its
+                # checkpoint (checkpoint_utils.load_checkpoint).
+                vars(checkpoint_utils.save_checkpoint).pop("best", None)
                 distributed_utils.call_main(fairseq_cfg, fairseq_train.main)
 
             summary = _run_logged(run_dir, prepared, console, resumed_from, cfg.train, run)
