@@ -40,11 +40,6 @@ lazily or not. Each patch names the test that fails without it.
    fails at the first step. We give that module a ``DistributedDataParallel`` subclass that drops
    ``device_ids``/``output_device`` when every parameter is on the CPU (what torch wants there).
    Test: ``tests/test_distributed_train.py::test_two_ranks_equal_one_process``.
-7. Resuming on several ranks. Rank 0 reads the checkpoint and sends it to the others with
-   ``fairseq.distributed.utils.broadcast_object``, which pickles the non-tensor part with
-   ``_TensorPlaceholder`` stand-ins for the tensors; the other ranks ``torch.load`` it with
-   ``weights_only=True``, which refuses that class, and die. We allow-list exactly it.
-   Test: ``tests/test_distributed_train.py::test_torchrun_style_start_resumes``.
 """
 
 from __future__ import annotations
@@ -82,7 +77,6 @@ def apply() -> None:
     _after_import("fairseq.ngram_repeat_block", _fix_ngram_repeat_block)
     _after_import("fairseq.checkpoint_utils", _atomic_checkpoint_copies)
     _after_import("fairseq.models.distributed_fairseq_model", _cpu_torch_ddp)
-    _after_import("fairseq.distributed.utils", _allow_broadcast_placeholders)
     _applied = True
 
 
@@ -257,12 +251,3 @@ def _cpu_torch_ddp(module) -> None:
             super().__init__(module, device_ids=device_ids, output_device=output_device, **kwargs)
 
     module.DistributedDataParallel = CpuAwareDistributedDataParallel
-
-
-# -- 7. checkpoints broadcast to the other ranks -----------------------------------------------
-
-
-def _allow_broadcast_placeholders(module) -> None:
-    import torch.serialization
-
-    torch.serialization.add_safe_globals([module._TensorPlaceholder])
