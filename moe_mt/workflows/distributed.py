@@ -156,12 +156,63 @@ def init_process_group(launch: Launch, rank: int, timeout_minutes: float) -> Non
     )
 
 
+class Watchdog:
+    """Ends this process (exit code 1, one ``error:`` line on stderr) when it makes no progress for
+    ``seconds``: no module's forward runs (training, validation and beam search all call them).
+
+    Needed because the process-group timeout does not bound every wait: measured here (torch
+    2.13, gloo, CPU), a rank blocked in DDP's gradient all-reduce on a peer that stopped (SIGSTOP,
+    sockets open) was still waiting 45 s past a 15 s timeout. A hard exit, since a thread blocked
+    in C++ never returns to Python to see an exception or a signal; the launcher (or the other
+    ranks, whose connections then close) reports it. A phase without any forward that lasts longer
+    than ``seconds`` (batching a huge corpus, writing a huge checkpoint) would end the run too:
+    keep the timeout well above those.
+    """
+
+    def __init__(self, seconds: float, message: str):
+        import threading
+
+        self.seconds = seconds
+        self.message = message
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="moemt-watchdog")
+        self._hook = None
+
+    def beat(self, *_) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(self.seconds / 4, 5.0)):
+            if time.monotonic() - self._last > self.seconds:
+                os.write(2, f"error: {self.message}\n".encode())
+                os._exit(1)
+
+    def __enter__(self) -> Watchdog:
+        from torch.nn.modules.module import register_module_forward_pre_hook
+
+        self.beat()
+        self._hook = register_module_forward_pre_hook(self.beat)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._hook is not None:
+            self._hook.remove()
+
+
 def destroy_process_group() -> None:
-    """Leave the process group. A rank must, before it exits: gloo's threads still running when
-    the interpreter tears down abort the process ("terminate called without an active
-    exception", SIGABRT), which the launcher reports as a failed rank."""
+    """Leave the process group, after freeing what still holds gloo work (the DDP reducer of a
+    finished trainer, often kept alive by reference cycles). A rank must, before it exits:
+    freeing gloo work objects during interpreter teardown aborts the process ("terminate called
+    without an active exception", SIGABRT; pytorch/pytorch PR 179291 describes it), which the
+    launcher then reports as a failed rank."""
+    import gc
+
     import torch.distributed as dist
 
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -153,6 +153,11 @@ def distributed_args(train: DictConfig) -> list[str]:
     (``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``), which fairseq's
     ``legacy_ddp`` cannot. On CPU it needs ``moe_mt.compat`` patch 6. The backend of
     torch.distributed is gloo on CPU, NCCL on GPUs.
+
+    On resume every rank reads ``checkpoint_last.pt`` itself (``--load-checkpoint-on-all-dp-ranks``)
+    instead of receiving rank 0's copy by ``broadcast_object``: that copy holds the checkpoint's
+    config as an OmegaConf object, which the other ranks' ``torch.load(weights_only=True)``
+    refuses. Reading is safe: rank 0 writes no checkpoint before every rank has loaded and trained.
     """
     if train.distributed_world_size <= 1:
         return []
@@ -165,6 +170,7 @@ def distributed_args(train: DictConfig) -> list[str]:
         backend(),
         "--ddp-backend",
         "c10d",
+        "--load-checkpoint-on-all-dp-ranks",
     ]
 
 

@@ -28,8 +28,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import resource
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -320,6 +322,11 @@ def _spawned_rank(index: int, job: RankJob) -> None:
         _run_rank(job, index, Console(stderr=True))
     finally:
         distributed.destroy_process_group()
+    # Done: skip the interpreter's teardown, where gloo leftovers can still abort a finished rank
+    # (see distributed.destroy_process_group); its files are closed, its streams flushed here.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run_rank(job: RankJob, rank: int, console: Console) -> dict:
@@ -337,11 +344,13 @@ def _run_rank(job: RankJob, rank: int, console: Console) -> dict:
         from fairseq_cli import train as fairseq_train
 
         started = _cpu_seconds()
+        silent = f"rank {rank}: no progress for {job.timeout_minutes:g} minutes: another rank "
+        silent += "stopped or stopped answering"
         try:
             # fairseq's distributed_init finds the process group joined and keeps it.
-            with _quiet_reinit_warning():
+            with _quiet_reinit_warning(), distributed.Watchdog(job.timeout_minutes * 60, silent):
                 distributed_utils.distributed_main(local_rank, fairseq_train.main, fairseq_cfg, {})
-            return distributed.sum_over_ranks(_cpu_seconds() - started)
+                return distributed.sum_over_ranks(_cpu_seconds() - started)
         except Exception as exc:
             if distributed.is_distributed_error(exc):
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
