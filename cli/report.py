@@ -60,7 +60,8 @@ def train_table(result) -> Table:
         "CPU s (total)": summary.get("cpu_seconds"),
     }
     for key, value in rows.items():
-        table.add_row(key, str(value))
+        seconds = key.endswith("s (total)") and isinstance(value, float)
+        table.add_row(key, f"{value:,.1f}" if seconds else str(value))
     return table
 
 

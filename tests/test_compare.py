@@ -122,3 +122,13 @@ def test_named_eval_of_an_earlier_checkpoint(two_runs, tmp_path):
     assert "eval/test@u20" in (tmp_path / "out" / "compare.md").read_text()
     with pytest.raises(MoeMtError, match="eval.name='../x'"):
         evaluate(demo_config(runs[0], "data.spm.vocab_size=2000", *TINY_MODEL, "eval.name=../x"))
+
+
+def test_multilingual_reports_are_refused(two_runs, tmp_path):
+    early, late = two_runs
+    other = tmp_path / "multi"
+    shutil.copytree(late, other)
+    path = _edit_report(other, lambda r: r.update(multilingual=True))
+    with pytest.raises(MoeMtError, match="a multilingual report") as error:
+        compare([early, other], tmp_path / "o", summaries=False)
+    assert str(path) in str(error.value)

@@ -60,6 +60,11 @@ def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> R
         ) from None
     except ValueError as exc:
         raise MoeMtError(f"{report_path}: not valid JSON ({exc})") from None
+    if report.get("multilingual"):
+        raise MoeMtError(
+            f"{report_path}: a multilingual report (one score per direction and their average, "
+            "in that file); moemt compare reads single-pair runs only"
+        )
     if report.get("split") != split:
         raise MoeMtError(
             f"{report_path}: hypotheses of split {report.get('split')!r}, not {split!r}"
@@ -184,10 +189,12 @@ def _fmt(value, spec: str = ",") -> str:
 
 
 def markdown_table(result: dict) -> str:
-    columns = ["run", "arch", *METRICS, "params", "active/token", "ckpt updates", "updates", "epochs",
-               "train wall s", "train CPU s", "sent/s", "act. rate", "dropped"]  # fmt: skip
+    columns = ["run", "arch", *METRICS, "params", "active/token", "ckpt updates", "updates",
+               "epochs", "train wall s", "train CPU s", "sent/s", "act. rate",
+               "dropped"]  # fmt: skip
     lines = [
-        f"Split `{result['split']}` ({result['lines']} lines, reports `eval/{result['eval_name']}`); "
+        f"Split `{result['split']}` ({result['lines']} lines, reports "
+        f"`eval/{result['eval_name']}`); "
         f"baseline `{result['baseline']}`. `ckpt updates`: the evaluated checkpoint's; `updates`, "
         "`epochs`, `train wall s` and `train CPU s`: the whole training run's.",
         "",
