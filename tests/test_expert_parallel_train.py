@@ -138,12 +138,7 @@ def test_soft_moe_refuses_expert_parallelism(prepped_demo):
 #: No dropping and no balance loss: 2 ranks' MoE batch is both ranks' batches at once, while one
 #: process accumulates them one at a time, so capacity and the batch-level balance loss would
 #: differ between the two (the layer tests cover them on one shared batch).
-#: Every rank reads the checkpoint itself: fairseq's rank-0 broadcast of a loaded checkpoint
-#: pickles its omegaconf config, which the receiving ranks' weights-only torch.load refuses.
-E2E = (
-    *EP_MODEL, "model.moe.capacity_factor=0", "model.moe.balance_weight=0",
-    "train.fairseq_args=[--load-checkpoint-on-all-dp-ranks]",
-)  # fmt: skip
+E2E = (*EP_MODEL, "model.moe.capacity_factor=0", "model.moe.balance_weight=0")
 HALF, FULL = 2, 4  # updates
 
 
@@ -160,9 +155,11 @@ def _checkpoint(run_dir: Path) -> dict:
 
 
 def _expert_state(checkpoint: dict) -> list[torch.Tensor]:
-    """Adam state tensors of the expert parameters ([E, ...] in a logical checkpoint)."""
+    """Adam state tensors with E = 4 rows: the experts' ([E, ...] in a logical checkpoint) and
+    the routers' weights."""
     state = checkpoint["last_optimizer_state"]["state"]
-    return [v for entry in state.values() for v in entry.values() if v.dim() and v.shape[0] == 4]
+    values = [v for entry in state.values() for v in entry.values() if torch.is_tensor(v)]
+    return [v for v in values if v.dim() and v.shape[0] == 4]
 
 
 def _translate_worker(rank: int, checkpoint: str, out_dir: str) -> None:
@@ -219,7 +216,8 @@ def test_one_process_checkpoint_resumes_on_two_expert_parallel_ranks(prepped_dem
     for key, value in b["model"].items():
         if not key.endswith("_float_tensor"):
             torch.testing.assert_close(a["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
-    assert len(_expert_state(a)) == len(_expert_state(b)) == 16  # 8 tensors x (exp_avg, sq)
+    # 8 expert tensors and 2 router weights [4, d], each with exp_avg and exp_avg_sq
+    assert len(_expert_state(a)) == len(_expert_state(b)) == 20
     for x, y in zip(_expert_state(a), _expert_state(b), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-7)
 
