@@ -451,12 +451,17 @@ def _run_logged(
             # Each validation with its cumulative training wall-clock time (over resumes).
             "valid_history": previous.get("valid_history", [])
             + [
-                {**v, "wall_seconds": previous.get("wall_seconds", 0) + v["elapsed_seconds"]}
+                {
+                    **v,
+                    "wall_seconds": round(
+                        previous.get("wall_seconds", 0) + v["elapsed_seconds"], 1
+                    ),
+                }
                 for v in monitor.valid_history
             ],
-            "wall_seconds": previous.get("wall_seconds", 0) + round(time.time() - started_wall, 1),
+            "wall_seconds": round(previous.get("wall_seconds", 0) + time.time() - started_wall, 1),
             # Of every rank of the latest run, cumulative over resumes.
-            "cpu_seconds": previous.get("cpu_seconds", 0) + round(cpu_seconds, 1),
+            "cpu_seconds": round(previous.get("cpu_seconds", 0) + cpu_seconds, 1),
             "world_size": launch.world_size if launch is not None else 1,
             "interrupted": interrupted,
         }
