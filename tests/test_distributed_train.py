@@ -149,6 +149,26 @@ def test_guard_compares_the_global_batch():
     ]
 
 
+def test_resume_on_another_number_of_ranks_warns(tmp_path):
+    """Same global batch, other world size: allowed, with a warning on the epoch's position."""
+    from omegaconf import OmegaConf
+
+    from moe_mt.config import RUN_CONFIG, schema, to_yaml
+    from moe_mt.workflows.rundir import RunDir
+    from moe_mt.workflows.train import _guard
+
+    a = schema()
+    a.name, a.run_dir, a.train.distributed_world_size, a.train.update_freq = "x", "r", 1, 2
+    a.data.src, a.data.tgt = "en", "de"
+    a.data.train, a.data.valid = str(tmp_path / "t"), str(tmp_path / "v")
+    run_dir = RunDir(tmp_path)
+    run_dir.checkpoints.mkdir(parents=True)
+    (run_dir.checkpoints / RUN_CONFIG).write_text(to_yaml(a))
+    with pytest.warns(UserWarning, match="resuming on 2 ranks a run trained on 1"):
+        _guard(OmegaConf.merge(a, {"train": {"distributed_world_size": 2, "update_freq": 1}}),
+               run_dir)  # fmt: skip
+
+
 WATCHED = """
 import sys, time, torch
 from moe_mt.workflows.distributed import Watchdog

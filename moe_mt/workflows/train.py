@@ -33,6 +33,7 @@ import resource
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -505,7 +506,19 @@ def _guard(cfg: DictConfig, run_dir: RunDir) -> None:
             f"{run_dir.checkpoints}: checkpoints without {RUN_CONFIG}; "
             "use --overwrite to start over"
         )
-    differences = config_differences(load_config(trained_with), cfg)
+    previous = load_config(trained_with)
+    differences = config_differences(previous, cfg)
+    ranks = (previous.train.distributed_world_size, cfg.train.distributed_world_size)
+    if not differences and ranks[0] != ranks[1]:
+        # fairseq stores how many batches each rank has taken in the current epoch and skips
+        # that many of its own batches on resume: with another number of ranks that lands
+        # elsewhere in the epoch (some batches are seen twice or not at all until it ends).
+        warnings.warn(
+            f"{trained_with}: resuming on {ranks[1]} ranks a run trained on {ranks[0]}; if the "
+            "last checkpoint is mid-epoch, the rest of that epoch is not the batches an "
+            "uninterrupted run would see (from the next epoch on it is)",
+            stacklevel=2,
+        )
     if differences:
         raise MoeMtError(
             f"{trained_with}: the checkpoints were trained with another config "
