@@ -227,21 +227,15 @@ class MHMoEDecoderLayer(_MergeAfterResidualMixin, MoEDecoderLayer):
 
 
 class MHMoEEncoder(MoEEncoder):
-    def make_layer(self, cfg, index: int) -> nn.Module:
-        options = MoEOptions.from_cfg(cfg)
-        if not options.is_moe_layer("encoder", index):
-            return super(MoEEncoder, self).make_layer(cfg, index)
-        block = build_mhmoe_block(cfg, options, cfg.encoder.embed_dim, cfg.encoder.ffn_embed_dim)
-        return MHMoEEncoderLayer(cfg, block, f"encoder.layers.{index}", return_fc=self.return_fc)
+    layer_class = MHMoEEncoderLayer
+
+    def build_block(self, cfg, options, d_model: int, d_ff: int) -> nn.Module:
+        return build_mhmoe_block(cfg, options, d_model, d_ff)
 
 
 class MHMoEDecoder(MoEDecoder):
-    def make_layer(self, cfg, index: int, no_encoder_attn: bool) -> nn.Module:
-        options = MoEOptions.from_cfg(cfg)
-        if not options.is_moe_layer("decoder", index):
-            return super(MoEDecoder, self).make_layer(cfg, index, no_encoder_attn)
-        block = build_mhmoe_block(cfg, options, cfg.decoder.embed_dim, cfg.decoder.ffn_embed_dim)
-        return MHMoEDecoderLayer(cfg, block, f"decoder.layers.{index}", no_encoder_attn)
+    layer_class = MHMoEDecoderLayer
+    build_block = MHMoEEncoder.build_block
 
 
 @register_model(MODEL_NAME)

@@ -301,37 +301,44 @@ class MoEEncoder(MoeMtEncoder):
     """The baseline encoder; layers chosen by :meth:`MoEOptions.is_moe_layer` are MoE layers.
 
     ``options_class`` reads the family's options and builds its block (a family without a
-    router, THOR, brings its own: ``from_cfg``, ``is_moe_layer`` and ``build_block``).
+    router, THOR, brings its own: ``from_cfg``, ``is_moe_layer`` and ``build_block``). A family
+    with another block or layer overrides :meth:`build_block` and ``layer_class`` only.
     """
 
     options_class = MoEOptions
+    layer_class = MoEEncoderLayer
+
+    def moe_options(self, cfg):
+        return self.options_class.from_cfg(cfg)
+
+    def build_block(self, cfg, options, d_model: int, d_ff: int) -> nn.Module:
+        return options.build_block(d_model, d_ff, cfg.activation_fn, _activation_dropout(cfg))
 
     def make_layer(self, cfg, index: int) -> nn.Module:
-        options = self.options_class.from_cfg(cfg)
+        options = self.moe_options(cfg)
         if not options.is_moe_layer("encoder", index):
             return super().make_layer(cfg, index)
-        block = options.build_block(
-            cfg.encoder.embed_dim, cfg.encoder.ffn_embed_dim, cfg.activation_fn,
-            _activation_dropout(cfg),
-        )  # fmt: skip
-        return MoEEncoderLayer(cfg, block, f"encoder.layers.{index}", return_fc=self.return_fc)
+        block = self.build_block(cfg, options, cfg.encoder.embed_dim, cfg.encoder.ffn_embed_dim)
+        name = f"encoder.layers.{index}"
+        return self.layer_class(cfg, block, name, return_fc=self.return_fc)
 
 
 class MoEDecoder(MoeMtDecoder):
     """The baseline decoder; layers chosen by :meth:`MoEOptions.is_moe_layer` are MoE layers
-    (``options_class`` as in :class:`MoEEncoder`)."""
+    (``options_class``, ``layer_class`` and :meth:`build_block` as in :class:`MoEEncoder`)."""
 
     options_class = MoEOptions
+    layer_class = MoEDecoderLayer
+
+    moe_options = MoEEncoder.moe_options
+    build_block = MoEEncoder.build_block
 
     def make_layer(self, cfg, index: int, no_encoder_attn: bool) -> nn.Module:
-        options = self.options_class.from_cfg(cfg)
+        options = self.moe_options(cfg)
         if not options.is_moe_layer("decoder", index):
             return super().make_layer(cfg, index, no_encoder_attn)
-        block = options.build_block(
-            cfg.decoder.embed_dim, cfg.decoder.ffn_embed_dim, cfg.activation_fn,
-            _activation_dropout(cfg),
-        )  # fmt: skip
-        return MoEDecoderLayer(cfg, block, f"decoder.layers.{index}", no_encoder_attn)
+        block = self.build_block(cfg, options, cfg.decoder.embed_dim, cfg.decoder.ffn_embed_dim)
+        return self.layer_class(cfg, block, f"decoder.layers.{index}", no_encoder_attn)
 
 
 class MoETransformerModel(MoeMtTransformerModel):

@@ -43,14 +43,12 @@ from moe_mt.errors import MoeMtError
 from moe_mt.models.moe_layers import (
     EXPERT_ACTIVATIONS,
     MoEDecoder,
-    MoEDecoderLayer,
     MoEEncoder,
-    MoEEncoderLayer,
     MoEOptions,
     _activation_dropout,
 )
 from moe_mt.models.switch import SwitchTransformerModel, moe_defaults
-from moe_mt.models.transformer import MoeMtDecoder, MoeMtEncoder, register_sizes
+from moe_mt.models.transformer import MoeMtDecoder, register_sizes
 from moe_mt.moe import (
     DispatchPlan,
     ExpertBank,
@@ -148,26 +146,21 @@ def build_soft_block(cfg, options: MoEOptions, d_model: int, d_ff: int) -> SoftM
 class SoftMoEEncoder(MoEEncoder):
     """Encoder whose MoE layers (``moe_freq`` / ``moe_offset``) are Soft MoE layers."""
 
-    def make_layer(self, cfg, index: int) -> nn.Module:
-        options = MoEOptions.from_cfg(cfg)
-        if not options.is_moe_layer("encoder", index):
-            return MoeMtEncoder.make_layer(self, cfg, index)
-        block = build_soft_block(cfg, options, cfg.encoder.embed_dim, cfg.encoder.ffn_embed_dim)
-        return MoEEncoderLayer(cfg, block, f"encoder.layers.{index}", return_fc=self.return_fc)
+    def build_block(self, cfg, options, d_model: int, d_ff: int) -> nn.Module:
+        return build_soft_block(cfg, options, d_model, d_ff)
 
 
 class SoftMoEDecoder(MoEDecoder):
     """Dense decoder, or top-k MoE layers at the same placement (``--moe-soft-decoder sparse``)."""
 
+    def moe_options(self, cfg):
+        # --moe-sides is the Soft MoE side (the encoder); the sparse decoder takes its placement.
+        return replace(super().moe_options(cfg), sides="decoder")
+
     def make_layer(self, cfg, index: int, no_encoder_attn: bool) -> nn.Module:
-        options = replace(MoEOptions.from_cfg(cfg), sides="decoder")
-        if cfg.moe_soft_decoder != "sparse" or not options.is_moe_layer("decoder", index):
+        if cfg.moe_soft_decoder != "sparse":
             return MoeMtDecoder.make_layer(self, cfg, index, no_encoder_attn)
-        block = options.build_block(
-            cfg.decoder.embed_dim, cfg.decoder.ffn_embed_dim, cfg.activation_fn,
-            _activation_dropout(cfg),
-        )  # fmt: skip
-        return MoEDecoderLayer(cfg, block, f"decoder.layers.{index}", no_encoder_attn)
+        return super().make_layer(cfg, index, no_encoder_attn)
 
 
 @register_model(MODEL_NAME)
