@@ -28,11 +28,9 @@ Logged (per target token, base 2): ``loss`` (the mix), ``nll_loss`` (gold NLL), 
 """
 
 # No `from __future__ import annotations`: omegaconf 2.0 reads the config dataclass types.
-import math
 from dataclasses import dataclass, field
 
 import torch
-from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
@@ -40,6 +38,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     label_smoothed_nll_loss,
 )
 from torch import Tensor
+
+from moe_mt.criterions.logging_outputs import log_sample_size_means, logging_output, sample_size_of
 
 CRITERION_NAME = "distill_label_smoothed_cross_entropy"
 BITS_KEYS = ("ce_gold", "kl_teacher")
@@ -162,26 +162,14 @@ class DistillLabelSmoothedCrossEntropy(LabelSmoothedCrossEntropyCriterion):
         loss, nll, ce, kl = distillation_loss(
             lprobs, self.teacher_lprobs(sample), target, self.eps, self.weight, self.padding_idx
         )
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll.data,
-            "ce_gold": ce.data,
-            "kl_teacher": kl.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
-        if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(model, net_output, sample)
-            logging_output["n_correct"] = n_correct.item()
-            logging_output["total"] = total.item()
-        return loss, sample_size, logging_output
+        sample_size = sample_size_of(self, sample)
+        output = logging_output(
+            self, model, net_output, sample, sample_size,
+            loss=loss.data, nll_loss=nll.data, ce_gold=ce.data, kl_teacher=kl.data,
+        )  # fmt: skip
+        return loss, sample_size, output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         super().reduce_metrics(logging_outputs)
-        sample_size = max(sum(log.get("sample_size", 0) for log in logging_outputs), 1)
-        for key in BITS_KEYS:
-            total = sum(float(log.get(key, 0)) for log in logging_outputs)
-            metrics.log_scalar(key, total / sample_size / math.log(2), sample_size, round=3)
+        log_sample_size_means(logging_outputs, BITS_KEYS, in_bits=True)

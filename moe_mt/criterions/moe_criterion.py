@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
@@ -33,6 +32,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from torch import Tensor
 
+from moe_mt.criterions.logging_outputs import log_sample_size_means, logging_output, sample_size_of
 from moe_mt.models.moe_layers import MoELayerOutput
 from moe_mt.moe import combine_aux_losses
 
@@ -103,34 +103,23 @@ class MoELabelSmoothedCrossEntropy(LabelSmoothedCrossEntropyCriterion):
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
         loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-            "nll_loss": nll_loss.data,
-        }
+        sample_size = sample_size_of(self, sample)
         outputs = net_output[1].get("moe", [])
         aux, means = moe_aux_loss(outputs, self.coefficients)
         if aux is not None:
             loss = loss + sample_size * aux.to(loss.dtype)
-        logging_output["loss"] = loss.data
+        output = logging_output(
+            self, model, net_output, sample, sample_size, loss=loss.data, nll_loss=nll_loss.data
+        )
         # Per-token means, scaled by sample_size: reduce_metrics divides the sum by it again.
         for name, value in means.items():
-            logging_output[f"moe_{name}"] = float(value.detach()) * sample_size
+            output[f"moe_{name}"] = float(value.detach()) * sample_size
         for name, value in moe_statistics(outputs).items():
-            logging_output[name] = float(value) * sample_size
-        if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(model, net_output, sample)
-            logging_output["n_correct"] = n_correct.item()
-            logging_output["total"] = total.item()
-        return loss, sample_size, logging_output
+            output[name] = float(value) * sample_size
+        return loss, sample_size, output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         super().reduce_metrics(logging_outputs)
-        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
         keys = sorted({k for log in logging_outputs for k in log if k.startswith("moe_")})
-        for key in keys:
-            total = sum(log.get(key, 0) for log in logging_outputs)
-            metrics.log_scalar(key, total / max(sample_size, 1), sample_size, round=3)
+        log_sample_size_means(logging_outputs, keys)

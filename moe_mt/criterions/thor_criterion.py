@@ -27,10 +27,8 @@ plain label-smoothed CE, as the dense baseline.
 """
 
 # No `from __future__ import annotations`: omegaconf 2.0 reads the config dataclass types.
-import math
 from dataclasses import dataclass, field
 
-from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
@@ -38,6 +36,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     label_smoothed_nll_loss,
 )
 from torch import Tensor
+
+from moe_mt.criterions.logging_outputs import log_sample_size_means, logging_output, sample_size_of
 
 CRITERION_NAME = "thor_label_smoothed_cross_entropy"
 #: Summed per batch, logged per target token in base 2.
@@ -117,36 +117,23 @@ class ThorLabelSmoothedCrossEntropy(LabelSmoothedCrossEntropyCriterion):
         consistency = symmetric_kl(passes[0][0], passes[1][0], target.eq(self.padding_idx))
         loss = ce[0] + ce[1] + self.alpha * consistency.to(ce[0].dtype)
 
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": (ce[0].data + ce[1].data) / 2,
-            "nll_loss": (nll[0].data + nll[1].data) / 2,
-            "ce_pass1": ce[0].data,
-            "ce_pass2": ce[1].data,
-            "consistency": consistency.data,
-            "objective": loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
+        sample_size = sample_size_of(self, sample)
+        output = logging_output(
+            self, model, net_outputs[0], sample, sample_size,
+            loss=(ce[0].data + ce[1].data) / 2,
+            nll_loss=(nll[0].data + nll[1].data) / 2,
+            ce_pass1=ce[0].data,
+            ce_pass2=ce[1].data,
+            consistency=consistency.data,
+            objective=loss.data,
+        )  # fmt: skip
         same = same_expert_share(*(out[1].get("moe", []) for out in net_outputs))
         if same is not None:
-            logging_output["thor_same_expert"] = same * sample_size
-        if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(model, net_outputs[0], sample)
-            logging_output["n_correct"] = n_correct.item()
-            logging_output["total"] = total.item()
-        return loss, sample_size, logging_output
+            output["thor_same_expert"] = same * sample_size
+        return loss, sample_size, output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         super().reduce_metrics(logging_outputs)
-        sample_size = max(sum(log.get("sample_size", 0) for log in logging_outputs), 1)
-        present = {k for log in logging_outputs for k in log}
-        for key in BITS_KEYS:
-            if key in present:
-                total = sum(float(log.get(key, 0)) for log in logging_outputs)
-                metrics.log_scalar(key, total / sample_size / math.log(2), sample_size, round=3)
-        if "thor_same_expert" in present:
-            total = sum(log.get("thor_same_expert", 0) for log in logging_outputs)
-            metrics.log_scalar("thor_same_expert", total / sample_size, sample_size, round=3)
+        log_sample_size_means(logging_outputs, BITS_KEYS, in_bits=True)
+        log_sample_size_means(logging_outputs, ["thor_same_expert"])
