@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ import torch
 import moe_mt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import Runner, _params, _prepare, build_trainer  # noqa: E402
+from train_speed import Runner, _params, build_trainer, prepared_work_dir, run_interleaved  # noqa: E402
 
 MODELS = {
     "dense": ("demo.yaml", []),
@@ -118,9 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoints:
         checkpoint_rates(args)
         return
-    work_dir = args.work_dir or Path(tempfile.gettempdir()) / "moemt-bench-train-speed"
-    if not (work_dir / "data" / "manifest.json").exists():
-        _prepare(work_dir)
+    work_dir = prepared_work_dir(args.work_dir)
     names = ["dense"] + [m for m in args.models if m != "dense"]
     runners = []
     for name in names:
@@ -129,11 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             recipe, work_dir, [f"train.max_tokens={args.max_tokens}", *overrides]
         )
         runners.append(Runner(name, *trainer))
-    for runner in runners:
-        runner.run(args.warmup, timed=False)
-    for _ in range(args.rounds):
-        for runner in runners:
-            runner.run(args.updates)
+    run_interleaved(runners, args.warmup, args.rounds, args.updates)
 
     print(
         f"torch {torch.__version__}, {args.threads} threads, max_tokens {args.max_tokens}, "

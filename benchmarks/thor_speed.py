@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 import moe_mt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import Runner, _prepare, build_trainer  # noqa: E402
+from train_speed import Runner, build_trainer, prepared_work_dir, run_interleaved  # noqa: E402
 
 MODES = ("fixed", "random", "mean")
 
@@ -45,11 +44,7 @@ def training_table(work_dir: Path, args) -> list[str]:
         Runner("dense", *build_trainer("demo.yaml", work_dir, common)),
         Runner("THOR (2 passes)", *build_trainer("demo_thor.yaml", work_dir, thor)),
     ]
-    for runner in runners:
-        runner.run(args.warmup, timed=False)
-    for _ in range(args.rounds):
-        for runner in runners:
-            runner.run(args.updates)
+    run_interleaved(runners, args.warmup, args.rounds, args.updates)
     dense = runners[0]
     rows = [
         "| model | updates timed | target words/s | ms per update | cost per update vs dense "
@@ -145,9 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     moe_mt.register()
-    work_dir = args.work_dir or Path(tempfile.gettempdir()) / "moemt-bench-train-speed"
-    if not (work_dir / "data" / "manifest.json").exists():
-        _prepare(work_dir)
+    work_dir = prepared_work_dir(args.work_dir)
     print(
         f"torch {torch.__version__}, {args.threads} threads; THOR: {args.experts} experts, "
         f"every other layer from the first"

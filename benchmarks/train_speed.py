@@ -32,13 +32,6 @@ import moe_mt
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _prepare(work_dir: Path) -> None:
-    from moe_mt.config import load_config
-    from moe_mt.workflows.prep import prep
-
-    prep(load_config(REPO / "recipes" / "demo.yaml", [f"run_dir={work_dir}"]))
-
-
 def build_trainer(recipe: str, work_dir: Path, overrides: list[str]):
     """fairseq's Trainer for ``recipe`` (with ``overrides``), data from ``work_dir``."""
     from fairseq import options, tasks
@@ -95,6 +88,28 @@ class Runner:
         return sum(self.tokens) / sum(self.seconds)
 
 
+def prepared_work_dir(work_dir: Path | None) -> Path:
+    """The shipped corpus prepared as the demo recipe does, in ``work_dir`` (default: a
+    temporary directory shared by the speed benchmarks), prepared once and then reused."""
+    from moe_mt.config import load_config
+    from moe_mt.workflows.prep import prep
+
+    work_dir = work_dir or Path(tempfile.gettempdir()) / "moemt-bench-train-speed"
+    if not (work_dir / "data" / "manifest.json").exists():
+        prep(load_config(REPO / "recipes" / "demo.yaml", [f"run_dir={work_dir}"]))
+    return work_dir
+
+
+def run_interleaved(runners: list[Runner], warmup: int, rounds: int, updates: int) -> None:
+    """Untimed warm-up, then ``rounds`` rounds of ``updates`` timed updates per model, the
+    models taking turns within each round (machine noise then hits them alike)."""
+    for runner in runners:
+        runner.run(warmup, timed=False)
+    for _ in range(rounds):
+        for runner in runners:
+            runner.run(updates)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experts", type=int, default=8)
@@ -115,9 +130,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     moe_mt.register()
-    work_dir = args.work_dir or Path(tempfile.gettempdir()) / "moemt-bench-train-speed"
-    if not (work_dir / "data" / "manifest.json").exists():
-        _prepare(work_dir)
+    work_dir = prepared_work_dir(args.work_dir)
     common = [f"train.max_tokens={args.max_tokens}"]
     moe = [f"model.moe.num_experts={args.experts}", f"model.moe.top_k={args.top_k}"]
     runners = [
@@ -129,11 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         runners.append(
             Runner("switch, no capacity", *build_trainer("demo_switch.yaml", work_dir, no_drop))
         )
-    for runner in runners:
-        runner.run(args.warmup, timed=False)
-    for _ in range(args.rounds):
-        for runner in runners:
-            runner.run(args.updates)
+    run_interleaved(runners, args.warmup, args.rounds, args.updates)
 
     print(
         f"torch {torch.__version__}, {args.threads} threads, max_tokens {args.max_tokens}, "
