@@ -140,12 +140,6 @@ def main(argv: list[str] | None = None) -> None:
     dense = runners[0]
     for runner in runners:
         ratio = runner.words_per_second() / dense.words_per_second()
-        rounds = [
-            (t / s) / (dt / ds)
-            for t, s, dt, ds in zip(
-                runner.tokens, runner.seconds, dense.tokens, dense.seconds, strict=True
-            )
-        ]
         if runner.name == "dense":
             rates = "| - | - |"
         else:
@@ -157,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| {runner.name} | {_params(runner.trainer.model) / 1e6:.1f}M "
             f"| {runner.words_per_second():,.0f} | {ratio:.3f} "
-            f"| {statistics.median(rounds):.3f} {rates}",
+            f"| {runner.median_round_ratio(dense):.3f} {rates}",
             flush=True,
         )
 
