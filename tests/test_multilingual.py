@@ -455,3 +455,12 @@ def test_demo_multilingual_recipe_prepares_and_trains(shared_data, tmp_path):
     train(cfg)
     report = evaluate(load_config(tmp_path / "run", ["eval.directions=[en-de]"])).report
     assert report["directions"]["en-de"]["lines"] == 1012  # FLORES-200 devtest
+
+
+def test_eval_name_is_checked_for_multilingual_runs_too(recipe, trained):
+    from moe_mt.errors import MoeMtError
+    from moe_mt.workflows.evaluate import evaluate
+
+    with pytest.raises(MoeMtError, match="eval.name='../x'"):
+        evaluate(_cfg(recipe, trained, "eval.name=../x"))
+    assert not (trained / "x").exists()  # eval/../x

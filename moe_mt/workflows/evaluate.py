@@ -278,6 +278,8 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
     console = console or Console(stderr=True)
     run_dir = RunDir(cfg.run_dir)
     options = DecodeOptions.from_config(cfg.eval)
+    if cfg.eval.name is not None:  # single-pair and multilingual runs alike
+        _checked_name(cfg.eval.name)
     with run_dir.locked():
         manifest = _read_manifest(run_dir)
         if manifest.get("multilingual"):  # per-direction scores and their average
@@ -287,7 +289,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
         files = eval_files(cfg, run_dir, manifest)
         if cfg.eval.name is not None:
             # e.g. an earlier checkpoint's scores beside the final ones (eval/test@u1000)
-            files = dataclasses.replace(files, name=_checked_name(cfg.eval.name))
+            files = dataclasses.replace(files, name=cfg.eval.name)
         sources, references = read_lines(files.source), read_lines(files.reference)
         check_same_length(
             sources, files.source, references, files.reference, "source and reference"
