@@ -34,6 +34,7 @@ __all__ = [
     "SPLITS",
     "PlannedArchive",
     "cache_dir",
+    "check_single_pair",
     "default_cache_dir",
     "download_plan",
     "input_files",
@@ -76,6 +77,14 @@ def registry_source(data_cfg: DictConfig) -> Source:
     return source
 
 
+def check_single_pair(data_cfg: DictConfig) -> None:
+    """``data.sources`` (a corpus per language pair) belongs to multilingual recipes."""
+    if data_cfg.get("sources"):
+        raise MoeMtError(
+            "data.sources (a corpus per language pair) needs data.pairs; one pair: data.source"
+        )
+
+
 def local_files(data_cfg: DictConfig) -> dict[str, dict[str, Path]]:
     """``{split: {lang: path}}`` of ``data.train`` / ``valid`` / ``test`` (prefixes, as given)."""
     return {
@@ -96,6 +105,7 @@ def input_files(
     own, which checks that they exist); otherwise the registry corpus is fetched (a no-op once
     it is complete in the cache). ``data.lowercase`` swaps in lowercased copies.
     """
+    check_single_pair(data_cfg)
     if data_cfg.source is None:
         files = local(data_cfg)
     else:

@@ -310,6 +310,30 @@ IWSLT17_EN_FR = Archive(
     sha256_note=_HF_IWSLT17,
     size=27691674,
 )
+# The IWSLT 2017 multilingual task's release (2017-01-trnmted): TED talks in German, English,
+# Italian, Dutch and Romanian, every one of the 20 directions as its own files under
+# DeEnItNlRo-DeEnItNlRo/ (train.tags.x-y.{x,y}, IWSLT17.TED.{dev2010,tst2010}.x-y.{x,y}.xml).
+IWSLT17_MULTILINGUAL = Archive(
+    urls=(
+        "https://huggingface.co/datasets/iwslt2017/resolve/ebd7c60d9800c2a1be010a227e5f0a2363730f7a"
+        "/data/2017-01-trnmted/texts/DeEnItNlRo/DeEnItNlRo/DeEnItNlRo-DeEnItNlRo.tgz",
+        "https://wit3.fbk.eu/archive/2017-01-trnmted/texts/DeEnItNlRo/DeEnItNlRo/"
+        "DeEnItNlRo-DeEnItNlRo.tgz",
+    ),
+    filename="iwslt17-DeEnItNlRo.tgz",
+    sha256="cebb3839b7580f8e4eecf66d75424caa29b9410a9a491a732b2d343626ee0243",
+    sha256_note=_HF_IWSLT17,
+    size=329331279,
+)
+IWSLT17_MULTILINGUAL_LANGUAGES = ("de", "en", "it", "nl", "ro")
+
+
+def _iwslt17_multilingual_pairs() -> list[tuple[str, str]]:
+    """The ten pairs of the multilingual release, English first where it is one of the two
+    (the archive holds both orders of every pair; the registry names one)."""
+    langs = IWSLT17_MULTILINGUAL_LANGUAGES
+    pairs = [(a, b) for i, a in enumerate(langs) for b in langs[i + 1 :]]
+    return [(b, a) if b == "en" else (a, b) for a, b in pairs]
 
 
 def _stanford_en_vi(name: str) -> Archive:
@@ -396,40 +420,37 @@ def _iwslt14_de_en() -> Source:
     )
 
 
+def _ted_train_tags(archive: Archive, prefix: str, langs: tuple[str, str]) -> Part:
+    """The ``train.tags.<s>-<t>.<lang>`` files of a WIT3 TED release: the talk text is on the
+    lines that do not start with a tag (the release README); titles and descriptions keep their
+    text, as fairseq's prepare-iwslt14.sh keeps it."""
+    return _pair(
+        archive,
+        f"{prefix}/train.tags.{langs[0]}-{langs[1]}.{{l}}",
+        langs,
+        format=Format.TAGS,
+        drop_tags=("url", "talkid", "keywords", "speaker", "reviewer", "translator", "doc", "/doc"),
+        strip_tags=("title", "description"),
+    )
+
+
+def _ted_xml(archive: Archive, prefix: str, stem: str, langs: tuple[str, str]) -> Part:
+    """``<prefix>/IWSLT17.TED.<stem>.<s>-<t>.<lang>.xml``: the ``<seg>`` lines of a dev/test set."""
+    d = f"{langs[0]}-{langs[1]}"
+    return _pair(archive, f"{prefix}/IWSLT17.TED.{stem}.{d}.{{l}}.xml", langs, format=Format.SGML)
+
+
 def _iwslt17(langs: tuple[str, str], archive: Archive) -> Source:
     s, t = langs
     d = f"{s}-{t}"
-    xml = f"{d}/IWSLT17.TED.{{stem}}.{d}.{{{{l}}}}.xml"
-    test = [
-        _pair(archive, xml.format(stem=f"tst{year}"), langs, format=Format.SGML)
-        for year in range(2010, 2016)
-    ]
     return Source(
         name=f"iwslt17_{s}_{t}",
         description=f"IWSLT'17 TED {s.capitalize()}-{t.capitalize()} (2017-01-trnted release)",
         languages=langs,
         splits={
-            "train": [
-                _pair(
-                    archive,
-                    f"{d}/train.tags.{d}.{{l}}",
-                    langs,
-                    format=Format.TAGS,
-                    drop_tags=(
-                        "url",
-                        "talkid",
-                        "keywords",
-                        "speaker",
-                        "reviewer",
-                        "translator",
-                        "doc",
-                        "/doc",
-                    ),
-                    strip_tags=("title", "description"),
-                )
-            ],
-            "valid": [_pair(archive, xml.format(stem="dev2010"), langs, format=Format.SGML)],
-            "test": test,
+            "train": [_ted_train_tags(archive, d, langs)],
+            "valid": [_ted_xml(archive, d, "dev2010", langs)],
+            "test": [_ted_xml(archive, d, f"tst{year}", langs) for year in range(2010, 2016)],
         },
         license=_TED_LICENSE,
         homepage="https://wit3.fbk.eu/2017-01",
@@ -437,6 +458,33 @@ def _iwslt17(langs: tuple[str, str], archive: Archive) -> Source:
             "valid: dev2010; test: tst2010..tst2015 concatenated (as Hugging Face's iwslt2017). "
             "THOR's low-resource study used IWSLT En-De and En-Fr with larger validation sets "
             "(7,283 / 8,453 sentences) that it does not publish."
+        ),
+    )
+
+
+def _iwslt17_multilingual(langs: tuple[str, str]) -> Source:
+    """One pair of the IWSLT 2017 multilingual task (Cettolo et al. 2017): its own training
+    talks (the release aligns talks per pair, not across pairs), dev2010 and tst2010."""
+    s, t = langs
+    prefix = "DeEnItNlRo-DeEnItNlRo"
+    return Source(
+        name=f"iwslt17_multi_{s}_{t}",
+        description=(
+            f"IWSLT'17 multilingual TED, the {s}-{t} pair (2017-01-trnmted release, DeEnItNlRo)"
+        ),
+        languages=langs,
+        splits={
+            "train": [_ted_train_tags(IWSLT17_MULTILINGUAL, prefix, langs)],
+            "valid": [_ted_xml(IWSLT17_MULTILINGUAL, prefix, "dev2010", langs)],
+            "test": [_ted_xml(IWSLT17_MULTILINGUAL, prefix, "tst2010", langs)],
+        },
+        license=_TED_LICENSE,
+        homepage="https://wit3.fbk.eu/2017-01",
+        notes=(
+            "One archive serves all ten pairs of de, en, it, nl, ro. valid dev2010, test tst2010 "
+            "(as Hugging Face's iwslt2017; the task's tst2017 references came in a later release). "
+            "XML entities in the <seg> text (&amp;, &gt;: 4 tst2010 lines per English pair) are "
+            "kept, as sacrebleu and fairseq's IWSLT scripts keep them."
         ),
     )
 
@@ -537,6 +585,7 @@ def _builtin_sources() -> list[Source]:
         _iwslt14_de_en(),
         _iwslt17(("en", "de"), IWSLT17_EN_DE),
         _iwslt17(("en", "fr"), IWSLT17_EN_FR),
+        *(_iwslt17_multilingual(pair) for pair in _iwslt17_multilingual_pairs()),
         _iwslt15_en_vi(),
         _europarl(
             "ro",

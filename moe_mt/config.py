@@ -72,8 +72,9 @@ class DataConfig:
 
     Multilingual (``pairs`` set, ``src``/``tgt`` unused): every direction ``a-b`` reads
     ``<prefix>.a`` and ``<prefix>.b`` with ``{pair}`` in a prefix replaced by ``a-b``, or by
-    ``b-a`` where only those files exist (one corpus serves both directions); one joint
-    sentencepiece model and dictionary (``moe_mt/workflows/multilingual.py``).
+    ``b-a`` where only those files exist (one corpus serves both directions), or the registry
+    corpus that ``sources`` names for its language pair; one joint sentencepiece model and
+    dictionary (``moe_mt/workflows/multilingual.py``).
     """
 
     src: str = MISSING  # source language code, the file suffix (e.g. en)
@@ -84,6 +85,8 @@ class DataConfig:
     valid: Optional[str] = None  # path prefix of the validation files
     test: Optional[str] = None  # path prefix of the test files
     source: Optional[str] = None  # registry corpus (data_prep/sources.py) that prep downloads
+    # Multilingual: a registry corpus per language pair, {en-de: iwslt17_multi_en_de, ...}
+    sources: Dict[str, str] = field(default_factory=dict)
     cache_dir: Optional[str] = None  # its downloads (default: $MOEMT_CACHE_DIR or ~/.cache/moemt)
     lowercase: bool = False  # lowercase every split, both sides, as fairseq's IWSLT14 preparation
     max_line_chars: int = 2000  # longer lines: dropped in train, fatal in valid/test
@@ -403,6 +406,8 @@ def _check_mandatory(cfg: DictConfig, origin: str) -> None:
 
 def _missing_inputs(cfg: DictConfig, origin: str) -> list[str]:
     """Local files need data.train and data.valid; a registry corpus brings its own splits."""
+    if cfg.data.pairs and cfg.data.sources:
+        return []  # which pairs need local files, prep checks (multilingual.check_inputs)
     local = [k for k in ("train", "valid", "test") if cfg.data[k] is not None]
     if cfg.data.source is None:
         return [f"data.{k}" for k in ("train", "valid") if k not in local]

@@ -28,6 +28,9 @@ EXPECTED = {
     "iwslt17_en_fr",
     "wmt14_en_fr",
     "wmt16_en_de",
+    # The IWSLT 2017 multilingual release: every pair of de, en, it, nl, ro, English first.
+    *(f"iwslt17_multi_{p}" for p in ("en_de", "en_it", "en_nl", "en_ro")),
+    *(f"iwslt17_multi_{p}" for p in ("de_it", "de_nl", "de_ro", "it_nl", "it_ro", "nl_ro")),
 }
 
 
@@ -78,6 +81,29 @@ def test_iwslt14_follows_fairseq():
         ["TED", "tst2011"],
         ["TED", "tst2012"],
     ]
+
+
+def test_iwslt17_multilingual_members_follow_the_release_readme():
+    # The release README names train.tags.x-y.{x,y} and IWSLT17.TED.{dev2010,tst2010}.x-y.{x,y}.xml
+    # under DeEnItNlRo-DeEnItNlRo/; the 60 member paths were also checked against an unpacked copy
+    # of the release (dev/test text and file names; its train files were not available).
+    for source in list_sources():
+        if not source.name.startswith("iwslt17_multi_"):
+            continue
+        a, b = source.languages
+        assert source.name == f"iwslt17_multi_{a}_{b}"
+        members = {
+            split: [part.members for part in parts] for split, parts in source.splits.items()
+        }
+        root = "DeEnItNlRo-DeEnItNlRo/"
+        assert members == {
+            "train": [{lang: f"{root}train.tags.{a}-{b}.{lang}" for lang in (a, b)}],
+            "valid": [{lang: f"{root}IWSLT17.TED.dev2010.{a}-{b}.{lang}.xml" for lang in (a, b)}],
+            "test": [{lang: f"{root}IWSLT17.TED.tst2010.{a}-{b}.{lang}.xml" for lang in (a, b)}],
+        }
+        (archive,) = source.archives()
+        assert archive.sha256 == "cebb3839b7580f8e4eecf66d75424caa29b9410a9a491a732b2d343626ee0243"
+        assert archive.size == 329331279
 
 
 def test_unknown_name_lists_the_known_ones():

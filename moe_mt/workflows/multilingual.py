@@ -5,7 +5,10 @@ A multilingual recipe lists directions (``data.pairs: [en-de, de-en, en-fr, fr-e
 direction ``a-b`` are ``<prefix>.a`` and ``<prefix>.b``, where ``{pair}`` in a prefix is replaced
 by ``a-b``, or by ``b-a`` where only those files exist (``tatoeba_en_xx/{pair}/train`` serves
 en-de and de-en from ``en-de/``); a prefix without ``{pair}`` (FLORES-200 ``test.<lang>``, one
-file per language, multi-way) serves every pair.
+file per language, multi-way) serves every pair. A language pair may instead name a corpus of
+the download registry (``data.sources: {en-de: iwslt17_multi_en_de, ...}``): prep fetches it
+into the cache as ``data.source`` does for one pair, and takes its train and valid splits, and
+its test split unless ``data.test`` gives a multi-way test set for every pair.
 
 Prep runs the single-pair steps of :mod:`moe_mt.workflows.prep` on every corpus (validation,
 cleaning of train, byte copies of valid/test), then trains one joint sentencepiece model on all
@@ -34,7 +37,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
-from moe_mt.data_prep import binarize, fetch_source, spm
+from moe_mt.data_prep import binarize, download, fetch_source, spm
+from moe_mt.data_prep.sources import Source, SourceError, get_source
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
 from moe_mt.workflows import prep as single
@@ -114,28 +118,98 @@ def pair_files(prefix: str, pair: tuple[str, str], key: str) -> dict[str, Path]:
     raise MoeMtError(f"{tried[0]}: no such file ({key}={prefix}, pair {a}-{b})")
 
 
-def input_files(data_cfg: DictConfig) -> dict[str, dict[str, Path]]:
-    """``{"<corpus>/<split>": {lang: path}}`` of every corpus and configured split."""
+def corpus_sources(data_cfg: DictConfig) -> dict[str, Source]:
+    """``{corpus name: registry source}`` of ``data.sources``, whose keys are language pairs
+    (``en-de`` or ``de-en`` for the corpus that serves both directions)."""
+    names = corpora(directions(data_cfg))
+    by_langs = {frozenset(pair): name for name, pair in names.items()}
+    found: dict[str, Source] = {}
+    for key, source_name in (data_cfg.get("sources") or {}).items():
+        where = f"data.sources.{key}"
+        pair = parse_direction(key, where)
+        name = by_langs.get(frozenset((pair.src, pair.tgt)))
+        if name is None:
+            raise MoeMtError(f"{where}: no direction of data.pairs translates between {key}")
+        if name in found:
+            raise MoeMtError(f"{where}: a second source for the pair {name}")
+        try:
+            source = get_source(source_name)
+        except SourceError as err:
+            raise MoeMtError(f"{where}: {err}") from None
+        if set(source.languages) != {pair.src, pair.tgt}:
+            raise MoeMtError(f"{where}={source_name} is {'-'.join(source.languages)}, not {key}")
+        for split in ("train", "valid"):
+            if split not in source.split_names:
+                raise MoeMtError(f"{where}={source_name} has no {split} split")
+        found[name] = source
+    return found
+
+
+def check_inputs(data_cfg: DictConfig) -> dict[str, Source]:
+    """Check the input keys of a multilingual recipe; return :func:`corpus_sources`.
+
+    A pair with a ``data.sources`` entry takes train and valid from it, and test too unless
+    ``data.test`` is set (a multi-way test set such as FLORES then replaces every pair's); the
+    other pairs read ``data.train`` / ``data.valid``, which are an error when no pair needs them.
+    """
     if data_cfg.get("source"):
-        raise MoeMtError("data.source and data.pairs exclude each other (local files only)")
+        raise MoeMtError(
+            "data.source names one pair's corpus; with data.pairs, give data.sources "
+            "{pair: source} (e.g. {en-de: iwslt17_multi_en_de})"
+        )
     if not data_cfg.spm.joint or not data_cfg.joined_dictionary:
         raise MoeMtError(
             "data.pairs needs data.spm.joint=true and data.joined_dictionary=true "
             "(the multilingual task reads one dictionary for every language)"
         )
+    sources = corpus_sources(data_cfg)
+    if len(sources) == len(corpora(directions(data_cfg))):
+        for split in ("train", "valid"):
+            if data_cfg[split] is not None:
+                raise MoeMtError(
+                    f"data.{split}={data_cfg[split]} is unused: every pair of data.pairs has "
+                    "a data.sources entry"
+                )
+    return sources
+
+
+def local_files(data_cfg: DictConfig, sources: dict[str, Source]) -> dict[str, dict[str, Path]]:
+    """``{"<corpus>/<split>": {lang: path}}`` of the local files: every split of the pairs
+    without a source, and ``data.test`` of the others."""
     files = {}
     for name, pair in corpora(directions(data_cfg)).items():
         for split in single.SPLITS:
+            if name in sources and split != "test":
+                continue
             prefix = data_cfg[split]
             if prefix is None:
                 if split != "test":
-                    raise MoeMtError(f"data.{split}: missing (needed for every pair)")
+                    raise MoeMtError(f"data.{split}: missing (needed for the pair {name})")
                 continue
             files[f"{name}/{split}"] = pair_files(prefix, pair, f"data.{split}")
+    return files
+
+
+def input_files(data_cfg: DictConfig, progress: bool = True) -> dict[str, dict[str, Path]]:
+    """``{"<corpus>/<split>": {lang: path}}`` of every corpus and configured split; the
+    registry corpora of ``data.sources`` are fetched into the cache first (a no-op once there)."""
+    sources = check_inputs(data_cfg)
+    files = local_files(data_cfg, sources)
+    cache = fetch_source.cache_dir(data_cfg)
+    for name, source in sources.items():
+        try:
+            corpus = download.fetch_corpus(source, cache, progress=progress)
+        except (download.DownloadError, SourceError) as err:
+            raise MoeMtError(f"data.sources: {source.name}: {err}") from None
+        for split, langs in corpus.files.items():
+            if split in single.SPLITS and f"{name}/{split}" not in files:
+                if split != "test" or data_cfg.test is None:
+                    files[f"{name}/{split}"] = dict(langs)
+    # The order of the manifest whatever the origin: corpus by corpus, train / valid / test.
+    order = [f"{name}/{split}" for name in corpora(directions(data_cfg)) for split in single.SPLITS]
+    files = {key: files[key] for key in order if key in files}
     if data_cfg.get("lowercase"):  # the single-pair rule, every corpus alike
-        files = fetch_source.lowercased(
-            files, fetch_source.cache_dir(data_cfg) / fetch_source.LOWERCASED_DIR
-        )
+        files = fetch_source.lowercased(files, cache / fetch_source.LOWERCASED_DIR)
     return files
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from moe_mt.data_prep import download as dl
 from moe_mt.data_prep import fetch_source
+from moe_mt.data_prep.sources import Source
 
 SPLITS = fetch_source.SPLITS
 
@@ -40,10 +41,9 @@ def prep_plan(cfg: DictConfig) -> PrepPlan:
         plan.add(f"  {manifest} exists: prep reruns only if inputs or data config changed")
     if data.get("pairs"):
         splits = _multilingual_inputs(cfg, plan)
-    elif data.source is not None:
-        splits = _source_inputs(data, plan)
     else:
-        splits = _local_inputs(data, plan)
+        fetch_source.check_single_pair(data)
+        splits = _source_inputs(data, plan) if data.source else _local_inputs(data, plan)
     _produced(data, splits, plan)
     plan.add("dry run: nothing was downloaded or written")
     return plan
@@ -51,19 +51,31 @@ def prep_plan(cfg: DictConfig) -> PrepPlan:
 
 def _source_inputs(data: DictConfig, plan: PrepPlan) -> dict[str, tuple[str, str]]:
     source = fetch_source.registry_source(data)
+    _describe_source(source, data, plan, set())
+    langs = (data.src, data.tgt)
+    return {split: langs for split in SPLITS if split in source.split_names}
+
+
+def _describe_source(source: Source, data: DictConfig, plan: PrepPlan, listed: set[str]) -> None:
+    """The downloads and corpus files of ``source``; archives in ``listed`` (already shown for
+    another source) are named only, and the ones shown here are added to it."""
     cache = fetch_source.cache_dir(data)
     corpus_dir = cache / "corpora" / source.name
     plan.add(f"source: {source.name}: {source.description}")
     plan.add(f"  license: {source.license}")
     plan.add(f"  cache: {cache}")
     downloads = fetch_source.download_plan(source, cache)
-    todo = [d for d in downloads if not d.cached]
+    todo = [d for d in downloads if not d.cached and d.filename not in listed]
     known = [d.size for d in todo if d.size is not None]
     total = _size(sum(known)) if known else ""
     if len(known) < len(todo):
         total = f"{total} + sizes unknown" if known else "sizes unknown"
     plan.add(f"downloads: {len(downloads)} files, {len(todo)} to fetch ({total})")
     for item in downloads:
+        if item.filename in listed:
+            plan.add(f"  {item.filename} [{', '.join(item.used_for)}] (listed above)")
+            continue
+        listed.add(item.filename)
         state = "cached" if item.cached else "not cached"
         plan.add(f"  {item.filename} [{', '.join(item.used_for)}] {_size(item.size)}, {state}")
         for url in item.urls:
@@ -83,8 +95,6 @@ def _source_inputs(data: DictConfig, plan: PrepPlan) -> dict[str, tuple[str, str
         plan.add(f"  {names} ({how})")
     if data.lowercase:
         plan.add(f"lowercased copies: {cache / fetch_source.LOWERCASED_DIR}")
-    langs = (data.src, data.tgt)
-    return {split: langs for split in SPLITS if split in source.split_names}
 
 
 def _local_inputs(data: DictConfig, plan: PrepPlan) -> dict[str, tuple[str, str]]:
@@ -103,12 +113,31 @@ def _local_inputs(data: DictConfig, plan: PrepPlan) -> dict[str, tuple[str, str]
 def _multilingual_inputs(cfg: DictConfig, plan: PrepPlan) -> dict[str, tuple[str, str]]:
     from moe_mt.workflows import multilingual
 
-    plan.add(f"inputs: local files, multilingual ({', '.join(cfg.data.pairs)})")
-    files = multilingual.input_files(cfg.data)
+    data = cfg.data
+    sources = multilingual.check_inputs(data)
+    origin = "registry corpora" if sources else "local files"
+    if sources and len(sources) < len(multilingual.corpora(multilingual.directions(data))):
+        origin = "registry corpora and local files"
+    plan.add(f"inputs: {origin}, multilingual ({', '.join(data.pairs)})")
+    files = multilingual.local_files(data, sources)
     for key, langs in files.items():
         for path in langs.values():
-            plan.add(f"  {key}: {path} ({_size(path.stat().st_size)})")
-    return {key: tuple(langs) for key, langs in files.items()}
+            size = _size(path.stat().st_size) if path.is_file() else "MISSING"
+            plan.add(f"  {key}: {path} ({size})")
+    listed: set[str] = set()
+    for name, source in sources.items():
+        plan.add(f"pair {name}:")
+        _describe_source(source, data, plan, listed)
+    if data.lowercase and not sources:
+        cache = fetch_source.cache_dir(data) / fetch_source.LOWERCASED_DIR
+        plan.add(f"lowercased copies: {cache}")
+    splits = {}
+    for name, pair in multilingual.corpora(multilingual.directions(data)).items():
+        for split in SPLITS:
+            from_source = name in sources and split in sources[name].split_names
+            if f"{name}/{split}" in files or (from_source and (split != "test" or not data.test)):
+                splits[f"{name}/{split}"] = pair
+    return splits
 
 
 def _produced(data: DictConfig, splits: dict[str, tuple[str, str]], plan: PrepPlan) -> None:

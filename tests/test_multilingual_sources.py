@@ -1,0 +1,302 @@
+"""``data.sources``: a multilingual recipe names a registry corpus per language pair; prep fetches
+them (one shared archive downloaded once) and prepares them as local files.
+
+The archive served from 127.0.0.1 has the layout of the IWSLT 2017 multilingual release
+(``DeEnItNlRo-DeEnItNlRo/``: ``train.tags`` files with their metadata lines, dev2010 / tst2010 as
+XML), made of real text: IWSLT'17 dev/test segments from ``../shared/data/iwslt17_ted_devtest``
+and Tatoeba sentences as training talks. The registry entries under test are the real
+``iwslt17_multi_*`` ones with only the archive's URL and checksum swapped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from moe_mt.cli.main import app
+from moe_mt.config import load_config
+from moe_mt.data_prep.sources import Archive, get_source, register_source
+from moe_mt.data_prep.sources import unregister_source as unregister
+from moe_mt.errors import MoeMtError
+from moe_mt.workflows.prep import prep
+from tests.conftest import REPO, SHARED_DATA
+from tests.test_download import Server, make_tar, sha
+
+PAIRS = ("de", "nl", "ro")  # the English pairs of the shared IWSLT'17 dev/test set
+TRAIN_LINES = 300
+XML_LINES = 60
+ROOT = "DeEnItNlRo-DeEnItNlRo"
+
+pytestmark = pytest.mark.skipif(
+    not (SHARED_DATA / "iwslt17_ted_devtest").is_dir(), reason="shared corpora not present"
+)
+
+
+def _lines(path: Path, n: int) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[:n]
+
+
+def _train_tags(lines: list[str], lang: str) -> bytes:
+    """Talks of 50 lines, each after the metadata lines of a WIT3 train.tags file; the title
+    and description are text lines too (kept, without their tags)."""
+    out = []
+    for start in range(0, len(lines), 50):
+        talk = start // 50 + 1
+        out += [
+            f"<url>http://www.ted.com/talks/talk_{talk}</url>",
+            f"<keywords>talks, {lang}</keywords>",
+            f"<speaker>Speaker {talk}</speaker>",
+            f"<talkid>{talk}</talkid>",
+            f"<title>Talk {talk} ({lang})</title>",
+            f"<description>What talk {talk} is about ({lang}).</description>",
+            '<reviewer href="http://www.ted.com/profiles/1">R</reviewer>',
+            '<translator href="http://www.ted.com/profiles/2">T</translator>',
+        ]
+        out += lines[start : start + 50]
+    return ("\n".join(out) + "\n").encode("utf-8")
+
+
+def _xml(lines: list[str], stem: str, lang: str) -> bytes:
+    """An IWSLT17 dev/test XML file: one document, one ``<seg id>`` line per segment, with the
+    spaces the release puts around segment text."""
+    segs = [f'<seg id="{i}"> {line}    </seg>' for i, line in enumerate(lines, start=1)]
+    text = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        "<mteval>",
+        f'<srcset setid="iwslt2017-{stem}" srclang="{lang}">',
+        '<doc docid="535" genre="lectures">',
+        "<url>http://www.ted.com/talks/a_talk</url> ",
+        "<talkid>535</talkid> ",
+        *segs,
+        "</doc>",
+        "</srcset>",
+        "</mteval>",
+    ]
+    return ("\n".join(text) + "\n").encode("utf-8")
+
+
+def release_members() -> dict[str, bytes]:
+    """The fixture release: en-de, en-nl, en-ro as the real archive names them."""
+    members = {}
+    for x in PAIRS:
+        pair = f"en-{x}"
+        for lang in ("en", x):
+            train = _lines(SHARED_DATA / "tatoeba_en_xx" / pair / f"train.{lang}", TRAIN_LINES)
+            members[f"{ROOT}/train.tags.{pair}.{lang}"] = _train_tags(train, lang)
+            for stem, split in (("dev2010", "valid"), ("tst2010", "test")):
+                text = _lines(
+                    SHARED_DATA / "iwslt17_ted_devtest" / pair / f"{split}.{lang}", XML_LINES
+                )
+                members[f"{ROOT}/IWSLT17.TED.{stem}.{pair}.{lang}.xml"] = _xml(text, stem, lang)
+    return members
+
+
+def serve_release(tmp_path: Path, names: dict[str, str]):
+    """Serve the fixture release and register ``names`` (fixture name -> real registry name):
+    the real entries with the archive swapped. Returns the server (close it, then unregister)."""
+    server = Server()
+    body = make_tar(tmp_path / "release.tgz", release_members()).read_bytes()
+    archive = Archive(
+        urls=(server.add("/DeEnItNlRo-DeEnItNlRo.tgz", body),),
+        filename="fixture-DeEnItNlRo.tgz",
+        sha256=sha(body),
+        sha256_note="test fixture",
+    )
+    for name, real in names.items():
+        source = get_source(real)
+        splits = {
+            split: [replace(part, archive=archive) for part in parts]
+            for split, parts in source.splits.items()
+        }
+        register_source(replace(source, name=name, splits=splits), replace=True)
+    return server
+
+
+FIXTURES = {f"fixture_multi_en_{x}": f"iwslt17_multi_en_{x}" for x in PAIRS}
+
+
+@pytest.fixture
+def release(tmp_path):
+    server = serve_release(tmp_path, FIXTURES)
+    yield server
+    server.close()
+    for name in FIXTURES:
+        unregister(name)
+
+
+ALL_SOURCES = "{" + ", ".join(f"en-{x}: fixture_multi_en_{x}" for x in PAIRS) + "}"
+
+
+def _config(tmp_path: Path, *overrides: str, sources: str = ALL_SOURCES):
+    """The demo recipe on the fixture release; ``sources`` replaces data.sources (an override
+    of a mapping merges into the recipe's, so the mapping is given once here)."""
+    pairs = ",".join(f"en-{x},{x}-en" for x in PAIRS)
+    return load_config(
+        REPO / "recipes" / "demo_multilingual.yaml",
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"data.pairs=[{pairs}]",
+            f"data.sources={sources}",
+            "data.train=null",
+            "data.valid=null",
+            "data.test=null",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.spm.vocab_size=300",
+            *overrides,
+        ],
+    )
+
+
+def test_prep_fetches_every_pair_from_one_download(tmp_path, release):
+    cfg = _config(tmp_path)
+    manifest = prep(cfg).manifest
+    # One archive serves the three pairs: it is downloaded once.
+    assert [path for path, _ in release.requests] == ["/DeEnItNlRo-DeEnItNlRo.tgz"]
+    assert sorted(manifest["corpora"]) == ["en-de", "en-nl", "en-ro"]
+    assert manifest["languages"]["langs"] == ["de", "en", "nl", "ro"]
+    text = tmp_path / "run" / "data" / "text"
+    for x in PAIRS:
+        corpus = manifest["corpora"][f"en-{x}"]
+        assert corpus["directions"] == [f"en-{x}", f"{x}-en"]
+        lines = {split: info["lines"] for split, info in corpus["splits"].items()}
+        # dev2010 / tst2010: the <seg> text, exactly the shared copy's lines.
+        for split in ("valid", "test"):
+            assert lines[split]["kept"] == XML_LINES
+            for lang in ("en", x):
+                shared = SHARED_DATA / "iwslt17_ted_devtest" / f"en-{x}" / f"{split}.{lang}"
+                ours = (text / f"en-{x}" / f"{split}.{lang}").read_text(encoding="utf-8")
+                assert ours.split("\n")[:-1] == _lines(shared, XML_LINES)
+        # train.tags: the talk lines plus each talk's title and description, no metadata.
+        talks = -(-TRAIN_LINES // 50)
+        assert lines["train"]["raw"] == TRAIN_LINES + 2 * talks
+        train_en = (text / f"en-{x}" / "train.en").read_text(encoding="utf-8")
+        assert "Talk 1 (en)" in train_en and "<" not in train_en and "ted.com" not in train_en
+        for split in corpus["splits"]:
+            assert "/corpora/fixture_multi_en_" in corpus["inputs"][split]["en"]["path"]
+    bin_dir = tmp_path / "run" / "data" / "bin"
+    assert (bin_dir / "train.en-ro.ro.bin").is_file() and (bin_dir / "dict.nl.txt").is_file()
+
+    # A second prep reuses the cache and the prepared data: nothing is fetched again.
+    again = prep(cfg)
+    assert again.up_to_date and len(release.requests) == 1
+
+
+def test_a_local_multi_way_test_set_replaces_the_sources_test(tmp_path, release):
+    flores = SHARED_DATA / "flores200_devtest" / "test"
+    manifest = prep(_config(tmp_path, f"data.test={flores}")).manifest
+    for x in PAIRS:
+        corpus = manifest["corpora"][f"en-{x}"]
+        assert corpus["inputs"]["test"][x]["path"] == f"{flores}.{x}"
+        assert corpus["splits"]["test"]["lines"]["kept"] == 1012
+        assert "/corpora/" in corpus["inputs"]["valid"][x]["path"]
+
+
+def test_pairs_without_a_source_read_local_files(tmp_path, release):
+    tatoeba = SHARED_DATA / "tatoeba_en_xx" / "{pair}"
+    cfg = _config(
+        tmp_path,
+        "data.pairs=[en-de,de-en,en-fr,fr-en]",
+        f"data.train={tatoeba}/train",
+        f"data.valid={tatoeba}/valid",
+        sources="{en-de: fixture_multi_en_de}",
+    )
+    manifest = prep(cfg).manifest
+    inputs = {name: c["inputs"] for name, c in manifest["corpora"].items()}
+    assert "/corpora/fixture_multi_en_de/" in inputs["en-de"]["train"]["de"]["path"]
+    assert inputs["en-fr"]["train"]["fr"]["path"].endswith("tatoeba_en_xx/en-fr/train.fr")
+    assert "test" in inputs["en-de"] and "test" not in inputs["en-fr"]
+
+
+ONE = "{en-de: fixture_multi_en_de}"
+
+
+@pytest.mark.parametrize(
+    ("sources", "override", "message"),
+    [
+        (
+            ALL_SOURCES,
+            "data.source=fixture_multi_en_de",
+            "data.source names one pair's corpus; with data.pairs, give data.sources",
+        ),
+        (
+            "{en-fr: fixture_multi_en_de}",
+            None,
+            "data.sources.en-fr: no direction of data.pairs translates between en-fr",
+        ),
+        (
+            "{en-de: fixture_multi_en_nl}",
+            None,
+            "data.sources.en-de=fixture_multi_en_nl is en-nl, not en-de",
+        ),
+        ("{en-de: nope}", None, "data.sources.en-de: unknown corpus source 'nope'"),
+        (
+            "{en-de: fixture_multi_en_de, de-en: fixture_multi_en_de}",
+            None,
+            "data.sources.de-en: a second source for the pair en-de",
+        ),
+        (
+            "{en_de: fixture_multi_en_de}",
+            None,
+            "data.sources.en_de: 'en_de' is not a direction of the form src-tgt",
+        ),
+        (ALL_SOURCES, "data.valid=somewhere/valid", "data.valid="),
+        (ONE, None, "data.train: missing (needed for the pair en-nl)"),
+    ],
+)
+def test_bad_sources_are_one_line_errors(tmp_path, release, sources, override, message):
+    overrides = [override] if override else []
+    with pytest.raises(MoeMtError) as err:
+        prep(_config(tmp_path, *overrides, sources=sources))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "data").exists() and release.requests == []
+
+
+def test_sources_need_pairs(tmp_path):
+    cfg = load_config(
+        REPO / "recipes" / "demo.yaml",
+        [f"run_dir={tmp_path / 'run'}", "data.sources={en-de: iwslt17_multi_en_de}"],
+    )
+    with pytest.raises(MoeMtError, match=r"^data.sources \(a corpus per language pair\) needs"):
+        prep(cfg)
+
+
+def test_dry_run_lists_the_shared_download_once_and_writes_nothing(tmp_path, release):
+    pairs = ",".join(f"en-{x},{x}-en" for x in PAIRS)
+    recipe = REPO / "recipes" / "demo_multilingual.yaml"
+    result = CliRunner().invoke(
+        app,
+        [
+            "prep",
+            str(recipe),
+            f"run_dir={tmp_path / 'run'}",
+            f"data.pairs=[{pairs}]",
+            f"data.sources={ALL_SOURCES}",
+            "data.train=null",
+            "data.valid=null",
+            "data.test=null",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "--dry-run",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "inputs: registry corpora, multilingual (en-de, de-en" in out
+    assert out.count("fixture-DeEnItNlRo.tgz [train, valid, test] ") == 3
+    assert out.count("(listed above)") == 2 and out.count("url: http://127.0.0.1") == 1
+    for x in PAIRS:
+        assert f"source: fixture_multi_en_{x}:" in out
+        assert f"bin/test.en-{x}.{x}.bin, .idx" in out.replace(
+            str(tmp_path / "run" / "data") + "/", ""
+        )
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    assert release.requests == []
+
+
+def test_manifest_names_the_source_of_every_input(tmp_path, release):
+    prep(_config(tmp_path))
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert manifest["config"]["sources"] == {f"en-{x}": f"fixture_multi_en_{x}" for x in PAIRS}
