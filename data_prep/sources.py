@@ -478,7 +478,7 @@ def _iwslt17_multilingual(langs: tuple[str, str]) -> Source:
             "valid": [_ted_xml(IWSLT17_MULTILINGUAL, prefix, "dev2010", langs)],
             "test": [_ted_xml(IWSLT17_MULTILINGUAL, prefix, "tst2010", langs)],
         },
-        license=_TED_LICENSE,
+        license="TED talks: CC BY-NC-ND 3.0 (the release's README; copyright TED Conference LLC)",
         homepage="https://wit3.fbk.eu/2017-01",
         notes=(
             "One archive serves all ten pairs of de, en, it, nl, ro. valid dev2010, test tst2010 "

@@ -17,9 +17,10 @@ from moe_mt.workflows.train import parse_fairseq_args
 from tests.conftest import REPO, SHARED_DATA
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
-FULL_SIZE = sorted((REPO / "recipes").glob("iwslt/*.yaml")) + sorted(
-    (REPO / "recipes").glob("wmt/*.yaml")
-)
+FULL_SIZE = [
+    path for group in ("iwslt", "wmt", "multilingual")
+    for path in sorted((REPO / "recipes" / group).glob("*.yaml"))
+]  # fmt: skip
 FAMILIES = ("dense", "mhmoe", "softmoe", "switch", "thor", "xmoe")
 IWSLT_DATA = ("europarl_en_cs", "europarl_en_lv", "europarl_en_ro", "iwslt14_de_en",
               "iwslt15_en_vi", "iwslt17_en_de", "iwslt17_en_fr")  # fmt: skip
@@ -36,6 +37,7 @@ def test_recipe_count():
     # and on both WMT corpora.
     expected = [f"iwslt/{d}_{f}.yaml" for d in IWSLT_DATA for f in FAMILIES]
     expected += [f"wmt/{d}_{f}.yaml" for d in WMT_DATA for f in FAMILIES]
+    expected += [f"multilingual/iwslt17_en_xx_{f}.yaml" for f in FAMILIES]
     assert [str(p.relative_to(REPO / "recipes")) for p in FULL_SIZE] == expected
 
 
@@ -88,6 +90,28 @@ def test_other_iwslt_directions_train_as_iwslt14(data, tmp_path):
         assert cfg.model == ref.model and cfg.train == ref.train
         assert cfg.data.source == data and not cfg.data.lowercase
         assert cfg.data.src == "en" and cfg.data.tgt == data.rsplit("_", 1)[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_multilingual_recipes_are_the_iwslt_recipes_on_eight_directions(family, tmp_path):
+    recipe = REPO / "recipes" / "multilingual" / f"iwslt17_en_xx_{family}.yaml"
+    cfg = _check(recipe, tmp_path / "run")  # fairseq accepts its multilingual arguments
+    ref = load_config(REPO / "recipes" / "iwslt" / f"iwslt14_de_en_{family}.yaml", ["run_dir=x"])
+    assert cfg.model == ref.model  # same architecture and family options
+    for key in ("checkpoint", "average_last", "beam", "lenpen", "thor_inference"):
+        assert cfg.eval[key] == ref.eval[key], key
+    assert not cfg.eval.legacy_bleu  # sacreBLEU per direction; no tokenised BLEU is quoted
+    for key in ("lr", "warmup_updates", "max_tokens", "update_freq", "criterion", "fp16"):
+        assert cfg.train[key] == ref.train[key], key
+    assert cfg.train.max_epoch == 40 and cfg.train.sampling_temperature == 1.0
+    data = cfg.data
+    assert list(data.pairs) == [
+        f"{d}" for x in ("de", "it", "nl", "ro") for d in (f"en-{x}", f"{x}-en")
+    ]
+    assert dict(data.sources) == {
+        f"en-{x}": f"iwslt17_multi_en_{x}" for x in ("de", "it", "nl", "ro")
+    }
+    assert data.train is None and data.valid is None and data.test is None
 
 
 def test_iwslt14_is_fairseqs_standard_preparation(tmp_path):

@@ -70,7 +70,9 @@ def _describe_source(source: Source, data: DictConfig, plan: PrepPlan, listed: s
     total = _size(sum(known)) if known else ""
     if len(known) < len(todo):
         total = f"{total} + sizes unknown" if known else "sizes unknown"
-    plan.add(f"downloads: {len(downloads)} files, {len(todo)} to fetch ({total})")
+    plan.add(
+        f"downloads: {len(downloads)} files, {len(todo)} to fetch" + (f" ({total})" if todo else "")
+    )
     for item in downloads:
         if item.filename in listed:
             plan.add(f"  {item.filename} [{', '.join(item.used_for)}] (listed above)")
