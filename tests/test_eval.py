@@ -190,6 +190,9 @@ def test_eval_input_errors(run_copy, tmp_path):
     bad.write_bytes(b"ok\n\xff\n")
     with pytest.raises(MoeMtError, match=r"bad.en:2: invalid UTF-8"):
         evaluate(_cfg(run_copy, f"eval.source={bad}", f"eval.reference={bad}"))
+    # Directions belong to multilingual runs; here they would be silently ignored.
+    with pytest.raises(MoeMtError, match=r"^eval.directions=\['de-en'\]: only for multilingual"):
+        evaluate(_cfg(run_copy, "eval.directions=[de-en]"))
 
 
 def test_paired_bootstrap_equal_systems_are_not_significant():

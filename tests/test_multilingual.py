@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from moe_mt.cli.main import app
@@ -253,6 +254,22 @@ def test_source_carries_its_language_token_and_decoder_starts_with_the_target_on
         translator.for_direction("en", "xx")
 
 
+def test_every_language_token_is_stripped_from_the_output(translator, monkeypatch):
+    # The generator strips the forced target token only; an undertrained model can emit
+    # another language's token mid-sentence, which must not reach the hypothesis text.
+    t = translator.for_direction("en", "de")
+    dictionary = t.task.target_dictionary
+    assert t._language_tokens() == {dictionary.index(f"__{x}__") for x in ("de", "en", "es", "fr")}
+    word, other = dictionary.nspecial + 10, dictionary.nspecial + 11  # two sentencepiece pieces
+    de, fr = dictionary.index("__de__"), dictionary.index("__fr__")
+    emitted = torch.tensor([de, word, fr, other, dictionary.eos()])
+    monkeypatch.setattr(
+        t.task, "inference_step", lambda g, m, batch: [[{"tokens": emitted}] for _ in batch["id"]]
+    )
+    (hypothesis,) = t.translate(["Where is the station?"]).hypotheses
+    assert "__" not in hypothesis and hypothesis.strip()
+
+
 def test_dry_run_summary_counts_the_language_tokens(recipe, trained, translator):
     from moe_mt.workflows.model_summary import model_summary
 
@@ -463,4 +480,6 @@ def test_eval_name_is_checked_for_multilingual_runs_too(recipe, trained):
 
     with pytest.raises(MoeMtError, match="eval.name='../x'"):
         evaluate(_cfg(recipe, trained, "eval.name=../x"))
+    with pytest.raises(MoeMtError, match="^eval.legacy_bleu: not for multilingual runs"):
+        evaluate(_cfg(recipe, trained, "eval.legacy_bleu=true"))
     assert not (trained / "x").exists()  # eval/../x

@@ -286,6 +286,11 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             from moe_mt.workflows.multilingual_eval import evaluate_directions
 
             return evaluate_directions(cfg, run_dir, manifest, options, console)
+        if cfg.eval.directions:
+            raise MoeMtError(
+                f"eval.directions={list(cfg.eval.directions)}: only for multilingual runs "
+                "(data.pairs); this run translates one direction"
+            )
         files = eval_files(cfg, run_dir, manifest)
         if cfg.eval.name is not None:
             # e.g. an earlier checkpoint's scores beside the final ones (eval/test@u1000)

@@ -82,6 +82,11 @@ def evaluate_directions(
                 f"eval.{key}: not for multilingual runs (they score the prepared test sets of "
                 "eval.directions)"
             )
+    if ev.legacy_bleu:
+        raise MoeMtError(
+            "eval.legacy_bleu: not for multilingual runs (their directions are scored with "
+            "sacreBLEU's default tokenisation, the same for every language)"
+        )
     directions = eval_directions(cfg, manifest)
     files = {d: text_files(manifest, run_dir.data, d, ev.split) for d in directions}
     texts = {}

@@ -11,7 +11,8 @@ longer than the model's positions is cut to fit (and counted in ``Translations.t
 
 Multilingual runs (``translation_multi_simple_epoch``) translate one direction at a time: the
 task, set up for that direction, prefixes the source with its language token and forces the
-target language token as the decoder's first token, then strips it from the output;
+target language token as the decoder's first token; every language token is stripped from the
+output (:meth:`Translator._language_tokens`);
 :meth:`Translator.for_direction` gives the same loaded models another direction.
 """
 
@@ -215,6 +216,17 @@ class Translator:
             self.arch,
         )
 
+    def _language_tokens(self) -> set[int]:
+        """The ``__<lang>__`` ids of a multilingual run: never text. The generator strips the
+        forced target token only; an undertrained model can emit another one mid-sentence."""
+        if not self.multilingual:
+            return set()
+        from fairseq.data.multilingual.multilingual_utils import get_lang_tok
+
+        style = self.task.args.lang_tok_style
+        tgt_dict = self.task.target_dictionary
+        return {tgt_dict.index(get_lang_tok(lang, style)) for lang in self.task.langs}
+
     @property
     def num_parameters(self) -> int:
         return sum(count_parameters(m) for m in self.models)
@@ -243,7 +255,8 @@ class Translator:
                 # fairseq's iterator asks for pinned memory, which CPU-only torch warns about.
                 warnings.filterwarnings("ignore", message=".*pin_memory.*")
                 batches = batches.next_epoch_itr(shuffle=False)
-            strip = getattr(self.generator, "symbols_to_strip_from_output", None)
+            strip = set(getattr(self.generator, "symbols_to_strip_from_output", None) or ())
+            strip |= self._language_tokens()
             tgt_dict = self.task.target_dictionary
             for batch in batches:
                 results = self.task.inference_step(self.generator, self.models, batch)
