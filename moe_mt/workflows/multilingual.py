@@ -120,28 +120,34 @@ def pair_files(prefix: str, pair: tuple[str, str], key: str) -> dict[str, Path]:
 
 def corpus_sources(data_cfg: DictConfig) -> dict[str, Source]:
     """``{corpus name: registry source}`` of ``data.sources``, whose keys are language pairs
-    (``en-de`` or ``de-en`` for the corpus that serves both directions)."""
+    (``en-de`` or ``de-en`` for the corpus that serves both directions).
+
+    Every entry is checked (pair, registry name, languages, splits); an entry for a pair that
+    no direction of ``data.pairs`` uses is then left out, so that a recipe's catalogue of
+    sources can serve a narrower ``data.pairs`` given on the command line.
+    """
     names = corpora(directions(data_cfg))
     by_langs = {frozenset(pair): name for name, pair in names.items()}
     found: dict[str, Source] = {}
+    seen: set[frozenset] = set()
     for key, source_name in (data_cfg.get("sources") or {}).items():
         where = f"data.sources.{key}"
         pair = parse_direction(key, where)
-        name = by_langs.get(frozenset((pair.src, pair.tgt)))
-        if name is None:
-            raise MoeMtError(f"{where}: no direction of data.pairs translates between {key}")
-        if name in found:
-            raise MoeMtError(f"{where}: a second source for the pair {name}")
+        langs = frozenset((pair.src, pair.tgt))
+        if langs in seen:
+            raise MoeMtError(f"{where}: a second source for the pair {key}")
+        seen.add(langs)
         try:
             source = get_source(source_name)
         except SourceError as err:
             raise MoeMtError(f"{where}: {err}") from None
-        if set(source.languages) != {pair.src, pair.tgt}:
+        if set(source.languages) != langs:
             raise MoeMtError(f"{where}={source_name} is {'-'.join(source.languages)}, not {key}")
         for split in ("train", "valid"):
             if split not in source.split_names:
                 raise MoeMtError(f"{where}={source_name} has no {split} split")
-        found[name] = source
+        if langs in by_langs:
+            found[by_langs[langs]] = source
     return found
 
 
