@@ -6,7 +6,11 @@
 # local data instead of the download:
 #   CI_DATA=iwslt14   the 8.7k-pair IWSLT'14 sample (de -> en; lowercased, Moses-tokenised)
 #   CI_DATA=multi30k  Multi30k (29k pairs, en -> de; raw, cased)
-# valid and test are their first CI_VALID_LINES lines (short validation and eval).
+#   CI_DATA=multilingual  en<->de, en<->nl, en<->ro (six directions, the languages of the shared
+#                     TED set): Tatoeba training pairs, IWSLT'17 TED dev2010 / tst2010 (the
+#                     full-size multilingual recipes' test set) as valid / test; sacreBLEU is
+#                     the mean over the directions
+# valid and test are their first CI_VALID_LINES lines (per pair; short validation and eval).
 #
 #   bash recipes/ci_family_runs.sh                    # every family, 300 updates each
 #   CI_UPDATES=20 bash recipes/ci_family_runs.sh thor # one family, 20 updates
@@ -31,7 +35,8 @@ families=("$@")
 case "$data" in
   iwslt14) corpus="$shared/iwslt14_de_en"; src=de; tgt=en ;;
   multi30k) corpus="$shared/multi30k_en_de"; src=en; tgt=de ;;
-  *) echo "CI_DATA=$data: iwslt14 or multi30k" >&2; exit 2 ;;
+  multilingual) corpus="$shared/tatoeba_en_xx/en-de"; src=en; tgt=de ;;
+  *) echo "CI_DATA=$data: iwslt14, multi30k or multilingual" >&2; exit 2 ;;
 esac
 [ -f "$corpus/train.$src" ] || { echo "$corpus/train.$src: no such file (MOEMT_SHARED_DATA)" >&2; exit 1; }
 
@@ -39,11 +44,38 @@ declare -A arch=([dense]=moemt_transformer [switch]=switch_transformer [xmoe]=xm
                  [thor]=thor_transformer [mhmoe]=mhmoe_transformer [softmoe]=soft_moe_transformer)
 
 mkdir -p "$runs/data_$data"
-for split in valid test; do
-  for lang in "$src" "$tgt"; do
-    head -n "$valid_lines" "$corpus/$split.$lang" > "$runs/data_$data/$split.$lang"
+if [ "$data" = multilingual ]; then
+  for x in de nl ro; do
+    mkdir -p "$runs/data_$data/en-$x"
+    for split in valid test; do
+      for lang in en "$x"; do
+        head -n "$valid_lines" "$shared/iwslt17_ted_devtest/en-$x/$split.$lang" \
+          > "$runs/data_$data/en-$x/$split.$lang"
+      done
+    done
   done
-done
+  data_yaml="  pairs: [en-de, de-en, en-nl, nl-en, en-ro, ro-en]
+  source: null
+  lowercase: false
+  train: $shared/tatoeba_en_xx/{pair}/train
+  valid: $runs/data_$data/{pair}/valid
+  test: $runs/data_$data/{pair}/test
+eval:
+  legacy_bleu: false"
+else
+  for split in valid test; do
+    for lang in "$src" "$tgt"; do
+      head -n "$valid_lines" "$corpus/$split.$lang" > "$runs/data_$data/$split.$lang"
+    done
+  done
+  data_yaml="  src: $src
+  tgt: $tgt
+  source: null
+  lowercase: false
+  train: $corpus/train
+  valid: $runs/data_$data/valid
+  test: $runs/data_$data/test"
+fi
 [ -f "$runs/summary.tsv" ] || printf 'run\tupdates\tprep_s\ttrain_s\teval_s\tsacrebleu\tlegacy_bleu\n' > "$runs/summary.tsv"
 
 for family in "${families[@]}"; do
@@ -57,18 +89,12 @@ include:
   - $here/recipes/pieces/schedule/ci_tiny.yaml
 name: $name
 run_dir: $runs/$name
-data:
-  src: $src
-  tgt: $tgt
-  source: null
-  lowercase: false
-  train: $corpus/train
-  valid: $runs/data_$data/valid
-  test: $runs/data_$data/test
 model:
   arch: ${arch[$family]}_demo
 train:
   max_update: $updates
+data:
+$data_yaml
 YAML
   echo "== $name: $updates updates" >&2
   t0=$(date +%s); "$moemt" prep "$recipe" >/dev/null
@@ -79,7 +105,8 @@ YAML
 import json, sys
 r = json.load(open(sys.argv[1]))
 legacy = r.get("legacy_bleu") or {}
-print(f"{r['scores']['BLEU']['score']:.2f}\t{legacy.get('score', '')}")
+bleu = r["average"]["BLEU"] if r.get("multilingual") else r["scores"]["BLEU"]
+print(f"{bleu['score']:.2f}\t{legacy.get('score', '')}")
 PY
 )
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$updates" $((t1 - t0)) $((t2 - t1)) $((t3 - t2)) \

@@ -3,6 +3,7 @@ recipes compose pieces with `include` (order, relative paths, cycles, missing fi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -217,3 +218,30 @@ def test_ci_family_runs_script_with_a_tiny_budget(tmp_path):
         report = tmp_path / f"ci_iwslt14_{family}" / "eval" / "test" / "report.json"
         assert report.is_file(), result.stdout[-3000:]
     assert "ci_iwslt14_thor" in (tmp_path / "summary.tsv").read_text()
+
+
+@pytest.mark.slow
+def test_ci_family_runs_script_on_the_multilingual_data(tmp_path):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared corpora not present at {SHARED_DATA}")
+    env = {**os.environ, "MOEMT_SHARED_DATA": str(SHARED_DATA), "CI_RUNS": str(tmp_path)}
+    env.update({"CI_DATA": "multilingual", "CI_UPDATES": "4", "CI_VALID_LINES": "20"})
+    result = subprocess.run(
+        ["bash", str(REPO / "recipes" / "ci_family_runs.sh"), "switch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(
+        (tmp_path / "ci_multilingual_switch" / "eval" / "test" / "report.json").read_text()
+    )
+    assert sorted(report["directions"]) == sorted(
+        ["en-de", "de-en", "en-nl", "nl-en", "en-ro", "ro-en"]
+    )
+    assert all(d["lines"] == 20 for d in report["directions"].values())
+    line = (tmp_path / "summary.tsv").read_text().splitlines()[-1].split("\t")
+    assert line[0] == "ci_multilingual_switch" and float(line[5]) == pytest.approx(
+        report["average"]["BLEU"]["score"], abs=0.01
+    )
