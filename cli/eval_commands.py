@@ -37,8 +37,8 @@ def eval_table(report: dict) -> Table:
 
 
 def multilingual_eval_table(report: dict):
-    """One row per direction (BLEU, chrF2, TER), then their macro average; the signatures and
-    the checkpoint below the table."""
+    """One row per trained direction (BLEU, chrF2, TER) and their macro average, then the
+    zero-shot directions and theirs; the signatures and the checkpoint below the table."""
     from rich.console import Group
     from rich.text import Text
 
@@ -47,24 +47,30 @@ def multilingual_eval_table(report: dict):
     table = Table(title=f"eval {report['name']} ({len(report['directions'])} directions)")
     for column in ("direction", "lines", *METRICS, "sent/s"):
         table.add_column(column, justify="left" if column == "direction" else "right")
-    for name, info in report["directions"].items():
-        scores = info["scores"]
-        table.add_row(
-            name,
-            f"{info['lines']:,}",
-            *(f"{scores[m]['score']:.2f}" for m in METRICS),
-            f"{info['timing']['sentences_per_second']:.1f}",
-            end_section=name == list(report["directions"])[-1],
-        )
-    average = report["average"]
-    table.add_row(
-        "average", f"{report['lines']:,}", *(f"{average[m]['score']:.2f}" for m in METRICS), "",
-        style="bold",
-    )  # fmt: skip
+    notes, signatures = [], []  # both averages are scored alike: one set of signatures
+    for zero_shot, label in ((False, "average"), (True, "zero-shot average")):
+        rows = {k: d for k, d in report["directions"].items() if d.get("zero_shot") is zero_shot}
+        for name, info in rows.items():
+            scores = info["scores"]
+            table.add_row(
+                f"{name} (zero-shot)" if zero_shot else name,
+                f"{info['lines']:,}",
+                *(f"{scores[m]['score']:.2f}" for m in METRICS),
+                f"{info['timing']['sentences_per_second']:.1f}",
+                end_section=name == list(rows)[-1],
+            )
+        average = report.get("zero_shot_average" if zero_shot else "average")
+        if average:
+            lines = sum(info["lines"] for info in rows.values())
+            table.add_row(
+                label, f"{lines:,}", *(f"{average[m]['score']:.2f}" for m in METRICS), "",
+                style="bold", end_section=True,
+            )  # fmt: skip
+            notes.append(f"{label}: unweighted mean of the {len(rows)} directions' scores")
+            signatures = [f"{m} {average[m]['signature']}" for m in METRICS]
     checkpoint = report["checkpoint"]
-    notes = [
-        "average: unweighted mean of the directions' scores",
-        *(f"{m} {average[m]['signature']}" for m in METRICS),
+    notes += [
+        *signatures,
         f"checkpoint {checkpoint['path']}, {checkpoint['num_updates']:,} updates; "
         f"{report['parameters']:,} parameters; beam {report['decoding']['beam']}",
     ]

@@ -80,6 +80,8 @@ class DataConfig:
     src: str = MISSING  # source language code, the file suffix (e.g. en)
     tgt: str = MISSING  # target language code (e.g. de)
     pairs: List[str] = field(default_factory=list)  # multilingual directions: [en-de, de-en, ...]
+    # multilingual: directions tested but never trained (their test set only), e.g. [de-it]
+    zero_shot: List[str] = field(default_factory=list)
     # Local files (train and valid mandatory), or a corpus of the download registry:
     train: Optional[str] = None  # path prefix of the training files
     valid: Optional[str] = None  # path prefix of the validation files

@@ -20,7 +20,7 @@ from moe_mt.cli.main import app
 from moe_mt.config import load_config
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.evaluate import score
+from moe_mt.workflows.evaluate import evaluate, score
 from moe_mt.workflows.multilingual import Direction, corpora, pair_files, parse_direction
 from moe_mt.workflows.multilingual_eval import macro_average
 from moe_mt.workflows.prep import prep
@@ -129,7 +129,8 @@ def test_prep_writes_one_dictionary_and_the_multilingual_layout(prepped, corpus)
     data = prepped / "data"
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["multilingual"] is True
-    assert manifest["languages"] == {"langs": ["de", "en", "es", "fr"], "directions": list(PAIRS)}
+    languages = {"langs": ["de", "en", "es", "fr"], "directions": list(PAIRS), "zero_shot": []}
+    assert manifest["languages"] == languages
     assert manifest["corpora"]["en-de"]["directions"] == ["en-de", "de-en"]
     assert manifest["corpora"]["es-en"]["directions"] == ["es-en"]
     # One joint dictionary, saved under every language's name (the task checks they are equal).
@@ -456,6 +457,12 @@ def test_other_moe_families_train_and_evaluate(recipe, prepped, tmp_path, family
     assert train(cfg).summary["num_updates"] == 10
     report = evaluate(cfg).report
     assert set(report["directions"]) == {"en-de", "es-en"}
+    for info in report["directions"].values():  # THOR: its consistency in every direction
+        if arch.startswith("thor"):
+            draws = cfg.eval.thor_draws
+            assert info["thor"]["draws"] == draws and len(info["thor"]["bleu"]) == draws
+        else:
+            assert info["thor"] is None
 
 
 @pytest.mark.slow
@@ -472,6 +479,34 @@ def test_demo_multilingual_recipe_prepares_and_trains(shared_data, tmp_path):
     train(cfg)
     report = evaluate(load_config(tmp_path / "run", ["eval.directions=[en-de]"])).report
     assert report["directions"]["en-de"]["lines"] == 1012  # FLORES-200 devtest
+
+
+def test_zero_shot_directions_are_scored_apart(recipe, trained, shared_data, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    multiway = tmp_path / "flores"  # multi-way: it serves the untrained pairs too
+    multiway.mkdir()
+    for lang in ("en", "de", "fr", "es"):
+        lines = (shared_data / "flores200_devtest" / f"test.{lang}").read_bytes().splitlines(True)
+        (multiway / f"test.{lang}").write_bytes(b"".join(lines[:12]))
+    # Prepared again with the zero-shot test sets: the same training text gives the same
+    # vocabulary, so the trained checkpoint still fits.
+    cfg = _cfg(recipe, run_dir, f"data.test={multiway}/test", "data.zero_shot=[de-fr, fr-es]")
+    prep(cfg)
+    result = CliRunner().invoke(app, ["eval", str(run_dir), *FAST_EVAL])
+    assert result.exit_code == 0, result.output
+    assert "de-fr (zero-shot)" in result.stdout and "zero-shot average" in result.stdout
+    report = json.loads((run_dir / "eval" / "test" / "report.json").read_text())
+    assert list(report["directions"]) == [*PAIRS, "de-fr", "fr-es"]
+    for name, info in report["directions"].items():
+        assert info["zero_shot"] is (name in ("de-fr", "fr-es")) and info["lines"] == 12
+    assert report["average"]["BLEU"]["directions"] == len(PAIRS)
+    zero_shot = report["zero_shot_average"]["BLEU"]
+    scores = [report["directions"][d]["scores"]["BLEU"]["score"] for d in ("de-fr", "fr-es")]
+    assert zero_shot["directions"] == 2 and zero_shot["score"] == pytest.approx(sum(scores) / 2)
+    # Asked for alone, a zero-shot direction has no supervised average.
+    only = evaluate(load_config(run_dir, [*FAST_EVAL, "eval.directions=[fr-es]", "eval.name=zs"]))
+    assert only.report["average"] is None and only.report["zero_shot_average"] is not None
 
 
 def test_eval_name_is_checked_for_multilingual_runs_too(recipe, trained):

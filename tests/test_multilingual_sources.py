@@ -27,6 +27,7 @@ from tests.conftest import REPO, SHARED_DATA
 from tests.test_download import Server, make_tar, sha
 
 PAIRS = ("de", "nl", "ro")  # the English pairs of the shared IWSLT'17 dev/test set
+NON_ENGLISH = (("de", "nl"), ("de", "ro"), ("nl", "ro"))
 TRAIN_LINES = 300
 XML_LINES = 60
 ROOT = "DeEnItNlRo-DeEnItNlRo"
@@ -92,6 +93,18 @@ def release_members() -> dict[str, bytes]:
                     SHARED_DATA / "iwslt17_ted_devtest" / pair / f"{split}.{lang}", XML_LINES
                 )
                 members[f"{ROOT}/IWSLT17.TED.{stem}.{pair}.{lang}.xml"] = _xml(text, stem, lang)
+    # The pairs without English (zero-shot for an English-centric model): FLORES-200 devtest
+    # lines, which are multi-way aligned, stand in for their talks.
+    flores = SHARED_DATA / "flores200_devtest"
+    for a, b in NON_ENGLISH:
+        pair = f"{a}-{b}"
+        for lang in (a, b):
+            members[f"{ROOT}/train.tags.{pair}.{lang}"] = _train_tags(
+                _lines(flores / f"test.{lang}", 100), lang
+            )
+            for stem in ("dev2010", "tst2010"):
+                text = _lines(flores / f"test.{lang}", XML_LINES)
+                members[f"{ROOT}/IWSLT17.TED.{stem}.{pair}.{lang}.xml"] = _xml(text, stem, lang)
     return members
 
 
@@ -118,6 +131,7 @@ def serve_release(tmp_path: Path, names: dict[str, str]):
 
 # en-it is registered but not in the archive: a recipe may list sources its data.pairs skip.
 FIXTURES = {f"fixture_multi_en_{x}": f"iwslt17_multi_en_{x}" for x in (*PAIRS, "it")}
+FIXTURES.update({f"fixture_multi_{a}_{b}": f"iwslt17_multi_{a}_{b}" for a, b in NON_ENGLISH})
 
 
 @pytest.fixture
@@ -210,6 +224,56 @@ def test_pairs_without_a_source_read_local_files(tmp_path, release):
     assert "/corpora/fixture_multi_en_de/" in inputs["en-de"]["train"]["de"]["path"]
     assert inputs["en-fr"]["train"]["fr"]["path"].endswith("tatoeba_en_xx/en-fr/train.fr")
     assert "test" in inputs["en-de"] and "test" not in inputs["en-fr"]
+
+
+def test_zero_shot_directions_prepare_their_test_text_only(tmp_path, release):
+    sources = ALL_SOURCES[:-1] + ", de-nl: fixture_multi_de_nl, ro-de: fixture_multi_de_ro}"
+    trained = "[en-de, en-nl, nl-en, en-ro, ro-en]"  # de-en is not trained: zero-shot too
+    cfg = _config(
+        tmp_path,
+        f"data.pairs={trained}",
+        "data.zero_shot=[de-nl, nl-de, ro-de, de-en]",
+        sources=sources,
+    )
+    manifest = prep(cfg).manifest
+    assert manifest["languages"]["zero_shot"] == ["de-nl", "nl-de", "ro-de", "de-en"]
+    assert manifest["languages"]["directions"] == ["en-de", "en-nl", "nl-en", "en-ro", "ro-en"]
+    # de-en reads the trained en-de corpus' test set: no corpus of its own.
+    assert manifest["corpora"]["en-de"]["zero_shot"] == ["de-en"]
+    assert not manifest["corpora"]["en-de"]["test_only"]
+    data = tmp_path / "run" / "data"
+    flores = SHARED_DATA / "flores200_devtest"
+    for name, pair in (("de-nl", ("de", "nl")), ("ro-de", ("ro", "de"))):
+        corpus = manifest["corpora"][name]
+        assert corpus["test_only"] and list(corpus["splits"]) == ["test"]
+        assert set(corpus["languages"]) == set(pair)
+        for lang in pair:
+            text = (data / "text" / name / f"test.{lang}").read_text(encoding="utf-8")
+            # the <seg> text: stripped, inner spaces collapsed (FLORES has trailing spaces)
+            expected = [
+                " ".join(line.split()) for line in _lines(flores / f"test.{lang}", XML_LINES)
+            ]
+            assert text.split("\n")[:-1] == expected
+        # nothing of a test-only pair is binarised: training cannot read it
+        assert not list((data / "bin").glob(f"*.{name}.*"))
+    assert manifest["corpora"]["de-nl"]["zero_shot"] == ["de-nl", "nl-de"]
+    assert manifest["corpora"]["ro-de"]["zero_shot"] == ["ro-de"]
+
+
+@pytest.mark.parametrize(
+    ("zero_shot", "message"),
+    [
+        ("[en-de]", "data.zero_shot: en-de is a direction of data.pairs (trained)"),
+        ("[de-it]", "data.zero_shot: de-it: 'it' is not a language of data.pairs (de, en, nl, ro)"),
+        ("[de-nl, de-nl]", "data.zero_shot: de-nl is listed twice"),
+        ("[nl-ro]", "data.zero_shot: the pair nl-ro has no test set (give data.sources.nl-ro"),
+    ],
+)
+def test_bad_zero_shot_directions_are_one_line_errors(tmp_path, release, zero_shot, message):
+    with pytest.raises(MoeMtError) as err:
+        prep(_config(tmp_path, f"data.zero_shot={zero_shot}"))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert release.requests == []
 
 
 ONE = "{en-de: fixture_multi_en_de}"
@@ -315,6 +379,7 @@ def real_names_served(tmp_path):
     """The real ``iwslt17_multi_en_{de,nl,ro}`` entries pointed at the fixture release for the
     test (restored afterwards), so that a recipe runs unchanged but for its budget."""
     real = [f"iwslt17_multi_en_{x}" for x in PAIRS]
+    real += [f"iwslt17_multi_{a}_{b}" for a, b in NON_ENGLISH]
     originals = [get_source(name) for name in real]
     server = serve_release(tmp_path, {name: name for name in real})
     yield server
@@ -327,13 +392,16 @@ def real_names_served(tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_full_size_recipe_runs_end_to_end(family, tmp_path, real_names_served):
     """prep -> train -> eval of recipes/multilingual/iwslt17_en_xx_<family>.yaml with a CPU
-    budget; data.pairs leaves out en-it (no Italian text here), the recipe's sources stay."""
+    budget; data.pairs and data.zero_shot leave out Italian (no Italian text here), the
+    recipe's sources stay."""
     recipe = REPO / "recipes" / "multilingual" / f"iwslt17_en_xx_{family}.yaml"
     pairs = ",".join(f"en-{x},{x}-en" for x in PAIRS)
+    zero_shot = ",".join(f"{a}-{b},{b}-{a}" for a, b in NON_ENGLISH)
     overrides = [
         f"run_dir={tmp_path / 'run'}",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"data.pairs=[{pairs}]",
+        f"data.zero_shot=[{zero_shot}]",
         "data.spm.vocab_size=300",
         "train.fp16=false",
         "train.max_tokens=1024",
@@ -349,7 +417,8 @@ def test_full_size_recipe_runs_end_to_end(family, tmp_path, real_names_served):
         result = runner.invoke(app, [command, str(recipe), *overrides])
         assert result.exit_code == 0, f"moemt {command}: {result.output[-2000:]}"
     report = json.loads((tmp_path / "run" / "eval" / "test" / "report.json").read_text())
-    assert list(report["directions"]) == pairs.split(",")
+    assert list(report["directions"]) == pairs.split(",") + zero_shot.split(",")
     assert all(d["lines"] == XML_LINES for d in report["directions"].values())
     assert report["average"]["BLEU"]["directions"] == 6
+    assert report["zero_shot_average"]["BLEU"]["directions"] == 6
     assert report["checkpoint"]["num_updates"] == 6

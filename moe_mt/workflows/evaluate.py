@@ -45,7 +45,7 @@ from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
 from moe_mt.workflows.legacy_bleu import legacy_bleu
 from moe_mt.workflows.progress import progress_bar
 from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
-from moe_mt.workflows.thor_consistency import thor_consistency, thor_models
+from moe_mt.workflows.thor_consistency import eval_thor_consistency
 from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
 
 REPORT_FORMAT = 1
@@ -325,7 +325,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             expert_usage = None
         scores = score(hypotheses, references, out_dir / HYPOTHESES, files.reference)
         legacy = _legacy_bleu(cfg, manifest, hypotheses, references)
-        thor = _thor_consistency(cfg, translator, sources, references, hypotheses, console)
+        thor = eval_thor_consistency(cfg.eval, translator, sources, references, hypotheses, console)
 
         bootstrap = None
         if baseline is not None:
@@ -392,15 +392,6 @@ def _legacy_bleu(cfg, manifest: dict, hypotheses, references) -> dict | None:
         return None
     lang = manifest.get("languages", {}).get("tgt") or cfg.data.tgt
     return legacy_bleu(hypotheses, references, lang, cfg.eval.legacy_bleu_compound_split)
-
-
-def _thor_consistency(cfg, translator, sources, references, hypotheses, console) -> dict | None:
-    """THOR models only: translate again with other random expert draws, compare the draws."""
-    if not thor_models(translator):
-        return None
-    console.print(f"THOR consistency: {cfg.eval.thor_draws} random expert draws", highlight=False)
-    first = hypotheses if cfg.eval.thor_inference == "random" else None
-    return thor_consistency(translator, sources, references, cfg.eval, first)
 
 
 def _threads() -> int:

@@ -10,6 +10,11 @@ the download registry (``data.sources: {en-de: iwslt17_multi_en_de, ...}``): pre
 into the cache as ``data.source`` does for one pair, and takes its train and valid splits, and
 its test split unless ``data.test`` gives a multi-way test set for every pair.
 
+``data.zero_shot`` lists directions that are tested but never trained (de-it in an
+English-centric run): a direction whose language pair no trained corpus holds gets a test-only
+corpus (its test set copied into ``text/``, nothing binarised), from ``data.sources`` or
+``data.test``; eval scores them and averages them apart from the trained directions.
+
 Prep runs the single-pair steps of :mod:`moe_mt.workflows.prep` on every corpus (validation,
 cleaning of train, byte copies of valid/test), then trains one joint sentencepiece model on all
 cleaned training text and builds one joint dictionary (fairseq's
@@ -96,12 +101,40 @@ def corpora(dirs: list[Direction]) -> dict[str, tuple[str, str]]:
     return {f"{a}-{b}": (a, b) for a, b in found.values()}
 
 
-def corpus_name(direction: Direction, dirs: list[Direction]) -> str:
-    """The corpus (of :func:`corpora`) that holds ``direction``'s text."""
-    for name, pair in corpora(dirs).items():
-        if set(pair) == {direction.src, direction.tgt}:
-            return name
-    raise MoeMtError(f"{direction}: not a direction of data.pairs")
+def zero_shot_directions(data_cfg: DictConfig) -> list[Direction]:
+    """``data.zero_shot``: directions evaluated but never trained, between languages of
+    ``data.pairs`` (the model has a language token for each), e.g. de-it in an English-centric
+    run. Each is listed once and is not a direction of ``data.pairs``."""
+    dirs = directions(data_cfg)
+    langs = languages(dirs)
+    parsed = [parse_direction(p, "data.zero_shot") for p in data_cfg.get("zero_shot") or ()]
+    seen: set[Direction] = set()
+    for d in parsed:
+        if d in dirs:
+            raise MoeMtError(f"data.zero_shot: {d} is a direction of data.pairs (trained)")
+        if d in seen:
+            raise MoeMtError(f"data.zero_shot: {d} is listed twice")
+        for lang in (d.src, d.tgt):
+            if lang not in langs:
+                raise MoeMtError(
+                    f"data.zero_shot: {d}: '{lang}' is not a language of data.pairs "
+                    f"({', '.join(langs)}); the model has no token for it"
+                )
+        seen.add(d)
+    return parsed
+
+
+def zero_shot_corpora(data_cfg: DictConfig) -> dict[str, tuple[str, str]]:
+    """The corpora of the zero-shot directions whose language pair no trained corpus holds:
+    only their test split is prepared (named as :func:`corpora` names)."""
+    trained = {frozenset(pair) for pair in corpora(directions(data_cfg)).values()}
+    found = corpora(zero_shot_directions(data_cfg)) if data_cfg.get("zero_shot") else {}
+    return {name: pair for name, pair in found.items() if frozenset(pair) not in trained}
+
+
+def all_corpora(data_cfg: DictConfig) -> dict[str, tuple[str, str]]:
+    """The trained corpora, then the test-only ones."""
+    return {**corpora(directions(data_cfg)), **zero_shot_corpora(data_cfg)}
 
 
 def pair_files(prefix: str, pair: tuple[str, str], key: str) -> dict[str, Path]:
@@ -123,11 +156,10 @@ def corpus_sources(data_cfg: DictConfig) -> dict[str, Source]:
     (``en-de`` or ``de-en`` for the corpus that serves both directions).
 
     Every entry is checked (pair, registry name, languages, splits); an entry for a pair that
-    no direction of ``data.pairs`` uses is then left out, so that a recipe's catalogue of
-    sources can serve a narrower ``data.pairs`` given on the command line.
+    no direction of ``data.pairs`` or ``data.zero_shot`` uses is then left out, so that a
+    recipe's catalogue of sources can serve narrower lists given on the command line.
     """
-    names = corpora(directions(data_cfg))
-    by_langs = {frozenset(pair): name for name, pair in names.items()}
+    by_langs = {frozenset(pair): name for name, pair in all_corpora(data_cfg).items()}
     found: dict[str, Source] = {}
     seen: set[frozenset] = set()
     for key, source_name in (data_cfg.get("sources") or {}).items():
@@ -169,7 +201,7 @@ def check_inputs(data_cfg: DictConfig) -> dict[str, Source]:
             "(the multilingual task reads one dictionary for every language)"
         )
     sources = corpus_sources(data_cfg)
-    if len(sources) == len(corpora(directions(data_cfg))):
+    if all(name in sources for name in corpora(directions(data_cfg))):
         for split in ("train", "valid"):
             if data_cfg[split] is not None:
                 raise MoeMtError(
@@ -181,11 +213,18 @@ def check_inputs(data_cfg: DictConfig) -> dict[str, Source]:
 
 def local_files(data_cfg: DictConfig, sources: dict[str, Source]) -> dict[str, dict[str, Path]]:
     """``{"<corpus>/<split>": {lang: path}}`` of the local files: every split of the pairs
-    without a source, and ``data.test`` of the others."""
+    without a source, and ``data.test`` of the others (test-only corpora: the test split)."""
+    test_only = zero_shot_corpora(data_cfg)
+    for name in test_only:
+        if name not in sources and data_cfg.test is None:
+            raise MoeMtError(
+                f"data.zero_shot: the pair {name} has no test set (give data.sources.{name} or "
+                "a data.test that holds it)"
+            )
     files = {}
-    for name, pair in corpora(directions(data_cfg)).items():
+    for name, pair in all_corpora(data_cfg).items():
         for split in single.SPLITS:
-            if name in sources and split != "test":
+            if (name in sources or name in test_only) and split != "test":
                 continue
             prefix = data_cfg[split]
             if prefix is None:
@@ -201,18 +240,20 @@ def input_files(data_cfg: DictConfig, progress: bool = True) -> dict[str, dict[s
     registry corpora of ``data.sources`` are fetched into the cache first (a no-op once there)."""
     sources = check_inputs(data_cfg)
     files = local_files(data_cfg, sources)
+    test_only = zero_shot_corpora(data_cfg)
     cache = fetch_source.cache_dir(data_cfg)
     for name, source in sources.items():
         try:
             corpus = download.fetch_corpus(source, cache, progress=progress)
         except (download.DownloadError, SourceError) as err:
             raise MoeMtError(f"data.sources: {source.name}: {err}") from None
+        needed = ("test",) if name in test_only else single.SPLITS
         for split, langs in corpus.files.items():
-            if split in single.SPLITS and f"{name}/{split}" not in files:
+            if split in needed and f"{name}/{split}" not in files:
                 if split != "test" or data_cfg.test is None:
                     files[f"{name}/{split}"] = dict(langs)
     # The order of the manifest whatever the origin: corpus by corpus, train / valid / test.
-    order = [f"{name}/{split}" for name in corpora(directions(data_cfg)) for split in single.SPLITS]
+    order = [f"{name}/{split}" for name in all_corpora(data_cfg) for split in single.SPLITS]
     files = {key: files[key] for key in order if key in files}
     if data_cfg.get("lowercase"):  # the single-pair rule, every corpus alike
         files = fetch_source.lowercased(files, cache / fetch_source.LOWERCASED_DIR)
@@ -284,18 +325,42 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
             }
     shutil.rmtree(work_dir)
 
+    # Zero-shot pairs that no trained corpus holds: their test text only (eval reads text/;
+    # nothing of them is binarised, so training cannot see them).
+    test_only = zero_shot_corpora(data_cfg)
+    for name, pair in test_only.items():
+        (text_dir / name).mkdir()
+        splits[name] = {
+            "test": single.check_and_copy_split(
+                files[f"{name}/test"],
+                _paths(text_dir / name, "test", pair),
+                pair,
+                data_cfg.max_line_chars,
+            )
+        }
+    zero_shot = zero_shot_directions(data_cfg)
+
+    def in_pair(found: list[Direction], pair) -> list[str]:
+        return [d.name for d in found if {d.src, d.tgt} == set(pair)]
+
     return {
         "format": single.MANIFEST_FORMAT,
         "multilingual": True,
-        "languages": {"langs": langs, "directions": [d.name for d in dirs]},
+        "languages": {
+            "langs": langs,
+            "directions": [d.name for d in dirs],
+            "zero_shot": [d.name for d in zero_shot],
+        },
         "corpora": {
             name: {
                 "languages": list(pair),
-                "directions": [d.name for d in dirs if {d.src, d.tgt} == set(pair)],
+                "directions": in_pair(dirs, pair),
+                "zero_shot": in_pair(zero_shot, pair),
+                "test_only": name in test_only,
                 "inputs": {s: inputs[f"{name}/{s}"] for s in splits[name]},
                 "splits": splits[name],
             }
-            for name, pair in names.items()
+            for name, pair in {**names, **test_only}.items()
         },
         "files": {
             "text": "text",
@@ -344,10 +409,29 @@ def is_multilingual(manifest: dict) -> bool:
     return bool(manifest.get("multilingual"))
 
 
+def _corpus_of(manifest: dict, direction: Direction) -> str | None:
+    for name, corpus in manifest["corpora"].items():
+        if set(corpus["languages"]) == {direction.src, direction.tgt}:
+            return name
+    return None
+
+
+def has_split(manifest: dict, direction: Direction, split: str) -> bool:
+    """Whether ``direction``'s corpus has ``split`` prepared (train never counts)."""
+    name = _corpus_of(manifest, direction)
+    return split != "train" and name is not None and split in manifest["corpora"][name]["splits"]
+
+
 def text_files(manifest: dict, data_dir: Path, direction: Direction, split: str):
-    """(source, reference) text files of ``direction``'s ``split`` in a prepared ``data/``."""
-    dirs = [parse_direction(d, "manifest") for d in manifest["languages"]["directions"]]
-    name = corpus_name(direction, dirs)
+    """(source, reference) text files of ``direction``'s ``split`` in a prepared ``data/``:
+    those of the corpus of its language pair (trained or test-only)."""
+    name = _corpus_of(manifest, direction)
+    if name is None:
+        prepared = ", ".join(sorted(manifest["corpora"]))
+        raise MoeMtError(
+            f"{direction}: no prepared corpus for this language pair (prepared: {prepared}; "
+            "a direction that is not trained can be prepared for testing with data.zero_shot)"
+        )
     if split not in manifest["corpora"][name]["splits"] or split == "train":
         prepared = [s for s in manifest["corpora"][name]["splits"] if s != "train"]
         raise MoeMtError(

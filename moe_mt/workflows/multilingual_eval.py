@@ -1,18 +1,21 @@
 """``moemt eval`` of a multilingual run: every direction scored on its own, and their average.
 
-Each direction ``s-t`` of ``eval.directions`` (default: every direction of ``data.pairs``) is
+Each direction ``s-t`` of ``eval.directions`` (default: every direction of ``data.pairs`` and of
+``data.zero_shot``, the directions prepared for testing but never trained) is
 translated from ``data/text/<corpus>/<split>.s`` and scored against the untouched
 ``<split>.t`` of the same corpus (a de-en hypothesis against the English reference) with the
 single-pair scorer (:func:`moe_mt.workflows.evaluate.score`: sacreBLEU BLEU, chrF2, TER with
 signatures). The average is the macro average over directions, each direction's corpus-level
 score weighted equally whatever its size, as multilingual MT reports it (M2M-100, NLLB-200
 report the mean of per-direction scores); it is never a corpus score over the pooled
-directions. Output in ``RUN_DIR/eval/<split>/``::
+directions. Zero-shot directions are averaged on their own (``zero_shot_average``); ``average``
+covers the trained directions only. Output in ``RUN_DIR/eval/<split>/``::
 
     <s>-<t>/hyp.txt           one detokenised hypothesis per source line of that direction
     <s>-<t>/expert_usage.png  MoE models: tokens per expert per layer for that direction
     report.json               per direction: scores, files (reference sha256), speed, expert
-                              usage; the average; checkpoint, decoding options, versions
+                              usage, THOR's consistency across expert draws (THOR models); the
+                              averages; checkpoint, decoding options, versions
 """
 
 from __future__ import annotations
@@ -38,16 +41,24 @@ from moe_mt.workflows.evaluate import (
     score,
 )
 from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
-from moe_mt.workflows.multilingual import Direction, parse_direction, text_files
+from moe_mt.workflows.multilingual import Direction, has_split, parse_direction, text_files
 from moe_mt.workflows.progress import progress_bar
 from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
+from moe_mt.workflows.thor_consistency import eval_thor_consistency
 from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
 
 
 def eval_directions(cfg: DictConfig, manifest: dict) -> list[Direction]:
-    """``eval.directions`` (each once, each with a prepared corpus), or every trained one."""
-    trained = manifest["languages"]["directions"]
-    names = list(cfg.eval.directions) or trained
+    """``eval.directions`` (each once, each with a prepared corpus), or every trained one and
+    every zero-shot one (``data.zero_shot``) prepared for ``eval.split``."""
+    names = list(cfg.eval.directions)
+    if not names:
+        zero_shot = manifest["languages"].get("zero_shot", [])
+        names = manifest["languages"]["directions"] + [
+            d
+            for d in zero_shot
+            if has_split(manifest, parse_direction(d, "manifest"), cfg.eval.split)
+        ]
     chosen = [parse_direction(n, "eval.directions") for n in names]
     if len(set(chosen)) != len(chosen):
         raise MoeMtError(f"eval.directions: a direction is listed twice ({', '.join(names)})")
@@ -71,6 +82,12 @@ def macro_average(per_direction: dict[str, dict]) -> dict:
     return average
 
 
+def _average(results: dict[str, dict], zero_shot: bool) -> dict | None:
+    """The macro average over the trained (or the zero-shot) directions; None if none."""
+    chosen = {k: r["scores"] for k, r in results.items() if r["zero_shot"] is zero_shot}
+    return macro_average(chosen) if chosen else None
+
+
 def evaluate_directions(
     cfg: DictConfig, run_dir: RunDir, manifest: dict, options: DecodeOptions, console: Console
 ) -> EvalResult:
@@ -88,6 +105,7 @@ def evaluate_directions(
             "sacreBLEU's default tokenisation, the same for every language)"
         )
     directions = eval_directions(cfg, manifest)
+    trained = set(manifest["languages"]["directions"])
     files = {d: text_files(manifest, run_dir.data, d, ev.split) for d in directions}
     texts = {}
     for d, (source, reference) in files.items():
@@ -138,7 +156,11 @@ def evaluate_directions(
                 "generated_tokens": translations.generated_tokens,
             },
             "truncated_sources": translations.truncated,
+            "zero_shot": d.name not in trained,
             "expert_usage": usage_info if usage_info["plot"] is not None else None,
+            "thor": eval_thor_consistency(
+                ev, translator, sources, references, translations.hypotheses, console
+            ),
         }
 
     report = {
@@ -149,7 +171,10 @@ def evaluate_directions(
         "split": ev.split,
         "lines": sum(r["lines"] for r in results.values()),
         "directions": results,
-        "average": macro_average({k: r["scores"] for k, r in results.items()}),
+        # Trained directions and zero-shot ones are averaged apart: a zero-shot mean is a
+        # different quantity (and usually far lower), never part of the supervised one.
+        "average": _average(results, zero_shot=False),
+        "zero_shot_average": _average(results, zero_shot=True),
         "checkpoint": chosen.as_dict(),
         "decoding": options.as_dict(),
         "timing": {"load_seconds": round(load_seconds, 3)},

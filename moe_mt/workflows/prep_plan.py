@@ -44,7 +44,12 @@ def prep_plan(cfg: DictConfig) -> PrepPlan:
     else:
         fetch_source.check_single_pair(data)
         splits = _source_inputs(data, plan) if data.source else _local_inputs(data, plan)
-    _produced(data, splits, plan)
+    text_only = set()
+    if data.get("pairs"):  # test-only corpora of zero-shot directions: text, nothing binarised
+        from moe_mt.workflows.multilingual import zero_shot_corpora
+
+        text_only = {f"{name}/test" for name in zero_shot_corpora(data)}
+    _produced(data, splits, plan, text_only)
     plan.add("dry run: nothing was downloaded or written")
     return plan
 
@@ -117,10 +122,14 @@ def _multilingual_inputs(cfg: DictConfig, plan: PrepPlan) -> dict[str, tuple[str
 
     data = cfg.data
     sources = multilingual.check_inputs(data)
+    trained = multilingual.corpora(multilingual.directions(data))
     origin = "registry corpora" if sources else "local files"
-    if sources and len(sources) < len(multilingual.corpora(multilingual.directions(data))):
+    if sources and not all(name in sources for name in trained):
         origin = "registry corpora and local files"
     plan.add(f"inputs: {origin}, multilingual ({', '.join(data.pairs)})")
+    zero_shot = multilingual.zero_shot_directions(data)
+    if zero_shot:
+        plan.add(f"zero-shot directions, tested only: {', '.join(d.name for d in zero_shot)}")
     files = multilingual.local_files(data, sources)
     for key, langs in files.items():
         for path in langs.values():
@@ -134,15 +143,18 @@ def _multilingual_inputs(cfg: DictConfig, plan: PrepPlan) -> dict[str, tuple[str
         cache = fetch_source.cache_dir(data) / fetch_source.LOWERCASED_DIR
         plan.add(f"lowercased copies: {cache}")
     splits = {}
-    for name, pair in multilingual.corpora(multilingual.directions(data)).items():
-        for split in SPLITS:
+    test_only = multilingual.zero_shot_corpora(data)
+    for name, pair in multilingual.all_corpora(data).items():
+        for split in ("test",) if name in test_only else SPLITS:
             from_source = name in sources and split in sources[name].split_names
             if f"{name}/{split}" in files or (from_source and (split != "test" or not data.test)):
                 splits[f"{name}/{split}"] = pair
     return splits
 
 
-def _produced(data: DictConfig, splits: dict[str, tuple[str, str]], plan: PrepPlan) -> None:
+def _produced(
+    data: DictConfig, splits: dict[str, tuple[str, str]], plan: PrepPlan, text_only: set[str]
+) -> None:
     spm_cfg = data.spm
     all_langs = sorted({lang for langs in splits.values() for lang in langs})
     joint = "joint" if spm_cfg.joint else "per language"
@@ -166,7 +178,8 @@ def _produced(data: DictConfig, splits: dict[str, tuple[str, str]], plan: PrepPl
         text = data_dir / "text" / corpus if corpus else data_dir / "text"
         for lang in (a, b):
             plan.add(f"  {text / f'{split}.{lang}'}")
-            plan.add(f"  {data_dir / 'bin' / f'{split}.{a}-{b}.{lang}'}.bin, .idx")
+            if key not in text_only:
+                plan.add(f"  {data_dir / 'bin' / f'{split}.{a}-{b}.{lang}'}.bin, .idx")
 
 
 def _size(size: int | None) -> str:

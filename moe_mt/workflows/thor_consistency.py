@@ -93,3 +93,16 @@ def thor_consistency(
         "identical_share": round(identical / len(sources), 4) if sources else None,
         "signature": str(bleu.get_signature()),
     }
+
+
+def eval_thor_consistency(
+    eval_cfg: DictConfig, translator, sources, references, hypotheses, console
+) -> dict | None:
+    """``moemt eval``'s ``thor`` entry (of the report, or of each direction of a multilingual
+    report): None for models without THOR layers; otherwise :func:`thor_consistency`, reusing
+    ``hypotheses`` as the first draw when they were decoded in ``random`` mode."""
+    if not thor_models(translator):
+        return None
+    console.print(f"THOR consistency: {eval_cfg.thor_draws} random expert draws", highlight=False)
+    first = hypotheses if eval_cfg.thor_inference == "random" else None
+    return thor_consistency(translator, sources, references, eval_cfg, first)
