@@ -109,9 +109,12 @@ def test_multilingual_recipes_are_the_iwslt_recipes_on_eight_directions(family, 
     assert list(data.pairs) == [
         f"{d}" for x in ("de", "it", "nl", "ro") for d in (f"en-{x}", f"{x}-en")
     ]
-    assert dict(data.sources) == {
-        f"en-{x}": f"iwslt17_multi_en_{x}" for x in ("de", "it", "nl", "ro")
-    }
+    languages = ("de", "it", "nl", "ro")
+    pairs = [(a, b) for i, a in enumerate(languages) for b in languages[i + 1 :]]
+    expected = {f"en-{x}": f"iwslt17_multi_en_{x}" for x in languages}
+    expected.update({f"{a}-{b}": f"iwslt17_multi_{a}_{b}" for a, b in pairs})
+    assert dict(data.sources) == expected
+    assert sorted(data.zero_shot) == sorted(d for a, b in pairs for d in (f"{a}-{b}", f"{b}-{a}"))
     assert data.train is None and data.valid is None and data.test is None
 
 
