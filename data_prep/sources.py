@@ -482,9 +482,9 @@ def _iwslt17_multilingual(langs: tuple[str, str]) -> Source:
         homepage="https://wit3.fbk.eu/2017-01",
         notes=(
             "One archive serves all ten pairs of de, en, it, nl, ro. valid dev2010, test tst2010 "
-            "(as Hugging Face's iwslt2017; the task's tst2017 references came in a later release). "
-            "XML entities in the <seg> text (&amp;, &gt;: 4 tst2010 lines per English pair) are "
-            "kept, as sacrebleu and fairseq's IWSLT scripts keep them."
+            "(as Hugging Face's iwslt2017; the task's evaluation set, tst2017, is not in this "
+            "release). XML entities in the <seg> text (&amp;, &gt;: up to 4 tst2010 lines in each "
+            "English pair) are kept, as sacrebleu and fairseq's IWSLT scripts keep them."
         ),
     )
 
