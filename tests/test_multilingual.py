@@ -476,6 +476,7 @@ def test_demo_multilingual_recipe_prepares_and_trains(shared_data, tmp_path):
     )
     manifest = prep(cfg).manifest
     assert set(manifest["languages"]["directions"]) == set(cfg.data.pairs)
+    assert manifest["corpora"]["de-fr"]["zero_shot"] == ["de-fr", "fr-de"]  # FLORES serves it
     train(cfg)
     report = evaluate(load_config(tmp_path / "run", ["eval.directions=[en-de]"])).report
     assert report["directions"]["en-de"]["lines"] == 1012  # FLORES-200 devtest
