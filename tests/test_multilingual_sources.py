@@ -202,7 +202,7 @@ def test_prep_fetches_every_pair_from_one_download(tmp_path, release):
 
 
 def test_a_local_multi_way_test_set_replaces_the_sources_test(tmp_path, release):
-    flores = SHARED_DATA / "flores200_devtest" / "test"
+    flores = (SHARED_DATA / "flores200_devtest").resolve() / "test"  # as config paths resolve
     manifest = prep(_config(tmp_path, f"data.test={flores}")).manifest
     for x in PAIRS:
         corpus = manifest["corpora"][f"en-{x}"]
