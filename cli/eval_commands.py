@@ -49,7 +49,9 @@ def multilingual_eval_table(report: dict):
         table.add_column(column, justify="left" if column == "direction" else "right")
     notes, signatures = [], []  # both averages are scored alike: one set of signatures
     for zero_shot, label in ((False, "average"), (True, "zero-shot average")):
-        rows = {k: d for k, d in report["directions"].items() if d.get("zero_shot") is zero_shot}
+        rows = {
+            k: d for k, d in report["directions"].items() if bool(d.get("zero_shot")) is zero_shot
+        }
         for name, info in rows.items():
             scores = info["scores"]
             table.add_row(
