@@ -73,6 +73,7 @@ from moe_mt.moe import (
     flatten_tbd,
     sentence_index_tbd,
 )
+from moe_mt.moe.scoped import scoped_value
 
 MODEL_NAME = "moemt_mhmoe_transformer"
 MERGE_PLACEMENTS = ("before", "after")
@@ -181,13 +182,8 @@ def build_mhmoe_block(cfg, options: MoEOptions, d_model: int, d_ff: int) -> Mult
 _AWAITING_MERGE: ContextVar[list | None] = ContextVar("moemt_mhmoe_awaiting_merge", default=None)
 
 
-@contextlib.contextmanager
-def _layer_scope():
-    token = _AWAITING_MERGE.set([])
-    try:
-        yield
-    finally:
-        _AWAITING_MERGE.reset(token)
+def _layer_scope() -> contextlib.AbstractContextManager[None]:
+    return scoped_value(_AWAITING_MERGE, [])  # a fresh list per layer call
 
 
 class _MergeAfterResidualMixin:

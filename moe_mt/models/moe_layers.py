@@ -54,6 +54,7 @@ from moe_mt.moe.expert_parallel import (
     expert_parallel_groups,
     reduce_expert_grads,
 )
+from moe_mt.moe.scoped import scoped_value
 
 SIDES = ("encoder", "decoder", "both")
 ROUTERS = ("topk", "cosine")
@@ -73,14 +74,9 @@ _OBSERVERS: ContextVar[tuple[Observer, ...]] = ContextVar("moemt_moe_observers",
 _PADDING_MASK: ContextVar[Tensor | None] = ContextVar("moemt_moe_padding_mask", default=None)
 
 
-@contextlib.contextmanager
-def observe_moe(observer: Observer) -> Iterator[None]:
+def observe_moe(observer: Observer) -> contextlib.AbstractContextManager[None]:
     """Call ``observer(layer_name, moe_output)`` for every MoE layer run inside the block."""
-    token = _OBSERVERS.set(_OBSERVERS.get() + (observer,))
-    try:
-        yield
-    finally:
-        _OBSERVERS.reset(token)
+    return scoped_value(_OBSERVERS, _OBSERVERS.get() + (observer,))
 
 
 @contextlib.contextmanager
@@ -91,13 +87,8 @@ def collect_moe_outputs() -> Iterator[list[MoELayerOutput]]:
         yield collected
 
 
-@contextlib.contextmanager
-def _padding_scope(mask: Tensor | None) -> Iterator[None]:
-    token = _PADDING_MASK.set(mask)
-    try:
-        yield
-    finally:
-        _PADDING_MASK.reset(token)
+def _padding_scope(mask: Tensor | None) -> contextlib.AbstractContextManager[None]:
+    return scoped_value(_PADDING_MASK, mask)
 
 
 @dataclass(frozen=True)

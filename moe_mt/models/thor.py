@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -69,6 +68,7 @@ from moe_mt.models.moe_layers import (
 from moe_mt.models.transformer import register_sizes
 from moe_mt.moe import ExpertBank, MoEFeedForward, RandomRouter
 from moe_mt.moe.router_random import GRANULARITIES, MODES
+from moe_mt.moe.scoped import scoped_value
 
 MODEL_NAME = "moemt_thor_transformer"
 #: The encoder-output entry holding each sentence's key ([b] long), reordered with the beams.
@@ -127,14 +127,9 @@ def keyed_experts(keys: Tensor, salt: int, num_experts: int) -> Tensor:
     return h % num_experts
 
 
-@contextlib.contextmanager
-def sentence_key_scope(keys: Tensor | None) -> Iterator[None]:
+def sentence_key_scope(keys: Tensor | None) -> contextlib.AbstractContextManager[None]:
     """Make ``keys`` ``[b]`` (one per batch column) visible to the routers run in the block."""
-    token = _SENTENCE_KEYS.set(keys)
-    try:
-        yield
-    finally:
-        _SENTENCE_KEYS.reset(token)
+    return scoped_value(_SENTENCE_KEYS, keys)
 
 
 # -- the router -------------------------------------------------------------------------------

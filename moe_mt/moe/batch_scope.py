@@ -17,11 +17,13 @@ Axes: ``t`` this rank's tokens, ``T`` the global batch's tokens.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from torch import Tensor
+
+from moe_mt.moe.scoped import scoped_value
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,9 @@ class BatchScope:
 _SCOPE: ContextVar[BatchScope | None] = ContextVar("moemt_moe_batch_scope", default=None)
 
 
-@contextlib.contextmanager
-def batch_scope(scope: BatchScope | None) -> Iterator[None]:
+def batch_scope(scope: BatchScope | None) -> contextlib.AbstractContextManager[None]:
     """Make ``scope`` visible to the routers and losses run inside the block."""
-    token = _SCOPE.set(scope)
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
+    return scoped_value(_SCOPE, scope)
 
 
 def current_scope() -> BatchScope | None:
