@@ -327,7 +327,6 @@ def test_each_direction_is_scored_against_its_target_language(
     trained, corpus, tmp_path, monkeypatch
 ):
     from moe_mt.workflows import multilingual_eval
-    from moe_mt.workflows.evaluate import evaluate
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
@@ -408,7 +407,6 @@ def test_a_run_does_not_inherit_another_runs_best_validation(recipe, prepped, tm
 
 
 def test_moe_family_trains_and_evaluates_on_multilingual_batches(recipe, prepped, tmp_path):
-    from moe_mt.workflows.evaluate import evaluate
     from moe_mt.workflows.train import train
 
     run_dir = tmp_path / "run"
@@ -443,7 +441,6 @@ def test_moe_family_trains_and_evaluates_on_multilingual_batches(recipe, prepped
     ids=lambda f: f[0].split("_transformer")[0],
 )
 def test_other_moe_families_train_and_evaluate(recipe, prepped, tmp_path, family):
-    from moe_mt.workflows.evaluate import evaluate
     from moe_mt.workflows.train import train
 
     arch, criterion, extra = family
@@ -467,7 +464,6 @@ def test_other_moe_families_train_and_evaluate(recipe, prepped, tmp_path, family
 
 @pytest.mark.slow
 def test_demo_multilingual_recipe_prepares_and_trains(shared_data, tmp_path):
-    from moe_mt.workflows.evaluate import evaluate
     from moe_mt.workflows.train import train
 
     cfg = load_config(
@@ -512,7 +508,6 @@ def test_zero_shot_directions_are_scored_apart(recipe, trained, shared_data, tmp
 
 def test_eval_name_is_checked_for_multilingual_runs_too(recipe, trained):
     from moe_mt.errors import MoeMtError
-    from moe_mt.workflows.evaluate import evaluate
 
     with pytest.raises(MoeMtError, match="eval.name='../x'"):
         evaluate(_cfg(recipe, trained, "eval.name=../x"))

@@ -128,7 +128,7 @@ def zero_shot_corpora(data_cfg: DictConfig) -> dict[str, tuple[str, str]]:
     """The corpora of the zero-shot directions whose language pair no trained corpus holds:
     only their test split is prepared (named as :func:`corpora` names)."""
     trained = {frozenset(pair) for pair in corpora(directions(data_cfg)).values()}
-    found = corpora(zero_shot_directions(data_cfg)) if data_cfg.get("zero_shot") else {}
+    found = corpora(zero_shot_directions(data_cfg))
     return {name: pair for name, pair in found.items() if frozenset(pair) not in trained}
 
 
