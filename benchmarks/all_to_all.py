@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
 
-    from moe_mt.workflows.distributed import free_port
+    from moe_mt.workflows.train.distributed import free_port
 
     manager = mp.Manager()
     results = manager.dict()

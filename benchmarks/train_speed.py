@@ -39,8 +39,8 @@ def build_trainer(recipe: str, work_dir: Path, overrides: list[str]):
     from fairseq.trainer import Trainer
 
     from moe_mt.config import load_config
-    from moe_mt.workflows.fairseq_args import train_args
-    from moe_mt.workflows.rundir import RunDir
+    from moe_mt.workflows.common.rundir import RunDir
+    from moe_mt.workflows.train.fairseq_args import train_args
 
     cfg = load_config(REPO / "recipes" / recipe, [f"run_dir={work_dir}", *overrides])
     args = options.parse_args_and_arch(
@@ -102,7 +102,7 @@ def prepared_work_dir(work_dir: Path | None) -> Path:
     """The shipped corpus prepared as the demo recipe does, in ``work_dir`` (default: a
     temporary directory shared by the speed benchmarks), prepared once and then reused."""
     from moe_mt.config import load_config
-    from moe_mt.workflows.prep import prep
+    from moe_mt.workflows.prep.pipeline import prep
 
     work_dir = work_dir or Path(tempfile.gettempdir()) / "moemt-bench-train-speed"
     if not (work_dir / "data" / "manifest.json").exists():

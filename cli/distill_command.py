@@ -49,7 +49,7 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         """Distil the teacher run distill.teacher into the student of CONFIG (word- or
         sequence-level KD), in the student's own run directory; rerun to resume."""
         from moe_mt.config import load_config
-        from moe_mt.workflows.distill import distill
+        from moe_mt.workflows.distill.distillation import distill
 
         cfg = load_config(config, overrides or [])
         result = distill(cfg, console=err_console)

@@ -42,7 +42,7 @@ def multilingual_eval_table(report: dict):
     from rich.console import Group
     from rich.text import Text
 
-    from moe_mt.workflows.evaluate import METRICS
+    from moe_mt.workflows.evaluate.evaluation import METRICS
 
     table = Table(title=f"eval {report['name']} ({len(report['directions'])} directions)")
     for column in ("direction", "lines", *METRICS, "sent/s"):
@@ -164,7 +164,7 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
     def eval_command(config: config_arg, overrides: overrides_arg = None) -> None:
         """Translate a test set with a checkpoint and score it (BLEU, chrF2, TER; sacrebleu)."""
         from moe_mt.config import load_config
-        from moe_mt.workflows.evaluate import evaluate
+        from moe_mt.workflows.evaluate.evaluation import evaluate
 
         cfg = load_config(config, overrides or [])
         result = evaluate(cfg, console=err_console)
@@ -194,7 +194,7 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         """Translate the lines of stdin to stdout, one per line, with eval's checkpoint choice."""
         from moe_mt.config import load_config
         from moe_mt.errors import MoeMtError
-        from moe_mt.workflows.translate import translate_stream
+        from moe_mt.workflows.translate.translator import translate_stream
 
         if (src is None) != (tgt is None):
             raise MoeMtError("--src and --tgt go together")

@@ -78,11 +78,11 @@ def prep(
 ) -> None:
     """Validate, clean, tokenise (sentencepiece) and binarise a parallel corpus."""
     from moe_mt.config import load_config
-    from moe_mt.workflows.prep import prep as run_prep
+    from moe_mt.workflows.prep.pipeline import prep as run_prep
 
     cfg = load_config(config, overrides or [])
     if dry_run:
-        from moe_mt.workflows.prep_plan import prep_plan
+        from moe_mt.workflows.prep.plan import prep_plan
 
         for line in prep_plan(cfg).lines:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -121,7 +121,7 @@ def train(
     import shlex
 
     from moe_mt.config import load_config, to_yaml
-    from moe_mt.workflows.train import train as run_train
+    from moe_mt.workflows.train.trainer import train as run_train
 
     cfg = load_config(config, overrides or [])
     result = run_train(
@@ -132,7 +132,7 @@ def train(
         console.print(
             "fairseq-train " + shlex.join(result.fairseq_args), highlight=False, markup=False
         )
-        from moe_mt.workflows.model_summary import model_summary, summary_table
+        from moe_mt.workflows.train.model_summary import model_summary, summary_table
 
         console.print(summary_table(model_summary(cfg)))
         return
@@ -159,7 +159,7 @@ def compare(
     ] = None,
 ) -> None:
     """Evaluated runs side by side, with paired bootstrap against the baseline."""
-    from moe_mt.workflows.compare import compare as run_compare
+    from moe_mt.workflows.compare.comparison import compare as run_compare
 
     result = run_compare(run_dirs, out, baseline, split, resamples, seed, eval_name=eval_name)
     console.print(report.compare_table(result))

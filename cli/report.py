@@ -66,7 +66,7 @@ def train_table(result) -> Table:
 
 
 def compare_table(result: dict) -> Table:
-    from moe_mt.workflows.compare import SIGNIFICANCE, score_cell
+    from moe_mt.workflows.compare.comparison import SIGNIFICANCE, score_cell
 
     where = result.get("eval_name", result["split"])
     table = Table(title=f"compare {result['split']} ({result['lines']} lines, eval/{where})")

@@ -74,7 +74,7 @@ class DataConfig:
     ``<prefix>.a`` and ``<prefix>.b`` with ``{pair}`` in a prefix replaced by ``a-b``, or by
     ``b-a`` where only those files exist (one corpus serves both directions), or the registry
     corpus that ``sources`` names for its language pair; one joint sentencepiece model and
-    dictionary (``moe_mt/workflows/multilingual.py``).
+    dictionary (``moe_mt/workflows/prep/corpora.py``).
     """
 
     src: str = MISSING  # source language code, the file suffix (e.g. en)
@@ -235,7 +235,9 @@ class EvalConfig:
     thor_expert: int = 0  # the expert of thor_inference=fixed, in every expert layer
     thor_draws: int = 3  # eval: random draws (seeds seed, seed+1, ...) for the consistency report
     # Tokenised BLEU as WMT En-De papers report it, beside (never instead of) sacreBLEU:
-    legacy_bleu: bool = False  # report.json `legacy_bleu` (moe_mt/workflows/legacy_bleu.py)
+    legacy_bleu: bool = (
+        False  # report.json `legacy_bleu` (moe_mt/workflows/evaluate/legacy_bleu.py)
+    )
     legacy_bleu_compound_split: bool = True  # split hyphenated compounds (##AT##-##AT##)
     # Multilingual runs (data.pairs): eval scores these directions (empty: every one with a
     # test set); translate takes exactly one (or --src/--tgt).

@@ -35,7 +35,7 @@ def demo_config(run_dir: Path, *overrides: str):
 @pytest.fixture(scope="session")
 def prepped_demo(tmp_path_factory) -> Path:
     """The shipped corpus prepared once per test session (small vocabulary for speed)."""
-    from moe_mt.workflows.prep import prep
+    from moe_mt.workflows.prep.pipeline import prep
 
     run_dir = tmp_path_factory.mktemp("prepped") / "demo"
     prep(demo_config(run_dir, "data.spm.vocab_size=2000"))
@@ -62,7 +62,7 @@ def trained_demo(prepped_demo, tmp_path_factory) -> Path:
     Treat it as read-only: copy it (shutil.copytree) before changing anything."""
     import shutil
 
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("trained") / "demo"
     shutil.copytree(prepped_demo, run_dir)

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from moe_mt.cli.main import app
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.compare import compare
-from moe_mt.workflows.evaluate import evaluate
+from moe_mt.workflows.compare.comparison import compare
+from moe_mt.workflows.evaluate.evaluation import evaluate
 from tests.conftest import TINY_MODEL, demo_config
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from moe_mt.checkpoints import load_state, read_num_updates
 from moe_mt.cli.main import app
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.distill import (
+from moe_mt.workflows.distill.distillation import (
     CRITERION,
     distill,
     gain_kept,
@@ -165,7 +165,7 @@ def test_demo_recipe_loads():
 def test_thor_teacher_word_level(prepped_demo, tmp_path):
     """An MoE (THOR) teacher: FFNs from the mean of its experts, its inference mode passed to
     the criterion, and the student trains a few updates."""
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     thor = tmp_path / "thor"
     shutil.copytree(prepped_demo, thor)

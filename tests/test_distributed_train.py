@@ -18,13 +18,13 @@ import torch
 
 from moe_mt.checkpoints import load_state
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.distributed import (
+from moe_mt.workflows.train.distributed import (
     free_port,
     launch_plan,
     run_local_ranks,
     torchrun_environ,
 )
-from moe_mt.workflows.train import checkpoint_update, config_differences, train
+from moe_mt.workflows.train.trainer import checkpoint_update, config_differences, train
 from tests.conftest import REPO, TINY_MODEL, demo_config
 
 RECIPE = str(REPO / "recipes" / "demo.yaml")
@@ -154,8 +154,8 @@ def test_resume_on_another_number_of_ranks_warns(tmp_path):
     from omegaconf import OmegaConf
 
     from moe_mt.config import RUN_CONFIG, schema, to_yaml
-    from moe_mt.workflows.rundir import RunDir
-    from moe_mt.workflows.train import _guard
+    from moe_mt.workflows.common.rundir import RunDir
+    from moe_mt.workflows.train.trainer import _guard
 
     a = schema()
     a.name, a.run_dir, a.train.distributed_world_size, a.train.update_freq = "x", "r", 1, 2
@@ -171,7 +171,7 @@ def test_resume_on_another_number_of_ranks_warns(tmp_path):
 
 WATCHED = """
 import sys, time, torch
-from moe_mt.workflows.distributed import Watchdog
+from moe_mt.workflows.train.distributed import Watchdog
 
 layer = torch.nn.Linear(2, 2)
 with Watchdog(1.0, "rank 0: silent"):

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from moe_mt.cli.main import app
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.evaluate import evaluate, read_lines, score
+from moe_mt.workflows.evaluate.evaluation import evaluate, read_lines, score
 from tests.conftest import TINY_MODEL, demo_config
 
 SIGNATURE_START = {
@@ -174,7 +174,7 @@ def test_paired_bootstrap_between_runs(trained_demo, tmp_path):
 
 
 def test_eval_refuses_a_busy_run_dir(run_copy):
-    from moe_mt.workflows.rundir import RunDir
+    from moe_mt.workflows.common.rundir import RunDir
 
     with RunDir(run_copy).locked():
         with pytest.raises(MoeMtError, match="in use"):
@@ -197,7 +197,7 @@ def test_eval_input_errors(run_copy, tmp_path):
 
 def test_paired_bootstrap_equal_systems_are_not_significant():
     """sacrebleu returns 1/(n+1) for a zero difference; equal systems must read p = 1."""
-    from moe_mt.workflows.evaluate import paired_bootstrap
+    from moe_mt.workflows.evaluate.evaluation import paired_bootstrap
 
     refs = ["the cat sat on the mat", "a dog barked", "it is raining today", "hello world"]
     hyps = ["the cat sat on a mat", "a dog barks", "it rains today", "hello world"]

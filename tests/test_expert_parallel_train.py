@@ -18,7 +18,7 @@ import torch
 
 import moe_mt
 from moe_mt.moe.expert_parallel import ShardedExpertBank, gather_expert_state
-from moe_mt.workflows.rundir import RunDir
+from moe_mt.workflows.common.rundir import RunDir
 from tests.conftest import TINY_MODEL, demo_config
 from tests.test_expert_parallel import run_ranks
 
@@ -39,7 +39,7 @@ def build(run_dir: Path, *overrides: str, seed: int = 1):
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    from moe_mt.workflows.fairseq_args import train_args
+    from moe_mt.workflows.train.fairseq_args import train_args
 
     moe_mt.register()
     cfg = demo_config(run_dir, *EP_MODEL, *overrides)
@@ -143,7 +143,7 @@ HALF, FULL = 2, 4  # updates
 
 
 def _train(run_dir: Path, *overrides: str):
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     return train(demo_config(run_dir, *E2E, "train.log_interval=1", *overrides))
 

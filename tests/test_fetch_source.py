@@ -13,7 +13,7 @@ from moe_mt.data_prep import fetch_source
 from moe_mt.data_prep.sources import Archive, Holdout, Part, Source, register_source
 from moe_mt.data_prep.sources import unregister_source as unregister
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.prep import prep
+from moe_mt.workflows.prep.pipeline import prep
 from tests.test_download import Server, make_tar, sha
 
 NAME = "fixture_en_de"

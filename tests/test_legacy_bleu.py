@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from moe_mt.workflows.legacy_bleu import (
+from moe_mt.workflows.evaluate.legacy_bleu import (
     NOTE,
     compound_split,
     legacy_bleu,
@@ -116,7 +116,7 @@ def test_legacy_bleu_entry_tokenises_and_splits_both_sides():
 
 
 def test_eval_reports_legacy_bleu_only_when_asked(trained_demo, tmp_path):
-    from moe_mt.workflows.evaluate import evaluate, read_lines
+    from moe_mt.workflows.evaluate.evaluation import evaluate, read_lines
     from tests.conftest import TINY_MODEL, demo_config
 
     run = tmp_path / "run"

@@ -18,7 +18,7 @@ from moe_mt.models.mhmoe import (
     split_heads,
 )
 from moe_mt.moe import ExpertBank, MoEFeedForward, TopKRouter
-from moe_mt.workflows.expert_usage import track_expert_usage
+from moe_mt.workflows.evaluate.expert_usage import track_expert_usage
 from tests.conftest import REPO
 from tests.test_switch import _load, _translate, batch, build, moe_config
 
@@ -164,7 +164,7 @@ def test_pads_and_sub_token_counts_in_the_model(prepped_demo):
 def test_train_reload_and_generate(prepped_demo, tmp_path, placement):
     run_dir = tmp_path / "run"
     shutil.copytree(prepped_demo, run_dir)
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     cfg = moe_config(
         run_dir, EVERY_LAYER, "model.moe.num_experts=4", "train.max_update=4",
@@ -192,7 +192,7 @@ def test_train_reload_and_generate(prepped_demo, tmp_path, placement):
 
 def test_recipe_loads_and_passes_the_keys(tmp_path):
     from moe_mt.config import load_config
-    from moe_mt.workflows.fairseq_args import model_args
+    from moe_mt.workflows.train.fairseq_args import model_args
 
     cfg = load_config(REPO / "recipes" / "demo_mhmoe.yaml", [f"run_dir={tmp_path}"])
     args = model_args(cfg.model)

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.model_summary import build_model, model_summary
+from moe_mt.workflows.train.model_summary import build_model, model_summary
 from tests.conftest import REPO, TINY_MODEL, demo_config
 
 # TINY_MODEL: 1+1 layers, d=64, FFN 128, 2 heads; the run's dictionary (2,008 symbols).

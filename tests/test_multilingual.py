@@ -20,10 +20,10 @@ from moe_mt.cli.main import app
 from moe_mt.config import load_config
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.evaluate import evaluate, score
-from moe_mt.workflows.multilingual import Direction, corpora, pair_files, parse_direction
-from moe_mt.workflows.multilingual_eval import macro_average
-from moe_mt.workflows.prep import prep
+from moe_mt.workflows.evaluate.directions import macro_average
+from moe_mt.workflows.evaluate.evaluation import evaluate, score
+from moe_mt.workflows.prep.corpora import Direction, corpora, pair_files, parse_direction
+from moe_mt.workflows.prep.pipeline import prep
 from tests.conftest import REPO, TINY_MODEL
 
 PAIRS = ("en-de", "de-en", "en-fr", "fr-en", "es-en")
@@ -84,7 +84,7 @@ def prepped(recipe, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(recipe, prepped, tmp_path_factory) -> Path:
     """The prepared run with a tiny dense model trained for 30 updates (read-only)."""
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("ml_trained") / "run"
     shutil.copytree(prepped, run_dir)
@@ -205,9 +205,9 @@ def test_lowercase_applies_to_every_corpus(corpus, tmp_path, monkeypatch):
 
 
 def test_fairseq_task_arguments(recipe, tmp_path):
-    from moe_mt.workflows.fairseq_args import train_args
-    from moe_mt.workflows.rundir import RunDir
-    from moe_mt.workflows.train import parse_fairseq_args
+    from moe_mt.workflows.common.rundir import RunDir
+    from moe_mt.workflows.train.fairseq_args import train_args
+    from moe_mt.workflows.train.trainer import parse_fairseq_args
 
     cfg = _cfg(recipe, tmp_path / "run", "train.sampling_temperature=2.0")
     args = train_args(cfg, RunDir(cfg.run_dir))
@@ -227,7 +227,7 @@ def test_fairseq_task_arguments(recipe, tmp_path):
 
 @pytest.fixture(scope="module")
 def translator(trained):
-    from moe_mt.workflows.translate import DecodeOptions, Translator
+    from moe_mt.workflows.translate.translator import DecodeOptions, Translator
 
     checkpoint = trained / "checkpoints" / "checkpoint_last.pt"
     return Translator.load(trained, checkpoint, DecodeOptions(beam=2, max_len_a=0, max_len_b=8))
@@ -272,7 +272,7 @@ def test_every_language_token_is_stripped_from_the_output(translator, monkeypatc
 
 
 def test_dry_run_summary_counts_the_language_tokens(recipe, trained, translator):
-    from moe_mt.workflows.model_summary import model_summary
+    from moe_mt.workflows.train.model_summary import model_summary
 
     # The model embeds the joint dictionary plus one __<lang>__ token per language: the summary
     # of the config must count exactly the parameters of the model trained from it.
@@ -313,7 +313,7 @@ class _OracleTranslator:
         return _OracleTranslator(self.corpus, (src, tgt))
 
     def translate(self, lines, on_batch=None):
-        from moe_mt.workflows.translate import Translations
+        from moe_mt.workflows.translate.translator import Translations
 
         src, tgt = self.direction
         folder = "en-" + (tgt if src == "en" else src)
@@ -326,7 +326,7 @@ class _OracleTranslator:
 def test_each_direction_is_scored_against_its_target_language(
     trained, corpus, tmp_path, monkeypatch
 ):
-    from moe_mt.workflows import multilingual_eval
+    from moe_mt.workflows.evaluate import directions as multilingual_eval
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
@@ -382,7 +382,7 @@ def test_train_and_eval_dense_end_to_end(recipe, trained, tmp_path):
 
 
 def test_training_resumes_with_the_sampled_multilingual_data(recipe, trained, tmp_path):
-    from moe_mt.workflows.train import checkpoint_update, train
+    from moe_mt.workflows.train.trainer import checkpoint_update, train
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
@@ -396,7 +396,7 @@ def test_training_resumes_with_the_sampled_multilingual_data(recipe, trained, tm
 def test_a_run_does_not_inherit_another_runs_best_validation(recipe, prepped, tmp_path):
     from fairseq import checkpoint_utils
 
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     # as if an earlier training in this process had reached a loss no new run can beat
     checkpoint_utils.save_checkpoint.best = -1.0
@@ -407,7 +407,7 @@ def test_a_run_does_not_inherit_another_runs_best_validation(recipe, prepped, tm
 
 
 def test_moe_family_trains_and_evaluates_on_multilingual_batches(recipe, prepped, tmp_path):
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     run_dir = tmp_path / "run"
     shutil.copytree(prepped, run_dir)
@@ -441,7 +441,7 @@ def test_moe_family_trains_and_evaluates_on_multilingual_batches(recipe, prepped
     ids=lambda f: f[0].split("_transformer")[0],
 )
 def test_other_moe_families_train_and_evaluate(recipe, prepped, tmp_path, family):
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     arch, criterion, extra = family
     run_dir = tmp_path / "run"
@@ -464,7 +464,7 @@ def test_other_moe_families_train_and_evaluate(recipe, prepped, tmp_path, family
 
 @pytest.mark.slow
 def test_demo_multilingual_recipe_prepares_and_trains(shared_data, tmp_path):
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     cfg = load_config(
         REPO / "recipes" / "demo_multilingual.yaml",

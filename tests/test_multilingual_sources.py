@@ -22,7 +22,7 @@ from moe_mt.config import load_config
 from moe_mt.data_prep.sources import Archive, get_source, register_source
 from moe_mt.data_prep.sources import unregister_source as unregister
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.prep import prep
+from moe_mt.workflows.prep.pipeline import prep
 from tests.conftest import REPO, SHARED_DATA
 from tests.test_download import Server, make_tar, sha
 

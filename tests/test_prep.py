@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from moe_mt.cli.main import app
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.prep import prep
-from moe_mt.workflows.rundir import RunDir
+from moe_mt.workflows.common.rundir import RunDir
+from moe_mt.workflows.prep.pipeline import prep
 
 SMALL = 300  # lines of the shipped corpus per split in these tests
 
@@ -213,7 +213,7 @@ def test_interrupted_rebuild_keeps_previous_data(tmp_path, corpus, monkeypatch):
     prep(_load(tmp_path, corpus))
     manifest = (tmp_path / "run" / "data" / "manifest.json").read_bytes()
 
-    from moe_mt.workflows import prep as prep_module
+    from moe_mt.workflows.prep import pipeline as prep_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from moe_mt.cli.main import app
 from moe_mt.config import load_config
 from moe_mt.data_prep.sources import get_source
-from moe_mt.workflows.prep_plan import prep_plan
+from moe_mt.workflows.prep.plan import prep_plan
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from moe_mt.config import load_config
-from moe_mt.workflows.prep import prep
+from moe_mt.workflows.prep.pipeline import prep
 from tests.conftest import REPO
 
 CORPORA = [

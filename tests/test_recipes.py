@@ -12,9 +12,9 @@ import pytest
 
 from moe_mt.config import load_config
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.fairseq_args import train_args
-from moe_mt.workflows.rundir import RunDir
-from moe_mt.workflows.train import parse_fairseq_args
+from moe_mt.workflows.common.rundir import RunDir
+from moe_mt.workflows.train.fairseq_args import train_args
+from moe_mt.workflows.train.trainer import parse_fairseq_args
 from tests.conftest import REPO, SHARED_DATA
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

@@ -117,7 +117,7 @@ def test_sparse_decoder_and_layer_placement(prepped_demo):
 
 @pytest.fixture(scope="module")
 def soft_run(prepped_demo, tmp_path_factory):
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("soft") / "run"
     shutil.copytree(prepped_demo, run_dir)
@@ -156,7 +156,7 @@ def test_a_sentence_translates_the_same_alone_and_in_a_batch(soft_run):
 
 def test_recipe_loads_and_passes_the_keys(tmp_path):
     from moe_mt.config import load_config
-    from moe_mt.workflows.fairseq_args import model_args
+    from moe_mt.workflows.train.fairseq_args import model_args
 
     cfg = load_config(REPO / "recipes" / "demo_softmoe.yaml", [f"run_dir={tmp_path}"])
     args = model_args(cfg.model)

@@ -16,9 +16,9 @@ from moe_mt.models import moe_layers
 from moe_mt.models.moe_layers import MoEOptions
 from moe_mt.models.switch import MODEL_NAME, SwitchTransformerModel
 from moe_mt.moe import MoEOutput
-from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
-from moe_mt.workflows.rundir import RunDir
-from moe_mt.workflows.train import train
+from moe_mt.workflows.common.rundir import RunDir
+from moe_mt.workflows.evaluate.expert_usage import track_expert_usage, write_expert_usage
+from moe_mt.workflows.train.trainer import train
 from tests.conftest import REPO, TINY_MODEL, demo_config
 
 SIZES = ("demo", "iwslt", "wmt", "wmt_big")
@@ -39,7 +39,7 @@ def build(run_dir: Path, *overrides: str, arch: str = "switch_transformer_demo",
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    from moe_mt.workflows.fairseq_args import train_args
+    from moe_mt.workflows.train.fairseq_args import train_args
 
     moe_mt.register()
     cfg = moe_config(run_dir, *overrides, arch=arch)
@@ -300,7 +300,7 @@ def switch_run(prepped_demo, tmp_path_factory) -> Path:
 
 def test_recipes_load_and_pass_the_moe_keys(tmp_path):
     from moe_mt.config import load_config
-    from moe_mt.workflows.fairseq_args import model_args
+    from moe_mt.workflows.train.fairseq_args import model_args
 
     dense = load_config(REPO / "recipes" / "demo.yaml", [f"run_dir={tmp_path}"])
     assert not any(a.startswith("--moe") for a in model_args(dense.model))
@@ -314,7 +314,7 @@ def test_recipes_load_and_pass_the_moe_keys(tmp_path):
 
 
 def test_live_view_shows_the_moe_column():
-    from moe_mt.workflows.train_view import TrainMonitor
+    from moe_mt.workflows.train.view import TrainMonitor
 
     monitor = TrainMonitor()
     monitor.train = {"num_updates": "5", "moe_balance": "1.1", "moe_dropped": "0.2"}

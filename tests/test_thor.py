@@ -19,7 +19,7 @@ from moe_mt.models import thor
 from moe_mt.models.moe_layers import observe_moe
 from moe_mt.models.thor import MODEL_NAME, ThorRouter, ThorTransformerModel
 from moe_mt.moe.layer import dense_expert_mean
-from moe_mt.workflows.train import train
+from moe_mt.workflows.train.trainer import train
 from tests.conftest import REPO
 from tests.test_switch import batch, build, moe_config
 
@@ -336,7 +336,7 @@ def test_train_logs_both_passes_and_the_consistency(thor_run):
 
 def test_checkpoint_reloads_with_the_eval_inference_mode(thor_run):
     from moe_mt.config import load_config
-    from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
+    from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
 
     cfg = load_config(thor_run, ["eval.thor_inference=fixed", "eval.thor_expert=1"])
     options = DecodeOptions.from_config(cfg.eval)
@@ -355,8 +355,8 @@ def test_checkpoint_reloads_with_the_eval_inference_mode(thor_run):
 
 def test_consistency_report_over_random_draws(thor_run):
     from moe_mt.config import load_config
-    from moe_mt.workflows.thor_consistency import thor_consistency
-    from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
+    from moe_mt.workflows.evaluate.thor_consistency import thor_consistency
+    from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
 
     cfg = load_config(thor_run, ["eval.thor_draws=3", "eval.beam=2"])
     translator = Translator.load(
@@ -377,8 +377,8 @@ def test_consistency_report_over_random_draws(thor_run):
 
 def test_recipe_loads_and_passes_the_thor_keys(tmp_path):
     from moe_mt.config import load_config
-    from moe_mt.workflows.fairseq_args import train_args
-    from moe_mt.workflows.rundir import RunDir
+    from moe_mt.workflows.common.rundir import RunDir
+    from moe_mt.workflows.train.fairseq_args import train_args
 
     cfg = load_config(REPO / "recipes" / "demo_thor.yaml", [f"run_dir={tmp_path}"])
     args = train_args(cfg, RunDir(cfg.run_dir))
@@ -390,7 +390,7 @@ def test_recipe_loads_and_passes_the_thor_keys(tmp_path):
 
 def test_eval_reports_the_consistency_of_thor_runs(thor_run, tmp_path):
     from moe_mt.config import load_config
-    from moe_mt.workflows.evaluate import evaluate
+    from moe_mt.workflows.evaluate.evaluation import evaluate
 
     text = thor_run / "data" / "text"
     for lang in ("en", "de"):

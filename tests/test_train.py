@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from moe_mt.cli.main import app
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.rundir import RunDir
-from moe_mt.workflows.train import checkpoint_update, config_differences, train
+from moe_mt.workflows.common.rundir import RunDir
+from moe_mt.workflows.train.trainer import checkpoint_update, config_differences, train
 from tests.conftest import REPO, TINY_MODEL, demo_config
 
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from moe_mt.cli.main import app
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.evaluate import evaluate, read_lines
-from moe_mt.workflows.translate import DecodeOptions, Translator, count_parameters
+from moe_mt.workflows.evaluate.evaluation import evaluate, read_lines
+from moe_mt.workflows.translate.translator import DecodeOptions, Translator, count_parameters
 from tests.conftest import SHIPPED, TINY_MODEL, demo_config
 
 # The 10-update checkpoint: its (poor) output still depends on the input, which lets a test see

@@ -29,7 +29,7 @@ Definition (one MH-MoE FFN on the flat tokens ``x`` ``[t, d]`` of a batch; ``h``
      passes the whole residual stream through a ``d x d`` matrix.
 
 The two projections add ``2 d^2`` weights (and ``2 d^2`` multiply-accumulates per token) to each
-MH-MoE layer; :mod:`moe_mt.workflows.model_summary` counts them.
+MH-MoE layer; :mod:`moe_mt.workflows.train.model_summary` counts them.
 
 Padding: a pad token's ``h`` sub-tokens are pads of the sub-token batch (the core's ``pad_mask``
 repeated per head), so they take no expert capacity, enter neither the balance loss nor the
@@ -38,7 +38,7 @@ router statistics, and get zero expert output (zero after the merge too, in ``be
 Statistics are the core's, over sub-tokens: ``tokens_per_expert`` counts sub-token assignments,
 ``activation_rate`` is the share of experts that received at least one sub-token in the batch
 (logged as ``moe_active`` by ``moe_label_smoothed_cross_entropy`` and per layer as
-``active_experts`` by :mod:`moe_mt.workflows.expert_usage`).
+``active_experts`` by :mod:`moe_mt.workflows.evaluate.expert_usage`).
 
 Registered: model ``moemt_mhmoe_transformer``; architectures ``mhmoe_transformer_<size>`` for
 the sizes of :data:`moe_mt.models.transformer.SIZES`. Defaults beyond Switch's

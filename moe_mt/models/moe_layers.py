@@ -376,7 +376,7 @@ class MoETransformerModel(MoeMtTransformerModel):
                     "--memory-efficient-fp16/bf16 (train.fairseq_args): its other fp16 optimizer "
                     "keeps one flattened fp32 copy whose state cannot be split per expert"
                 )
-            from moe_mt import checkpoint_sharding
+            from moe_mt.models import checkpoint_sharding
 
             ddp_ignore_expert_params(model)
             checkpoint_sharding.install()

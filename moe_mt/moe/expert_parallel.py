@@ -271,8 +271,8 @@ class ShardedExpertBank(ExpertBank):
     Built from a full bank (:meth:`from_bank`), so that its weights are those the one-process
     model draws. Its parameters carry ``expert = True`` and ``expert_shard`` (``(start, count,
     num_global, groups)``), read by the gradient reduction and by
-    :mod:`moe_mt.checkpoint_sharding`. Loading takes full-``E`` tensors (the logical checkpoint)
-    and keeps this shard's rows; :meth:`state_dict` writes full-``E`` tensors when
+    :mod:`moe_mt.models.checkpoint_sharding`. Loading takes full-``E`` tensors (the logical
+    checkpoint) and keeps this shard's rows; :meth:`state_dict` writes full-``E`` tensors when
     :func:`gather_expert_state` ran on every rank just before (else this shard's).
     """
 

@@ -1,0 +1,17 @@
+"""moemt's commands as library functions: what the CLI calls and what tests call directly.
+
+Each takes a resolved config (:func:`moe_mt.config.load_config`) and works in one experiment
+directory. One subpackage per command, in pipeline order, each holding its own helpers::
+
+    prep/       corpora in, sentencepiece + binarised fairseq data out (``RUN_DIR/data``)
+    train/      fairseq training in the run directory: arguments, launch, live view, summary
+    translate/  a loaded checkpoint translating lines (beam search, language tokens)
+    evaluate/   translate a test set and score it (sacreBLEU, bootstrap, expert usage, THOR)
+    distill/    a dense student from an MoE teacher (initialisation, teacher outputs, report)
+    compare/    evaluated runs side by side, paired bootstrap against a baseline
+    common/     what several commands share: the run directory (locks, atomic writes) and
+                progress bars
+
+Imports go one way: compare -> evaluate, train; distill -> evaluate, train, translate, prep;
+evaluate -> translate; every command -> common. Nothing here imports ``moe_mt.cli``.
+"""

@@ -14,7 +14,7 @@ Run directory contract:
 - Ctrl-C stops training; the last checkpoint stays, and the same command resumes from it.
 
 Data parallel (``train.distributed_world_size=N``, or started by torchrun / srun, see
-:mod:`moe_mt.workflows.distributed`): one process owns the run directory. Spawned, it is the
+:mod:`moe_mt.workflows.train.distributed`): one process owns the run directory. Spawned, it is the
 launching process (it holds the lock, checks and writes the config, then starts the ranks);
 under torchrun/srun it is rank 0, which does the same after the ranks have met and tells the
 others whether to start. Rank 0 alone writes ``logs/`` and the live view, fairseq writes
@@ -45,11 +45,11 @@ from moe_mt.checkpoints import read_num_updates
 from moe_mt.config import RUN_CONFIG, load_config, to_yaml
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
-from moe_mt.workflows import distributed
-from moe_mt.workflows.distributed import Launch
-from moe_mt.workflows.fairseq_args import train_args
-from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
-from moe_mt.workflows.train_view import rank_logs, training_logs
+from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
+from moe_mt.workflows.train import distributed
+from moe_mt.workflows.train.distributed import Launch
+from moe_mt.workflows.train.fairseq_args import train_args
+from moe_mt.workflows.train.view import rank_logs, training_logs
 
 #: Keys that may change between a run and its resumption: they bound or observe the training,
 #: they do not change the model, the data or the optimisation.

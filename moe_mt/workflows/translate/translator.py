@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from moe_mt.checkpoints import load_state, state_num_updates
 from moe_mt.errors import MoeMtError
 from moe_mt.models.transformer import BETTERTRANSFORMER_PARAMS
-from moe_mt.workflows.rundir import RunDir
+from moe_mt.workflows.common.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -391,7 +391,7 @@ def stream_direction(cfg: DictConfig) -> tuple[str, str] | None:
         if cfg.eval.directions:
             raise MoeMtError("eval.directions: only for multilingual runs (data.pairs)")
         return None
-    from moe_mt.workflows.multilingual import parse_direction
+    from moe_mt.workflows.prep.corpora import parse_direction
 
     if len(cfg.eval.directions) != 1:
         raise MoeMtError(

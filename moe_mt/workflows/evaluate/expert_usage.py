@@ -2,7 +2,7 @@
 
 Usage, around a whole beam-search decode of a split (one ``with`` statement)::
 
-    from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
+    from moe_mt.workflows.evaluate.expert_usage import track_expert_usage, write_expert_usage
 
     with track_expert_usage(models[0]) as usage:
         for sample in batches:

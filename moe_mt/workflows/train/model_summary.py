@@ -44,8 +44,8 @@ from rich.table import Table
 from torch import nn
 
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.fairseq_args import train_args
-from moe_mt.workflows.rundir import RunDir
+from moe_mt.workflows.common.rundir import RunDir
+from moe_mt.workflows.train.fairseq_args import train_args
 
 SENTENCE_TOKENS = 32
 
@@ -76,7 +76,7 @@ def _dictionaries(cfg: DictConfig, bin_dir: Path):
     from fairseq.data import Dictionary
 
     if cfg.data.pairs:  # multilingual: one dictionary, with the task's language tokens
-        from moe_mt.workflows.multilingual import task_dictionary
+        from moe_mt.workflows.prep.corpora import task_dictionary
 
         joint = task_dictionary(cfg.data, bin_dir)
         return joint, joint

@@ -15,8 +15,8 @@ model(s) and dictionaries). Steps, each resumable:
    ``distill.mix_original``.
 2. **initialisation** (``distill.init_from_teacher``): the student starts from the teacher's
    non-expert weights where names and shapes agree, its FFNs from the teacher's experts
-   (``distill.init``: mean | expert | none; :mod:`moe_mt.distill_init`); each tensor copied is
-   listed in ``logs/distill.log`` and ``distill/init.json``. Only before the first update.
+   (``distill.init``: mean | expert | none; :mod:`.student_init`); each tensor copied is listed
+   in ``logs/distill.log`` and ``distill/init.json``. Only before the first update.
 3. **training** (:func:`moe_mt.workflows.train.train`): word-level KD (``distill.mode=word``)
    uses the criterion ``distill_label_smoothed_cross_entropy`` with the teacher's checkpoint and
    ``distill.teacher_weight``; sequence-level KD the recipe's own criterion. Rerunning resumes.
@@ -42,8 +42,13 @@ from moe_mt.checkpoints import LAST, atomic_torch_save, choose_checkpoint, load_
 from moe_mt.config import load_config
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
-from moe_mt.workflows.progress import progress_bar
-from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text, building_dir
+from moe_mt.workflows.common.progress import progress_bar
+from moe_mt.workflows.common.rundir import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    building_dir,
+)
 
 MODES = ("word", "sequence")
 REPORT_FORMAT = 1
@@ -201,8 +206,8 @@ def teacher_outputs(cfg, teacher_cfg, chosen, student_dir: RunDir, console) -> t
     """Translate the teacher's cleaned training source with the teacher (resumably); return the
     file of translations and what made it."""
     from moe_mt.data_prep.download import file_sha256
-    from moe_mt.workflows.evaluate import read_lines
-    from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
+    from moe_mt.workflows.evaluate.evaluation import read_lines
+    from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
 
     teacher_dir = RunDir(teacher_cfg.run_dir)
     manifest = json.loads(teacher_dir.manifest.read_text(encoding="utf-8"))
@@ -321,7 +326,7 @@ def build_student_state(student_cfg: DictConfig, student_dir: RunDir) -> dict:
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    from moe_mt.workflows.fairseq_args import train_args
+    from moe_mt.workflows.train.fairseq_args import train_args
 
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, train_args(student_cfg, student_dir))
@@ -333,7 +338,7 @@ def build_student_state(student_cfg: DictConfig, student_dir: RunDir) -> dict:
 
 def write_init_checkpoint(cfg, student_cfg, chosen, student_dir: RunDir, console) -> Path:
     """``STUDENT/distill/init.pt``: the student with the teacher's tensors copied in."""
-    from moe_mt.distill_init import student_state_from_teacher
+    from moe_mt.workflows.distill.student_init import student_state_from_teacher
 
     student = build_student_state(student_cfg, student_dir)
     teacher = load_state(chosen.path)["model"]
@@ -374,8 +379,8 @@ def write_init_checkpoint(cfg, student_cfg, chosen, student_dir: RunDir, console
 def _evaluated(run_cfg: DictConfig, console: Console) -> dict:
     """The eval report of ``run_cfg``: an existing one of the same checkpoint and decoding
     options, or a new evaluation."""
-    from moe_mt.workflows.evaluate import REPORT, evaluate
-    from moe_mt.workflows.translate import DecodeOptions
+    from moe_mt.workflows.evaluate.evaluation import REPORT, evaluate
+    from moe_mt.workflows.translate.translator import DecodeOptions
 
     run_dir = RunDir(run_cfg.run_dir)
     ev = run_cfg.eval
@@ -468,7 +473,7 @@ def distill_report(cfg, teacher_cfg, student_cfg, console, extra: dict) -> dict:
 def distill(cfg: DictConfig, console: Console | None = None) -> DistillResult:
     """Distil the teacher ``cfg.distill.teacher`` into the student of ``cfg`` in ``cfg.run_dir``;
     rerunning resumes (teacher translation chunks, student training) and refreshes the report."""
-    from moe_mt.workflows.train import train
+    from moe_mt.workflows.train.trainer import train
 
     console = console or Console(stderr=True)
     check_distill_config(cfg)

@@ -46,7 +46,7 @@ def prep_plan(cfg: DictConfig) -> PrepPlan:
         splits = _source_inputs(data, plan) if data.source else _local_inputs(data, plan)
     text_only = set()
     if data.get("pairs"):  # test-only corpora of zero-shot directions: text, nothing binarised
-        from moe_mt.workflows.multilingual import zero_shot_corpora
+        from moe_mt.workflows.prep.corpora import zero_shot_corpora
 
         text_only = {f"{name}/test" for name in zero_shot_corpora(data)}
     _produced(data, splits, plan, text_only)
@@ -118,7 +118,7 @@ def _local_inputs(data: DictConfig, plan: PrepPlan) -> dict[str, tuple[str, str]
 
 
 def _multilingual_inputs(cfg: DictConfig, plan: PrepPlan) -> dict[str, tuple[str, str]]:
-    from moe_mt.workflows import multilingual
+    from moe_mt.workflows.prep import corpora as multilingual
 
     data = cfg.data
     sources = multilingual.check_inputs(data)

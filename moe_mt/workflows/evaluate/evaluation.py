@@ -13,9 +13,9 @@ written atomically while the run directory is locked::
     hyp.txt            one detokenised hypothesis per source line
     report.json        scores, signatures, checkpoint, decoding options, speed, versions, and
                        for MoE models ``expert_usage``: tokens per expert per MoE layer on
-                       this split (:mod:`moe_mt.workflows.expert_usage`); for THOR models
+                       this split (:mod:`moe_mt.workflows.evaluate.expert_usage`); for THOR models
                        ``thor``: the consistency of translations across random expert draws
-                       (:mod:`moe_mt.workflows.thor_consistency`)
+                       (:mod:`moe_mt.workflows.evaluate.thor_consistency`)
     expert_usage.png   the layers x experts heat map (MoE models only)
 
 The lock is held for the whole command (not only while writing), so that a busy run directory
@@ -41,12 +41,12 @@ from moe_mt.checkpoints import choose_checkpoint
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
-from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
-from moe_mt.workflows.legacy_bleu import legacy_bleu
-from moe_mt.workflows.progress import progress_bar
-from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
-from moe_mt.workflows.thor_consistency import eval_thor_consistency
-from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
+from moe_mt.workflows.common.progress import progress_bar
+from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
+from moe_mt.workflows.evaluate.expert_usage import track_expert_usage, write_expert_usage
+from moe_mt.workflows.evaluate.legacy_bleu import legacy_bleu
+from moe_mt.workflows.evaluate.thor_consistency import eval_thor_consistency
+from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
 
 REPORT_FORMAT = 1
 HYPOTHESES = "hyp.txt"
@@ -283,7 +283,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
     with run_dir.locked():
         manifest = _read_manifest(run_dir)
         if manifest.get("multilingual"):  # per-direction scores and their average
-            from moe_mt.workflows.multilingual_eval import evaluate_directions
+            from moe_mt.workflows.evaluate.directions import evaluate_directions
 
             return evaluate_directions(cfg, run_dir, manifest, options, console)
         if cfg.eval.directions:
@@ -387,7 +387,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
 
 
 def _legacy_bleu(cfg, manifest: dict, hypotheses, references) -> dict | None:
-    """Tokenised, compound-split BLEU (:mod:`moe_mt.workflows.legacy_bleu`) when asked for."""
+    """Tokenised, compound-split BLEU (:mod:`.legacy_bleu`) when asked for."""
     if not cfg.eval.legacy_bleu:
         return None
     lang = manifest.get("languages", {}).get("tgt") or cfg.data.tgt

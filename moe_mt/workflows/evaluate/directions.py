@@ -4,10 +4,10 @@ Each direction ``s-t`` of ``eval.directions`` (default: every direction of ``dat
 ``data.zero_shot``, the directions prepared for testing but never trained) is
 translated from ``data/text/<corpus>/<split>.s`` and scored against the untouched
 ``<split>.t`` of the same corpus (a de-en hypothesis against the English reference) with the
-single-pair scorer (:func:`moe_mt.workflows.evaluate.score`: sacreBLEU BLEU, chrF2, TER with
-signatures). The average is the macro average over directions, each direction's corpus-level
-score weighted equally whatever its size, as multilingual MT reports it (M2M-100, NLLB-200
-report the mean of per-direction scores); it is never a corpus score over the pooled
+single-pair scorer (:func:`moe_mt.workflows.evaluate.evaluation.score`: sacreBLEU BLEU, chrF2,
+TER with signatures). The average is the macro average over directions, each direction's
+corpus-level score weighted equally whatever its size, as multilingual MT reports it (M2M-100,
+NLLB-200 report the mean of per-direction scores); it is never a corpus score over the pooled
 directions. Zero-shot directions are averaged on their own (``zero_shot_average``); ``average``
 covers the trained directions only. Output in ``RUN_DIR/eval/<split>/``::
 
@@ -29,7 +29,9 @@ from moe_mt.checkpoints import choose_checkpoint
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
-from moe_mt.workflows.evaluate import (
+from moe_mt.workflows.common.progress import progress_bar
+from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
+from moe_mt.workflows.evaluate.evaluation import (
     EXPERT_USAGE_PNG,
     HYPOTHESES,
     METRICS,
@@ -40,12 +42,10 @@ from moe_mt.workflows.evaluate import (
     read_lines,
     score,
 )
-from moe_mt.workflows.expert_usage import track_expert_usage, write_expert_usage
-from moe_mt.workflows.multilingual import Direction, has_split, parse_direction, text_files
-from moe_mt.workflows.progress import progress_bar
-from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text
-from moe_mt.workflows.thor_consistency import eval_thor_consistency
-from moe_mt.workflows.translate import DecodeOptions, Translator, model_overrides
+from moe_mt.workflows.evaluate.expert_usage import track_expert_usage, write_expert_usage
+from moe_mt.workflows.evaluate.thor_consistency import eval_thor_consistency
+from moe_mt.workflows.prep.corpora import Direction, has_split, parse_direction, text_files
+from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
 
 
 def eval_directions(cfg: DictConfig, manifest: dict) -> list[Direction]:

@@ -15,9 +15,9 @@ English-centric run): a direction whose language pair no trained corpus holds ge
 corpus (its test set copied into ``text/``, nothing binarised), from ``data.sources`` or
 ``data.test``; eval scores them and averages them apart from the trained directions.
 
-Prep runs the single-pair steps of :mod:`moe_mt.workflows.prep` on every corpus (validation,
-cleaning of train, byte copies of valid/test), then trains one joint sentencepiece model on all
-cleaned training text and builds one joint dictionary (fairseq's
+Prep runs the single-pair steps of :mod:`moe_mt.workflows.prep.pipeline` on every corpus
+(validation, cleaning of train, byte copies of valid/test), then trains one joint sentencepiece
+model on all cleaned training text and builds one joint dictionary (fairseq's
 ``translation_multi_simple_epoch`` task wants one dictionary for all languages; it adds the
 ``__<lang>__`` tokens itself when it loads it), written as ``dict.<lang>.txt`` for every
 language. ``bin/`` holds ``<split>.<a>-<b>.<lang>.{bin,idx}`` per corpus: the task's reader
@@ -46,7 +46,7 @@ from moe_mt.data_prep import binarize, download, fetch_source, spm
 from moe_mt.data_prep.sources import Source, SourceError, get_source
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
-from moe_mt.workflows import prep as single
+from moe_mt.workflows.prep import pipeline as single
 
 PLACEHOLDER = "{pair}"
 _LANG = re.compile(r"[A-Za-z0-9_]+")

@@ -10,7 +10,7 @@ writes into an output directory of the caller's choice::
     valid_loss_updates.png    validation loss against updates, a line per run
 
 Columns: BLEU, chrF2, TER (sacreBLEU, signatures in the table's caption); parameters in total
-and active per token (:mod:`moe_mt.workflows.model_summary`); training cost (updates, epochs,
+and active per token (:mod:`moe_mt.workflows.train.model_summary`); training cost (updates, epochs,
 wall-clock and CPU seconds, cumulative over resumes); inference sentences/s; for MoE runs the
 expert activation rate and dropped-token share on the validation set at the end of training
 (the criterion's per-batch ``moe_active`` / ``moe_dropped``, same definition as the core's).
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.evaluate import METRICS, paired_bootstrap, read_lines
-from moe_mt.workflows.rundir import atomic_write_json, atomic_write_text
+from moe_mt.workflows.common.rundir import atomic_write_json, atomic_write_text
+from moe_mt.workflows.evaluate.evaluation import METRICS, paired_bootstrap, read_lines
 
 SIGNIFICANCE = 0.05
 
@@ -169,7 +169,7 @@ def _row(run: RunRecord, summaries: bool) -> dict:
     }
     if summaries:
         from moe_mt.config import load_config
-        from moe_mt.workflows.model_summary import model_summary
+        from moe_mt.workflows.train.model_summary import model_summary
 
         summary = model_summary(load_config(run.run_dir))
         row["active_parameters"] = summary.get("active_parameters")

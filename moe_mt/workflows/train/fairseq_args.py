@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import moe_mt
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.rundir import RunDir
+from moe_mt.workflows.common.rundir import RunDir
 
 
 def option(name: str) -> str:
@@ -161,7 +161,7 @@ def distributed_args(train: DictConfig) -> list[str]:
     """
     if train.distributed_world_size <= 1:
         return []
-    from moe_mt.workflows.distributed import backend
+    from moe_mt.workflows.train.distributed import backend
 
     return [
         "--distributed-world-size",
@@ -182,7 +182,7 @@ def multilingual_task_args(cfg: DictConfig) -> list[str]:
     """fairseq's ``translation_multi_simple_epoch``: every direction of ``data.pairs``, language
     tokens, temperature sampling over the directions (p_ij ~ (n_ij / n)^(1/T), Arivazhagan et
     al. 2019)."""
-    from moe_mt.workflows.multilingual import directions, languages
+    from moe_mt.workflows.prep.corpora import directions, languages
 
     dirs = directions(cfg.data)
     train = cfg.train

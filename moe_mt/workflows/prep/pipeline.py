@@ -32,8 +32,13 @@ from moe_mt.data_prep import binarize, clean, fetch_source, spm, validate
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
-from moe_mt.workflows.progress import progress_bar
-from moe_mt.workflows.rundir import RunDir, atomic_write_json, atomic_write_text, building_dir
+from moe_mt.workflows.common.progress import progress_bar
+from moe_mt.workflows.common.rundir import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    building_dir,
+)
 
 MANIFEST_FORMAT = 1
 SPLITS = ("train", "valid", "test")
@@ -69,7 +74,7 @@ def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
     run_dir = RunDir(cfg.run_dir)
     with run_dir.locked():
         if cfg.data.pairs:  # many directions, one joint vocabulary (multilingual.py)
-            from moe_mt.workflows import multilingual
+            from moe_mt.workflows.prep import corpora as multilingual
 
             files, build = multilingual.input_files(cfg.data), multilingual.build
         else:
