@@ -24,6 +24,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from moe_mt.errors import MoeMtError
+from moe_mt.models import families
 
 # Keys whose values are filesystem paths (resolved to absolute paths on load).
 PATH_KEYS = (
@@ -97,44 +98,47 @@ class DataConfig:
     spm: SpmConfig = field(default_factory=SpmConfig)
 
 
-@dataclass
 class MoEConfig:
     """Mixture-of-Experts options, passed to fairseq as ``--moe-<key>`` when set.
 
-    null (every key's default) keeps the architecture's or criterion's own default, stated once
-    in ``moe_mt/models/switch.py`` (model keys) and ``moe_mt/criterions/moe_criterion.py``
-    (loss keys). Dense architectures take none of these keys: set them only with an MoE
-    architecture (``switch_transformer_*``, ``xmoe_transformer_*``, ``mhmoe_transformer_*``,
-    ``soft_moe_transformer_*``; MH-MoE and Soft MoE defaults are stated in
-    ``moe_mt/models/mhmoe.py`` and ``moe_mt/models/soft_moe.py``); the loss keys need
-    ``train.criterion: moe_label_smoothed_cross_entropy``. THOR (``thor_transformer_*``, no
-    router: num_experts, freq, offset, sides, expert_dropout, granularity; defaults in
-    ``moe_mt/models/thor.py``) takes ``train.criterion: thor_label_smoothed_cross_entropy``
-    and its consistency_alpha; its inference mode is an eval key (``eval.thor_inference``).
+    Not written here: the fields are the ``model.moe.*`` options of every model family
+    (:mod:`moe_mt.models.families`; the built-in families' in ``moe_mt/models/options/``, a
+    plugin's in its module, see ``docs/extending.md``), declared by :func:`_declare_moe_fields`
+    and declared again, in place, when a family registers (``ModelConfig.moe`` keeps naming this
+    class). Every key is optional with default null, which keeps the architecture's (or
+    criterion's) own default; each key's help lists those defaults per family. Dense
+    architectures take none of these keys; the loss keys need the family's criterion
+    (``train.criterion``); THOR's inference mode is an eval key (``eval.thor_inference``).
     """
 
-    num_experts: Optional[int] = None  # experts per MoE layer
-    top_k: Optional[int] = None  # experts per token: 1 = Switch, 2 = GShard-style
-    freq: Optional[int] = None  # every freq-th layer of a side is an MoE layer ...
-    offset: Optional[int] = None  # ... the layers with index % freq == offset % freq (0-based)
-    sides: Optional[str] = None  # encoder | decoder | both
-    router: Optional[str] = None  # topk (Switch) | cosine (X-MoE)
-    router_dim: Optional[int] = None  # cosine router's routing width
-    router_init_scale: Optional[float] = None  # top-k gate init std sqrt(scale / d)
-    jitter: Optional[float] = None  # top-k gate input noise x * U(1 - j, 1 + j) in training
-    capacity_factor: Optional[float] = None  # training capacity factor (<= 0: no dropping)
-    eval_capacity_factor: Optional[float] = None  # eval capacity factor (<= 0: no dropping)
-    expert_dropout: Optional[float] = None  # dropout inside experts (default: activation_dropout)
-    balance_weight: Optional[float] = None  # criterion: weight of the load-balancing loss
-    z_loss: Optional[bool] = None  # criterion: add the router z-loss
-    z_loss_weight: Optional[float] = None  # criterion: its weight when added
-    # THOR (thor_transformer_*, criterion thor_label_smoothed_cross_entropy):
-    granularity: Optional[str] = None  # training expert draw: batch | sentence | token
-    consistency_alpha: Optional[float] = None  # criterion: weight of the consistency loss
-    heads: Optional[int] = None  # MH-MoE: sub-tokens per token (default 4; divides embed_dim)
-    merge_placement: Optional[str] = None  # MH-MoE: merge projection before | after the residual
-    slots_per_expert: Optional[int] = None  # Soft MoE: slots per expert (default 1)
-    soft_decoder: Optional[str] = None  # Soft MoE: dense | sparse (top-k MoE) decoder
+
+def _declare_moe_fields() -> None:
+    """Make :class:`MoEConfig` the dataclass of the families' options (see its docstring)."""
+    generated = ("__init__", "__repr__", "__eq__", "__hash__", "__match_args__")
+    for name in (*generated, "__dataclass_fields__", "__dataclass_params__"):
+        if name in vars(MoEConfig):
+            delattr(MoEConfig, name)
+    MoEConfig.__annotations__ = {}
+    for name, declared in families.option_specs().items():
+        spec = declared[0][1]  # a shared key's type and help are the same in every family
+        MoEConfig.__annotations__[name] = Optional[spec.type]
+        setattr(MoEConfig, name, field(default=None, metadata={"help": _moe_help(declared)}))
+    dataclass(MoEConfig)
+
+
+def _moe_help(declared) -> str:
+    """A key's help and its default per family: ``experts per MoE layer (switch, xmoe: 8; ...)``."""
+    by_default: Dict[str, List[str]] = {}
+    for family, spec in declared:
+        if spec.default is not None:
+            by_default.setdefault(str(spec.default), []).append(family)
+    defaults = "; ".join(f"{', '.join(names)}: {value}" for value, names in by_default.items())
+    return f"{declared[0][1].help} ({defaults})" if defaults else declared[0][1].help
+
+
+_declare_moe_fields()
+families.on_options_changed(_declare_moe_fields)
+families.load_plugins()  # $MOEMT_PLUGINS: families defined outside moemt
 
 
 @dataclass

@@ -42,7 +42,8 @@ Statistics are the core's, over sub-tokens: ``tokens_per_expert`` counts sub-tok
 
 Registered: model ``moemt_mhmoe_transformer``; architectures ``mhmoe_transformer_<size>`` for
 the sizes of :data:`moe_mt.models.transformer.SIZES`. Defaults beyond Switch's
-(:data:`MHMOE_DEFAULTS`): ``moe_heads`` 4, ``moe_top_k`` 2, ``moe_merge_placement`` before.
+(:data:`MHMOE_DEFAULTS`, in :mod:`moe_mt.models.options.mhmoe`): ``moe_heads`` 4, ``moe_top_k``
+2, ``moe_merge_placement`` before.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ from __future__ import annotations
 import contextlib
 from contextvars import ContextVar
 
-from fairseq.models import register_model
 from torch import Tensor, nn
 
+from moe_mt.models.families import BlockCount, Family, parameter_count, register_family
 from moe_mt.models.moe_layers import (
     EXPERT_ACTIVATIONS,
     MoEDecoder,
@@ -61,9 +62,11 @@ from moe_mt.models.moe_layers import (
     MoEEncoderLayer,
     MoEOptions,
     _activation_dropout,
+    count_routed_block,
 )
-from moe_mt.models.switch import SwitchTransformerModel, moe_defaults
-from moe_mt.models.transformer import register_sizes
+from moe_mt.models.options.mhmoe import MHMOE_DEFAULTS, MHMOE_OPTIONS
+from moe_mt.models.switch import CRITERION, SwitchTransformerModel, moe_defaults
+from moe_mt.models.transformer import register_model_again, register_sizes
 from moe_mt.moe import (
     CosineRouter,
     ExpertBank,
@@ -77,8 +80,6 @@ from moe_mt.moe.scoped import scoped_value
 
 MODEL_NAME = "moemt_mhmoe_transformer"
 MERGE_PLACEMENTS = ("before", "after")
-
-MHMOE_DEFAULTS = {"moe_heads": 4, "moe_top_k": 2, "moe_merge_placement": "before"}
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -234,7 +235,7 @@ class MHMoEDecoder(MoEDecoder):
     build_block = MHMoEEncoder.build_block
 
 
-@register_model(MODEL_NAME)
+@register_model_again(MODEL_NAME)
 class MHMoETransformerModel(SwitchTransformerModel):
     """The dense baseline with MH-MoE FFNs in every ``moe_freq``-th layer (see the module doc)."""
 
@@ -257,4 +258,26 @@ def mhmoe_defaults(args) -> None:
     moe_defaults(args, **MHMOE_DEFAULTS)
 
 
+def count_mhmoe_block(block: MultiHeadMoE, sentence_tokens: int) -> BlockCount:
+    """Summary counts of an MH-MoE FFN: the two ``d x d`` projections (``2 d^2`` MACs, their
+    ``2 d^2 + 2 d`` weights reported as projections) and ``h`` routed sub-tokens, which reach
+    at most ``min(E, h k)`` experts."""
+    d, h = block.d_model, block.heads
+    reach = min(block.num_experts, h * block.moe.router.k)
+    inner = count_routed_block(block.moe, sentence_tokens, reach)
+    projections = parameter_count([*block.multi_head.parameters(), *block.merge.parameters()])
+    return BlockCount(
+        macs=2 * d * d + h * inner.macs,
+        expert_parameters=inner.expert_parameters,
+        inactive_parameters=inner.inactive_parameters,
+        projection_parameters=projections,
+    )
+
+
 ARCHITECTURES = register_sizes(MODEL_NAME, "mhmoe_transformer", extra=mhmoe_defaults)
+FAMILY = register_family(
+    Family(
+        "mhmoe", ("mhmoe_transformer",), MHMOE_OPTIONS, CRITERION,
+        {MultiHeadMoE: count_mhmoe_block},
+    )
+)  # fmt: skip

@@ -38,6 +38,7 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor, nn
 
 from moe_mt.errors import MoeMtError
+from moe_mt.models.families import BlockCount, parameter_count
 from moe_mt.models.transformer import (
     MoeMtDecoder,
     MoeMtEncoder,
@@ -153,6 +154,26 @@ class MoEOptions:
             dropout=dropout,
         )  # fmt: skip
         return MoEFeedForward(router, experts, self.capacity_factor, self.eval_capacity_factor)
+
+
+def count_routed_block(
+    block: MoEFeedForward, sentence_tokens: int, reach: int | None = None
+) -> BlockCount:
+    """Summary counts of a top-k (or random-draw) MoE FFN per routed row (token or sub-token).
+
+    MACs: the router's weight matrices (``d E``; cosine ``d r + r E``; none for THOR) plus ``k``
+    experts ``d f + f d``. ``reach`` (default ``k``): experts one token can use; the others'
+    weights are inactive (MH-MoE's ``h`` sub-tokens reach ``min(E, h k)``).
+    """
+    bank, k = block.experts, block.router.k
+    reach = k if reach is None else reach
+    per_expert = parameter_count(bank.parameters()) // bank.num_experts
+    router = sum(p.numel() for p in block.router.parameters() if p.dim() == 2)
+    return BlockCount(
+        macs=router + k * (bank.d_model * bank.d_ff + bank.d_ff * bank.d_out),
+        expert_parameters=per_expert * bank.num_experts,
+        inactive_parameters=per_expert * (bank.num_experts - reach),
+    )
 
 
 def expert_parallel_size(cfg) -> int | None:

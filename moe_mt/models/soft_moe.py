@@ -27,8 +27,8 @@ rate is 1.0 by construction; ``router_entropy`` is the mean entropy of the combi
 There are no auxiliary losses.
 
 Registered: model ``moemt_soft_moe_transformer``; architectures ``soft_moe_transformer_<size>``.
-Defaults beyond Switch's (:data:`SOFT_DEFAULTS`): ``moe_sides`` encoder, ``moe_slots_per_expert``
-1, ``moe_soft_decoder`` dense.
+Defaults beyond Switch's (:data:`SOFT_DEFAULTS`, in :mod:`moe_mt.models.options.soft_moe`):
+``moe_sides`` encoder, ``moe_slots_per_expert`` 1, ``moe_soft_decoder`` dense.
 """
 
 from __future__ import annotations
@@ -36,22 +36,25 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from fairseq.models import register_model
 from torch import Tensor, nn
 
 from moe_mt.errors import MoeMtError
+from moe_mt.models.families import BlockCount, Family, parameter_count, register_family
 from moe_mt.models.moe_layers import (
     EXPERT_ACTIVATIONS,
     MoEDecoder,
     MoEEncoder,
     MoEOptions,
     _activation_dropout,
+    count_routed_block,
 )
-from moe_mt.models.switch import SwitchTransformerModel, moe_defaults
-from moe_mt.models.transformer import MoeMtDecoder, register_sizes
+from moe_mt.models.options.soft_moe import SOFT_DECODERS, SOFT_DEFAULTS, SOFT_MOE_OPTIONS
+from moe_mt.models.switch import CRITERION, SwitchTransformerModel, moe_defaults
+from moe_mt.models.transformer import MoeMtDecoder, register_model_again, register_sizes
 from moe_mt.moe import (
     DispatchPlan,
     ExpertBank,
+    MoEFeedForward,
     MoEOutput,
     SoftSlotRouter,
     dispatch_stats,
@@ -61,8 +64,6 @@ from moe_mt.moe import (
 )
 
 MODEL_NAME = "moemt_soft_moe_transformer"
-SOFT_DECODERS = ("dense", "sparse")
-SOFT_DEFAULTS = {"moe_sides": "encoder", "moe_slots_per_expert": 1, "moe_soft_decoder": "dense"}
 
 
 def check_soft_moe_args(args) -> None:
@@ -163,7 +164,7 @@ class SoftMoEDecoder(MoEDecoder):
         return super().make_layer(cfg, index, no_encoder_attn)
 
 
-@register_model(MODEL_NAME)
+@register_model_again(MODEL_NAME)
 class SoftMoETransformerModel(SwitchTransformerModel):
     """Soft MoE encoder, dense or top-k MoE decoder (see the module docstring)."""
 
@@ -190,4 +191,24 @@ def soft_moe_defaults(args) -> None:
     moe_defaults(args, **SOFT_DEFAULTS)
 
 
+def count_soft_block(block: SoftMoEFeedForward, sentence_tokens: int) -> BlockCount:
+    """Summary counts of a Soft MoE FFN for sentences of ``sentence_tokens`` tokens: logits,
+    dispatch and combine (``E s (2 d + o)``) plus the experts' ``E s`` slots shared by the
+    sentence's tokens; every expert is active (every token feeds every slot)."""
+    bank, router = block.experts, block.router
+    slots = router.num_experts * router.slots_per_expert
+    expert = bank.d_model * bank.d_ff + bank.d_ff * bank.d_out
+    routing = slots * (2 * bank.d_model + bank.d_out)
+    return BlockCount(
+        macs=routing + round(slots * expert / sentence_tokens),
+        expert_parameters=parameter_count(bank.parameters()),
+    )
+
+
 ARCHITECTURES = register_sizes(MODEL_NAME, "soft_moe_transformer", extra=soft_moe_defaults)
+FAMILY = register_family(
+    Family(
+        "soft_moe", ("soft_moe_transformer",), SOFT_MOE_OPTIONS, CRITERION,
+        {SoftMoEFeedForward: count_soft_block, MoEFeedForward: count_routed_block},
+    )
+)  # fmt: skip

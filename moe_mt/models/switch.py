@@ -10,7 +10,8 @@ wmt_big; the backbone is the dense baseline's of the same size):
 - ``xmoe_transformer_<size>``: the same with X-MoE's cosine router in a ``--moe-router-dim``
   space with a learned temperature (``--moe-router cosine``).
 
-Defaults (:data:`MOE_DEFAULTS`, stated only here; an option left unset takes it):
+Defaults (:data:`MOE_DEFAULTS`, stated once in :mod:`moe_mt.models.options.switch` with the
+options' help; an option left unset takes it):
 
 =========================  ==========  ===================================================
 option                     default     meaning
@@ -41,30 +42,22 @@ fairseq saves these args in every checkpoint, so a model reloads from its checkp
 
 from __future__ import annotations
 
-from fairseq.models import register_model
-
-from moe_mt.models.moe_layers import ROUTERS, SIDES, MoETransformerModel
-from moe_mt.models.transformer import register_sizes
+from moe_mt.models.families import Family, register_family
+from moe_mt.models.moe_layers import ROUTERS, SIDES, MoETransformerModel, count_routed_block
+from moe_mt.models.options.switch import (
+    MOE_DEFAULTS,
+    SWITCH_OPTIONS,
+    XMOE_DEFAULTS,
+    XMOE_OPTIONS,
+)
+from moe_mt.models.transformer import register_model_again, register_sizes
+from moe_mt.moe import MoEFeedForward
 
 MODEL_NAME = "moemt_moe_transformer"
-
-MOE_DEFAULTS = {
-    "moe_num_experts": 8,
-    "moe_top_k": 1,
-    "moe_freq": 2,
-    "moe_offset": 1,
-    "moe_sides": "both",
-    "moe_router": "topk",
-    "moe_router_dim": 16,
-    "moe_router_init_scale": 0.1,
-    "moe_jitter": 0.0,
-    "moe_capacity_factor": 1.25,
-    "moe_eval_capacity_factor": None,
-    "moe_expert_dropout": None,
-}
+CRITERION = "moe_label_smoothed_cross_entropy"
 
 
-@register_model(MODEL_NAME)
+@register_model_again(MODEL_NAME)
 class SwitchTransformerModel(MoETransformerModel):
     """The dense baseline with MoE FFNs in every ``moe_freq``-th layer (see the module doc)."""
 
@@ -99,9 +92,21 @@ def moe_defaults(args, **overrides) -> None:
 
 
 def _xmoe_defaults(args) -> None:
-    moe_defaults(args, moe_router="cosine")
+    moe_defaults(args, **XMOE_DEFAULTS)
 
 
 ARCHITECTURES = register_sizes(MODEL_NAME, "switch_transformer", extra=moe_defaults) + (
     register_sizes(MODEL_NAME, "xmoe_transformer", extra=_xmoe_defaults)
 )
+SWITCH = register_family(
+    Family(
+        "switch", ("switch_transformer",), SWITCH_OPTIONS, CRITERION,
+        {MoEFeedForward: count_routed_block},
+    )
+)  # fmt: skip
+XMOE = register_family(
+    Family(
+        "xmoe", ("xmoe_transformer",), XMOE_OPTIONS, CRITERION,
+        {MoEFeedForward: count_routed_block},
+    )
+)  # fmt: skip

@@ -20,7 +20,8 @@ families) hold ``moe_num_experts`` FFN experts and no gate. Architectures
   - ``fixed``: expert ``moe_inference_expert`` in every expert layer (the dense model's cost);
   - ``mean``: the average of all experts' outputs (``E`` times the FFN cost of those layers).
 
-Defaults (:data:`THOR_DEFAULTS`, stated only here; an option left unset takes it):
+Defaults (:data:`THOR_DEFAULTS`, stated once in :mod:`moe_mt.models.options.thor` with the
+options' help; an option left unset takes it):
 
 ======================  ========  =========================================================
 option                  default   meaning
@@ -54,9 +55,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
-from fairseq.models import register_model
 from torch import Tensor, nn
 
+from moe_mt.models.families import Family, register_family
 from moe_mt.models.moe_layers import (
     EXPERT_ACTIVATIONS,
     SIDES,
@@ -64,8 +65,10 @@ from moe_mt.models.moe_layers import (
     MoEEncoder,
     MoEOptions,
     MoETransformerModel,
+    count_routed_block,
 )
-from moe_mt.models.transformer import register_sizes
+from moe_mt.models.options.thor import THOR_DEFAULTS, THOR_OPTIONS
+from moe_mt.models.transformer import register_model_again, register_sizes
 from moe_mt.moe import ExpertBank, MoEFeedForward, RandomRouter
 from moe_mt.moe.router_random import GRANULARITIES, MODES
 from moe_mt.moe.scoped import scoped_value
@@ -73,18 +76,6 @@ from moe_mt.moe.scoped import scoped_value
 MODEL_NAME = "moemt_thor_transformer"
 #: The encoder-output entry holding each sentence's key ([b] long), reordered with the beams.
 SENTENCE_KEY = "thor_sentence_key"
-
-THOR_DEFAULTS = {
-    "moe_num_experts": 2,
-    "moe_freq": 2,
-    "moe_offset": 0,
-    "moe_sides": "both",
-    "moe_granularity": "batch",
-    "moe_inference": "random",
-    "moe_inference_expert": 0,
-    "moe_inference_seed": 1,
-    "moe_expert_dropout": None,
-}
 
 # Keys and hashes live in [0, 2^31 - 1): products of two of them fit in int64.
 _PRIME = 2**31 - 1
@@ -296,7 +287,7 @@ class ThorDecoder(MoEDecoder):
             return super().extract_features(prev_output_tokens, encoder_out, *args, **kwargs)
 
 
-@register_model(MODEL_NAME)
+@register_model_again(MODEL_NAME)
 class ThorTransformerModel(MoETransformerModel):
     """The dense baseline with THOR's stochastic expert layers (see the module docstring)."""
 
@@ -345,3 +336,9 @@ def thor_defaults(args) -> None:
 
 
 ARCHITECTURES = register_sizes(MODEL_NAME, "thor_transformer", extra=thor_defaults)
+FAMILY = register_family(
+    Family(
+        "thor", ("thor_transformer",), THOR_OPTIONS, "thor_label_smoothed_cross_entropy",
+        {MoEFeedForward: count_routed_block},
+    )
+)  # fmt: skip

@@ -22,7 +22,15 @@ wmt_big    6       1024   4096  16     Transformer-big (dropout 0.3 in recipes)
 from __future__ import annotations
 
 from fairseq.distributed import fsdp_wrap
-from fairseq.models import register_model, register_model_architecture
+from fairseq.models import (
+    ARCH_CONFIG_REGISTRY,
+    ARCH_MODEL_INV_REGISTRY,
+    ARCH_MODEL_NAME_REGISTRY,
+    ARCH_MODEL_REGISTRY,
+    MODEL_REGISTRY,
+    register_model,
+    register_model_architecture,
+)
 from fairseq.models.transformer import (
     TransformerConfig,
     TransformerDecoderBase,
@@ -38,6 +46,7 @@ from fairseq.modules.transformer_layer import (
 from torch import nn
 
 import moe_mt  # noqa: F401  (compat patches before fairseq is imported)
+from moe_mt.models.families import Family, register_family
 
 MODEL_NAME = "moemt_transformer"
 
@@ -110,7 +119,29 @@ class MoeMtDecoder(TransformerDecoderBase):
         return TransformerDecoderLayerBase(cfg, no_encoder_attn)
 
 
-@register_model(MODEL_NAME)
+def register_model_again(name: str):
+    """fairseq's ``register_model``, except that the same class imported again (same class name,
+    same module file name: ``importlib.reload``, or a plugin module reached under two package
+    paths) replaces the earlier registration and its architectures instead of failing."""
+
+    def register(cls):
+        earlier = MODEL_REGISTRY.get(name)
+        if earlier is not None and _definition(earlier) == _definition(cls):
+            for arch in ARCH_MODEL_INV_REGISTRY.pop(name, []):
+                for registry in (ARCH_MODEL_REGISTRY, ARCH_MODEL_NAME_REGISTRY):
+                    registry.pop(arch, None)
+                ARCH_CONFIG_REGISTRY.pop(arch, None)
+            del MODEL_REGISTRY[name]
+        return register_model(name)(cls)
+
+    return register
+
+
+def _definition(cls) -> tuple[str, str]:
+    return cls.__module__.rpartition(".")[2], cls.__qualname__
+
+
+@register_model_again(MODEL_NAME)
 class MoeMtTransformerModel(TransformerModel):
     """The dense baseline; MoE families override :attr:`encoder_class` / :attr:`decoder_class`."""
 
@@ -164,3 +195,4 @@ def register_sizes(model_name: str, prefix: str, extra=None) -> list[str]:
 
 
 ARCHITECTURES = register_sizes(MODEL_NAME, MODEL_NAME)
+FAMILY = register_family(Family("dense", arch_prefixes=(MODEL_NAME,)))

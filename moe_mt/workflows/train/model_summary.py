@@ -6,6 +6,11 @@ dictionary of ``data.spm.vocab_size`` symbols (plus fairseq's 4 specials). Param
 here, from the modules, not by fairseq (whose encoder layers would count unused copies, see
 :mod:`moe_mt.models.transformer`); shared tensors (tied embeddings) count once.
 
+Every MoE block is counted by the counter its model family registers
+(:mod:`moe_mt.models.families`; the formulas below are those of the built-in families' counters,
+in their model files); a module that holds experts or parameters of its own and that no family
+counts is an error, never a silent zero.
+
 Counts:
 
 - ``parameters``: every trained parameter.
@@ -44,6 +49,8 @@ from rich.table import Table
 from torch import nn
 
 from moe_mt.errors import MoeMtError
+from moe_mt.models import families
+from moe_mt.models.families import parameter_count
 from moe_mt.workflows.common.rundir import RunDir
 from moe_mt.workflows.train.fairseq_args import train_args
 
@@ -101,18 +108,23 @@ def model_summary(cfg: DictConfig, sentence_tokens: int = SENTENCE_TOKENS) -> di
 
 
 def summarize(model: nn.Module, arch: str, sentence_tokens: int = SENTENCE_TOKENS) -> dict:
-    """The summary dict of a built model."""
-    counter = _Counter(sentence_tokens)
-    encoder = counter.macs(model.encoder)
-    decoder = counter.macs(model.decoder)
-    parameters = _count(model.parameters())
+    """The summary dict of a built model.
+
+    Raises:
+        MoeMtError: a module that holds experts, or parameters of its own, that no registered
+            family counts (:func:`_refuse_unknown`).
+    """
+    tally = _Tally(sentence_tokens)
+    encoder = tally.macs(model.encoder)
+    decoder = tally.macs(model.decoder)
+    parameters = parameter_count(model.parameters())
     return {
         "arch": arch,
         "parameters": parameters,
-        "active_parameters": parameters - counter.inactive,
-        "expert_parameters": counter.experts,
-        "projection_parameters": counter.projections,
-        "moe_layers": counter.moe_layers,
+        "active_parameters": parameters - tally.inactive,
+        "expert_parameters": tally.experts,
+        "projection_parameters": tally.projections,
+        "moe_layers": tally.moe_layers,
         "encoder_flops": 2 * encoder,
         "decoder_flops": 2 * decoder,
         "flops_per_token": 2 * (encoder + decoder),
@@ -120,65 +132,53 @@ def summarize(model: nn.Module, arch: str, sentence_tokens: int = SENTENCE_TOKEN
     }
 
 
-def _count(parameters) -> int:
-    seen, total = set(), 0
-    for p in parameters:
-        if id(p) not in seen and not p.is_meta:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+#: Modules with parameters but no multiply-accumulate per token that counts (lookups, norms).
+NO_MACS = (nn.Embedding, nn.LayerNorm)
 
 
-class _Counter:
-    """Walks a module tree: MACs per token, and expert / inactive / projection parameters."""
+class _Tally:
+    """Walks a module tree: MACs per token, and expert / inactive / projection parameters.
+
+    An MoE block is counted by its family's counter (:func:`moe_mt.models.families.block_counter`),
+    an ``nn.Linear`` as ``in x out``; anything else is a container whose children are walked.
+    """
 
     def __init__(self, sentence_tokens: int) -> None:
         self.sentence_tokens = sentence_tokens
         self.experts = self.inactive = self.projections = self.moe_layers = 0
 
     def macs(self, module: nn.Module) -> int:
-        from moe_mt.models.mhmoe import MultiHeadMoE
-        from moe_mt.models.soft_moe import SoftMoEFeedForward
-        from moe_mt.moe import MoEFeedForward
-
-        if isinstance(module, MultiHeadMoE):
+        found = families.block_counter(type(module))
+        if found is not None:
+            count = found[1](module, self.sentence_tokens)
             self.moe_layers += 1
-            d, h = module.d_model, module.heads
-            self.projections += _count(
-                [*module.multi_head.parameters(), *module.merge.parameters()]
-            )
-            reach = min(module.num_experts, h * module.moe.router.k)
-            return 2 * d * d + h * self._topk(module.moe, reach)
-        if isinstance(module, SoftMoEFeedForward):
-            self.moe_layers += 1
-            return self._soft(module)
-        if isinstance(module, MoEFeedForward):
-            self.moe_layers += 1
-            return self._topk(module, module.router.k)
+            self.experts += count.expert_parameters
+            self.inactive += count.inactive_parameters
+            self.projections += count.projection_parameters
+            return count.macs
         if isinstance(module, nn.Linear):
             return 0 if module.weight.is_meta else module.weight.numel()
+        _refuse_unknown(module)
         return sum(self.macs(child) for child in module.children())
 
-    def _topk(self, block, reach: int) -> int:
-        """MACs of one routed row (token or sub-token); books the unreachable experts."""
-        bank, k = block.experts, block.router.k
-        per_expert = _count(bank.parameters()) // bank.num_experts
-        self.experts += per_expert * bank.num_experts
-        self.inactive += per_expert * (bank.num_experts - reach)
-        router = self._router_macs(block.router)
-        return router + k * (bank.d_model * bank.d_ff + bank.d_ff * bank.d_out)
 
-    @staticmethod
-    def _router_macs(router) -> int:
-        return sum(p.numel() for p in router.parameters() if p.dim() == 2)
+def _refuse_unknown(module: nn.Module) -> None:
+    """A module that no family counts may only be a container (its children are counted) or
+    a lookup / norm: one holding an expert bank or other parameters of its own would count 0."""
+    from moe_mt.moe import ExpertBank
 
-    def _soft(self, block) -> int:
-        bank, router = block.experts, block.router
-        self.experts += _count(bank.parameters())
-        slots = router.num_experts * router.slots_per_expert
-        expert = bank.d_model * bank.d_ff + bank.d_ff * bank.d_out
-        routing = slots * (2 * bank.d_model + bank.d_out)  # logits, dispatch, combine
-        return routing + round(slots * expert / self.sentence_tokens)
+    holds_experts = isinstance(module, ExpertBank) or any(
+        isinstance(child, ExpertBank) for child in module.children()
+    )
+    own = any(p is not None for p in module._parameters.values())
+    if holds_experts or (own and not isinstance(module, NO_MACS)):
+        cls = type(module)
+        what = "holds experts" if holds_experts else "has parameters of its own"
+        raise MoeMtError(
+            f"model summary: block {cls.__module__}.{cls.__qualname__} {what} but no model "
+            "family counts it: register a counter for it with "
+            "moe_mt.models.families.register_family (see docs/extending.md)"
+        )
 
 
 def _millions(n: int) -> str:

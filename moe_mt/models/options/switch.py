@@ -1,0 +1,64 @@
+"""Options of Switch (``switch_transformer_*``) and X-MoE (``xmoe_transformer_*``), the routed
+families; MH-MoE, Soft MoE and THOR reuse the placement and routing ones declared here.
+
+:data:`MOE_DEFAULTS` is the defaults table of :mod:`moe_mt.models.switch` (X-MoE: the same with
+the cosine router). The loss keys default to None: the criterion's own defaults apply
+(``moe_label_smoothed_cross_entropy``, :mod:`moe_mt.criterions.moe_criterion`).
+"""
+
+from __future__ import annotations
+
+from moe_mt.models.families import OptionSpec, declare_options
+
+MOE_DEFAULTS = {
+    "moe_num_experts": 8,
+    "moe_top_k": 1,
+    "moe_freq": 2,
+    "moe_offset": 1,
+    "moe_sides": "both",
+    "moe_router": "topk",
+    "moe_router_dim": 16,
+    "moe_router_init_scale": 0.1,
+    "moe_jitter": 0.0,
+    "moe_capacity_factor": 1.25,
+    "moe_eval_capacity_factor": None,
+    "moe_expert_dropout": None,
+}
+XMOE_DEFAULTS = {**MOE_DEFAULTS, "moe_router": "cosine"}
+
+#: (type, help) of every routed family's option, in the order recipes list them.
+HELP = {
+    "num_experts": (int, "experts per MoE layer"),
+    "top_k": (int, "experts per token: 1 = Switch, 2 = GShard-style"),
+    "freq": (int, "every freq-th layer of a side is an MoE layer ..."),
+    "offset": (int, "... the layers with index % freq == offset % freq (0-based)"),
+    "sides": (str, "encoder | decoder | both"),
+    "router": (str, "topk (Switch) | cosine (X-MoE)"),
+    "router_dim": (int, "cosine router's routing width"),
+    "router_init_scale": (float, "top-k gate init std sqrt(scale / d)"),
+    "jitter": (float, "top-k gate input noise x * U(1 - j, 1 + j) in training"),
+    "capacity_factor": (float, "training capacity factor (<= 0: no dropping)"),
+    "eval_capacity_factor": (float, "eval capacity factor (null or <= 0: no dropping)"),
+    "expert_dropout": (float, "dropout inside experts (null: model.activation_dropout)"),
+}
+#: The criterion's keys (moe_label_smoothed_cross_entropy), defaults in its config dataclass.
+LOSS_OPTIONS = (
+    OptionSpec("balance_weight", float, None, "criterion: weight of the load-balancing loss"),
+    OptionSpec("z_loss", bool, None, "criterion: add the router z-loss"),
+    OptionSpec("z_loss_weight", float, None, "criterion: weight of the router z-loss"),
+)
+
+
+def routed_options(defaults: dict, names=tuple(HELP)) -> tuple[OptionSpec, ...]:
+    """The specs of ``names`` (keys of :data:`HELP`) with their defaults from ``defaults``."""
+    return tuple(
+        OptionSpec(name, HELP[name][0], defaults.get(f"moe_{name}"), HELP[name][1])
+        for name in names
+    )
+
+
+SWITCH_OPTIONS = routed_options(MOE_DEFAULTS) + LOSS_OPTIONS
+XMOE_OPTIONS = routed_options(XMOE_DEFAULTS) + LOSS_OPTIONS
+
+declare_options("switch", SWITCH_OPTIONS)
+declare_options("xmoe", XMOE_OPTIONS)
