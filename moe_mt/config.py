@@ -102,7 +102,7 @@ class MoEConfig:
     """Mixture-of-Experts options, passed to fairseq as ``--moe-<key>`` when set.
 
     Not written here: the fields are the ``model.moe.*`` options of every model family
-    (:mod:`moe_mt.models.families`; the built-in families' in ``moe_mt/models/options/``, a
+    (:mod:`moe_mt.models.families`; the built-in families' in ``moe_mt/models/*_options.py``, a
     plugin's in its module, see ``docs/extending.md``), declared by :func:`_declare_moe_fields`
     and declared again, in place, when a family registers (``ModelConfig.moe`` keeps naming this
     class). Every key is optional with default null, which keeps the architecture's (or

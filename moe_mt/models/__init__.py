@@ -3,7 +3,7 @@
 :func:`import_models` imports the model files of :data:`MODEL_MODULES`, which registers their
 models and architectures with fairseq and their families with :mod:`.families`
 (:func:`moe_mt.register` calls it). The package itself imports nothing, so that its light
-modules (:mod:`.families`, :mod:`.options`) can be read without fairseq.
+modules (:mod:`.families`, the ``*_options`` modules) can be read without fairseq.
 """
 
 import importlib

@@ -12,9 +12,10 @@ is built from the options of every family, and rebuilt when one registers.
 Why the options also live apart from the model files: the schema is read at every ``moemt``
 command, and a model file imports fairseq (about 0.6 s more, and fairseq's import-time log
 lines). So a built-in family states its options and their defaults (the single source of
-them, read by its model file's architecture functions) in a light module of
-:mod:`moe_mt.models.options` that imports no fairseq and no torch; :func:`option_specs` imports
-every module of that package (found on disk, no list to keep) and declares them. A family
+them, read by its model file's architecture functions) in a light module beside its model file,
+``moe_mt/models/<family>_options.py``, that imports no fairseq and no torch (it declares them
+with :func:`declare_options`); :func:`option_specs` imports every such module (found on disk, no
+list to keep). A family
 registered later (a plugin, :data:`PLUGINS_ENV`) declares its options by registering.
 
 Rules: an option shared by several families (``num_experts``) must have the same type and help
@@ -41,6 +42,8 @@ from moe_mt.errors import MoeMtError
 
 #: Environment variable naming extra family modules to import (comma-separated module names).
 PLUGINS_ENV = "MOEMT_PLUGINS"
+#: The light option modules of the built-in families: ``moe_mt/models/<family>_options.py``.
+OPTIONS_SUFFIX = "_options"
 OPTION_TYPES = (int, float, bool, str)
 
 
@@ -178,7 +181,7 @@ def block_counter(block_type: type) -> tuple[Family, BlockCounter] | None:
 def option_specs() -> dict[str, list[tuple[str, OptionSpec]]]:
     """Every declared ``model.moe.*`` option: name -> ``[(family, spec), ...]``.
 
-    Imports the built-in families' option modules first (:mod:`moe_mt.models.options`).
+    Imports the built-in families' option modules first (``moe_mt/models/*_options.py``).
     """
     _load_builtin_options()
     merged: dict[str, list[tuple[str, OptionSpec]]] = {}
@@ -210,10 +213,11 @@ def _load_builtin_options() -> None:
     if _loaded_builtin_options:
         return
     _loaded_builtin_options = True
-    from moe_mt.models import options
+    import moe_mt.models as package
 
-    for module in pkgutil.iter_modules(options.__path__):
-        importlib.import_module(f"{options.__name__}.{module.name}")
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name.endswith(OPTIONS_SUFFIX):
+            importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def parameter_count(parameters: Iterable) -> int:

@@ -42,7 +42,7 @@ Statistics are the core's, over sub-tokens: ``tokens_per_expert`` counts sub-tok
 
 Registered: model ``moemt_mhmoe_transformer``; architectures ``mhmoe_transformer_<size>`` for
 the sizes of :data:`moe_mt.models.transformer.SIZES`. Defaults beyond Switch's
-(:data:`MHMOE_DEFAULTS`, in :mod:`moe_mt.models.options.mhmoe`): ``moe_heads`` 4, ``moe_top_k``
+(:data:`MHMOE_DEFAULTS`, in :mod:`moe_mt.models.mhmoe_options`): ``moe_heads`` 4, ``moe_top_k``
 2, ``moe_merge_placement`` before.
 """
 
@@ -54,6 +54,7 @@ from contextvars import ContextVar
 from torch import Tensor, nn
 
 from moe_mt.models.families import BlockCount, Family, parameter_count, register_family
+from moe_mt.models.mhmoe_options import MHMOE_DEFAULTS, MHMOE_OPTIONS
 from moe_mt.models.moe_layers import (
     EXPERT_ACTIVATIONS,
     MoEDecoder,
@@ -64,7 +65,6 @@ from moe_mt.models.moe_layers import (
     _activation_dropout,
     count_routed_block,
 )
-from moe_mt.models.options.mhmoe import MHMOE_DEFAULTS, MHMOE_OPTIONS
 from moe_mt.models.switch import CRITERION, SwitchTransformerModel, moe_defaults
 from moe_mt.models.transformer import register_model_again, register_sizes
 from moe_mt.moe import (

@@ -27,7 +27,7 @@ rate is 1.0 by construction; ``router_entropy`` is the mean entropy of the combi
 There are no auxiliary losses.
 
 Registered: model ``moemt_soft_moe_transformer``; architectures ``soft_moe_transformer_<size>``.
-Defaults beyond Switch's (:data:`SOFT_DEFAULTS`, in :mod:`moe_mt.models.options.soft_moe`):
+Defaults beyond Switch's (:data:`SOFT_DEFAULTS`, in :mod:`moe_mt.models.soft_moe_options`):
 ``moe_sides`` encoder, ``moe_slots_per_expert`` 1, ``moe_soft_decoder`` dense.
 """
 
@@ -48,7 +48,7 @@ from moe_mt.models.moe_layers import (
     _activation_dropout,
     count_routed_block,
 )
-from moe_mt.models.options.soft_moe import SOFT_DECODERS, SOFT_DEFAULTS, SOFT_MOE_OPTIONS
+from moe_mt.models.soft_moe_options import SOFT_DECODERS, SOFT_DEFAULTS, SOFT_MOE_OPTIONS
 from moe_mt.models.switch import CRITERION, SwitchTransformerModel, moe_defaults
 from moe_mt.models.transformer import MoeMtDecoder, register_model_again, register_sizes
 from moe_mt.moe import (

@@ -10,7 +10,7 @@ wmt_big; the backbone is the dense baseline's of the same size):
 - ``xmoe_transformer_<size>``: the same with X-MoE's cosine router in a ``--moe-router-dim``
   space with a learned temperature (``--moe-router cosine``).
 
-Defaults (:data:`MOE_DEFAULTS`, stated once in :mod:`moe_mt.models.options.switch` with the
+Defaults (:data:`MOE_DEFAULTS`, stated once in :mod:`moe_mt.models.switch_options` with the
 options' help; an option left unset takes it):
 
 =========================  ==========  ===================================================
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from moe_mt.models.families import Family, register_family
 from moe_mt.models.moe_layers import ROUTERS, SIDES, MoETransformerModel, count_routed_block
-from moe_mt.models.options.switch import (
+from moe_mt.models.switch_options import (
     MOE_DEFAULTS,
     SWITCH_OPTIONS,
     XMOE_DEFAULTS,

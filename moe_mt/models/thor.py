@@ -20,7 +20,7 @@ families) hold ``moe_num_experts`` FFN experts and no gate. Architectures
   - ``fixed``: expert ``moe_inference_expert`` in every expert layer (the dense model's cost);
   - ``mean``: the average of all experts' outputs (``E`` times the FFN cost of those layers).
 
-Defaults (:data:`THOR_DEFAULTS`, stated once in :mod:`moe_mt.models.options.thor` with the
+Defaults (:data:`THOR_DEFAULTS`, stated once in :mod:`moe_mt.models.thor_options` with the
 options' help; an option left unset takes it):
 
 ======================  ========  =========================================================
@@ -67,7 +67,7 @@ from moe_mt.models.moe_layers import (
     MoETransformerModel,
     count_routed_block,
 )
-from moe_mt.models.options.thor import THOR_DEFAULTS, THOR_OPTIONS
+from moe_mt.models.thor_options import THOR_DEFAULTS, THOR_OPTIONS
 from moe_mt.models.transformer import register_model_again, register_sizes
 from moe_mt.moe import ExpertBank, MoEFeedForward, RandomRouter
 from moe_mt.moe.router_random import GRANULARITIES, MODES

@@ -4,6 +4,9 @@ families; MH-MoE, Soft MoE and THOR reuse the placement and routing ones declare
 :data:`MOE_DEFAULTS` is the defaults table of :mod:`moe_mt.models.switch` (X-MoE: the same with
 the cosine router). The loss keys default to None: the criterion's own defaults apply
 (``moe_label_smoothed_cross_entropy``, :mod:`moe_mt.criterions.moe_criterion`).
+
+Like every ``moe_mt/models/<family>_options.py``, this module imports neither fairseq nor torch:
+the recipe schema reads it at every ``moemt`` command (:mod:`moe_mt.models.families`).
 """
 
 from __future__ import annotations

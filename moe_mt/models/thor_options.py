@@ -1,12 +1,12 @@
 """Options of THOR (``thor_transformer_*``): :data:`THOR_DEFAULTS` is the defaults table of
-:mod:`moe_mt.models.thor`; placement keys are the routed families' (:mod:`.switch`), the draw
-and inference keys THOR's. ``consistency_alpha`` is the criterion's
+:mod:`moe_mt.models.thor`; placement keys are the routed families' (:mod:`.switch_options`),
+the draw and inference keys THOR's. ``consistency_alpha`` is the criterion's
 (``thor_label_smoothed_cross_entropy``, default in its config dataclass)."""
 
 from __future__ import annotations
 
 from moe_mt.models.families import OptionSpec, declare_options
-from moe_mt.models.options.switch import routed_options
+from moe_mt.models.switch_options import routed_options
 
 THOR_DEFAULTS = {
     "moe_num_experts": 2,
