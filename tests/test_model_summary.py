@@ -1,5 +1,6 @@
-"""Parameter and FLOP summary: counts against hand-computed sizes for each family, MH-MoE's
-2 d^2 projections, the Soft MoE decoder refusal, and ``moemt train --dry-run``."""
+"""Parameter and FLOP summary: counts against hand-computed sizes for each family (through the
+counters the families register), MH-MoE's 2 d^2 projections, the Soft MoE decoder refusal, and
+``moemt train --dry-run``. A block no family counts: tests/test_family_registry.py."""
 
 from __future__ import annotations
 
@@ -48,6 +49,16 @@ def test_switch_top_k_counts_k_experts_as_active(prepped_demo):
     assert s["parameters"] - s["active_parameters"] == 2 * 2 * per_expert  # 2 of 4 idle
     router = 4 * D
     assert s["encoder_flops"] == dense["encoder_flops"] + 2 * (router + 2 * D * F)
+
+
+def test_thor_has_no_router_and_one_active_expert(prepped_demo):
+    _, dense = summary(prepped_demo)
+    _, s = summary(prepped_demo, EVERY_LAYER, arch="thor_transformer_demo")
+    per_expert = 2 * D * F + F + D
+    assert s["moe_layers"] == 2 and s["expert_parameters"] == 2 * 2 * per_expert
+    assert s["parameters"] - s["active_parameters"] == 2 * per_expert  # 1 of 2 idle per layer
+    assert s["encoder_flops"] == dense["encoder_flops"]  # one expert, no gate: dense cost
+    assert s["decoder_flops"] == dense["decoder_flops"]
 
 
 def test_mhmoe_adds_the_two_projections(prepped_demo):
