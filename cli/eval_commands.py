@@ -13,45 +13,24 @@ import typer
 from rich.table import Table
 
 
-def eval_table(report: dict) -> Table:
-    """Scores with their signatures, then the checkpoint, speed and bootstrap, of a report."""
-    checkpoint = report["checkpoint"]
-    table = Table(title=f"eval {report['name']} ({report['lines']:,} lines)")
-    table.add_column("metric")
-    table.add_column("score", justify="right")
-    table.add_column("signature", overflow="fold")
-    for name, info in report["scores"].items():
-        table.add_row(name, f"{info['score']:.2f}", info["signature"])
-    timing = report["timing"]
-    source = checkpoint["path"]
-    if checkpoint["choice"] == "average":
-        names = ", ".join(_name(c["path"]) for c in checkpoint["averaged"])
-        source += f" (average of {names}{', reused' if checkpoint['reused'] else ''})"
-    table.caption = (
-        f"checkpoint {source}, {checkpoint['num_updates']:,} updates; "
-        f"{report['parameters']:,} parameters; beam {report['decoding']['beam']}; "
-        f"{timing['sentences_per_second']:.1f} sentences/s, "
-        f"{timing['tokens_per_second']:.0f} tokens/s"
-    )
-    return table
-
-
-def multilingual_eval_table(report: dict):
-    """One row per trained direction (BLEU, chrF2, TER) and their macro average, then the
-    zero-shot directions and theirs; the signatures and the checkpoint below the table."""
+def eval_table(report: dict):
+    """One row per direction (BLEU, chrF2, TER, speed); with several, the macro average of the
+    trained ones, then the zero-shot ones and theirs; the signatures and the checkpoint below."""
     from rich.console import Group
     from rich.text import Text
 
-    from moe_mt.workflows.evaluate.evaluation import METRICS
+    from moe_mt.workflows.evaluate.scoring import METRICS
 
-    table = Table(title=f"eval {report['name']} ({len(report['directions'])} directions)")
+    directions = report["directions"]
+    title = f"eval {report['name']} ({report['lines']:,} lines"
+    table = Table(
+        title=title + (f", {len(directions)} directions)" if len(directions) > 1 else ")")
+    )
     for column in ("direction", "lines", *METRICS, "sent/s"):
         table.add_column(column, justify="left" if column == "direction" else "right")
-    notes, signatures = [], []  # both averages are scored alike: one set of signatures
+    notes = []
     for zero_shot, label in ((False, "average"), (True, "zero-shot average")):
-        rows = {
-            k: d for k, d in report["directions"].items() if bool(d.get("zero_shot")) is zero_shot
-        }
+        rows = {k: d for k, d in directions.items() if bool(d.get("zero_shot")) is zero_shot}
         for name, info in rows.items():
             scores = info["scores"]
             table.add_row(
@@ -62,27 +41,31 @@ def multilingual_eval_table(report: dict):
                 end_section=name == list(rows)[-1],
             )
         average = report.get("zero_shot_average" if zero_shot else "average")
-        if average:
+        if average and len(directions) > 1:
             lines = sum(info["lines"] for info in rows.values())
             table.add_row(
                 label, f"{lines:,}", *(f"{average[m]['score']:.2f}" for m in METRICS), "",
                 style="bold", end_section=True,
             )  # fmt: skip
             notes.append(f"{label}: unweighted mean of the {len(rows)} directions' scores")
-            signatures = [f"{m} {average[m]['signature']}" for m in METRICS]
+    first = next(iter(directions.values()))["scores"]  # every direction is scored alike
     checkpoint = report["checkpoint"]
+    source = checkpoint["path"]
+    if checkpoint["choice"] == "average":
+        names = ", ".join(_name(c["path"]) for c in checkpoint["averaged"])
+        source += f" (average of {names}{', reused' if checkpoint['reused'] else ''})"
     notes += [
-        *signatures,
-        f"checkpoint {checkpoint['path']}, {checkpoint['num_updates']:,} updates; "
+        *(f"{m} {first[m]['signature']}" for m in METRICS),
+        f"checkpoint {source}, {checkpoint['num_updates']:,} updates; "
         f"{report['parameters']:,} parameters; beam {report['decoding']['beam']}",
     ]
     return Group(table, *(Text(line) for line in notes))
 
 
-def bootstrap_table(bootstrap: dict) -> Table:
+def bootstrap_table(bootstrap: dict, direction: str) -> Table:
     baseline = bootstrap["baseline"]["run_dir"]
     table = Table(
-        title=f"paired bootstrap against {baseline} "
+        title=f"{direction}: paired bootstrap against {baseline} "
         f"({bootstrap['resamples']:,} resamples, seed {bootstrap['seed']})"
     )
     for column in ("metric", "baseline", "this run", "p-value"):
@@ -101,11 +84,11 @@ def bootstrap_table(bootstrap: dict) -> Table:
     return table
 
 
-def expert_usage_table(usage: dict) -> Table:
+def expert_usage_table(usage: dict, direction: str) -> Table:
     """One row per MoE layer: tokens routed, active experts, most/least used expert's load."""
     table = Table(
-        title="expert usage (activation rate: share of experts reached per forward pass; "
-        "load: tokens relative to a uniform share)"
+        title=f"{direction}: expert usage (activation rate: share of experts reached per forward "
+        "pass; load: tokens relative to a uniform share)"
     )
     columns = ("layer", "tokens", "active experts", "activation rate", "load max", "load min",
                "dropped")  # fmt: skip
@@ -168,17 +151,14 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
 
         cfg = load_config(config, overrides or [])
         result = evaluate(cfg, console=err_console)
-        if result.report.get("multilingual"):
-            console.print(multilingual_eval_table(result.report))
-            console.print(f"wrote {result.out_dir} (report.json, <src>-<tgt>/hyp.txt)")
-            return
         console.print(eval_table(result.report))
-        if result.report["bootstrap"] is not None:
-            console.print(bootstrap_table(result.report["bootstrap"]))
-        usage = result.report.get("expert_usage")
-        if usage is not None:
-            console.print(expert_usage_table(usage))
-        written = "hyp.txt, report.json" + (f", {usage['plot']}" if usage else "")
+        for direction, info in result.report["directions"].items():
+            if info["bootstrap"] is not None:
+                console.print(bootstrap_table(info["bootstrap"], direction))
+            if info["expert_usage"] is not None and len(result.report["directions"]) == 1:
+                console.print(expert_usage_table(info["expert_usage"], direction))
+        plots = any(d["expert_usage"] for d in result.report["directions"].values())
+        written = "report.json, <src>-<tgt>/hyp.txt" + (", <src>-<tgt>/expert_usage.png" * plots)
         console.print(f"wrote {result.out_dir} ({written})", highlight=False)
 
     def translate_command(

@@ -6,21 +6,17 @@ from rich.table import Table
 
 
 def prep_table(manifest: dict) -> Table:
-    """One row per split (multilingual runs: per corpus and split)."""
-    langs = manifest["languages"]
-    if manifest.get("multilingual"):
-        title = f"prep {', '.join(langs['directions'])}"
-        rows = [
-            (f"{name} {split}", info, corpus["languages"])
-            for name, corpus in manifest["corpora"].items()
-            for split, info in corpus["splits"].items()
-        ]
-    else:
-        title = f"prep {langs['src']}-{langs['tgt']}"
-        rows = [
-            (split, info, (langs["src"], langs["tgt"]))
-            for split, info in manifest["splits"].items()
-        ]
+    """One row per corpus and split."""
+    from moe_mt.workflows.common.manifest import upgraded
+
+    manifest = upgraded(manifest)
+    title = f"prep {', '.join(manifest['languages']['directions'])}"
+    several = len(manifest["corpora"]) > 1
+    rows = [
+        (f"{name} {split}" if several else split, info, corpus["languages"])
+        for name, corpus in manifest["corpora"].items()
+        for split, info in corpus["splits"].items()
+    ]
     table = Table(title=title)
     for column in ("split", "lines in", "kept", "dropped", "src tokens", "tgt tokens", "unk"):
         table.add_column(column, justify="left" if column in ("split", "dropped") else "right")
@@ -66,10 +62,14 @@ def train_table(result) -> Table:
 
 
 def compare_table(result: dict) -> Table:
-    from moe_mt.workflows.compare.comparison import SIGNIFICANCE, score_cell
+    from moe_mt.workflows.compare.comparison import SIGNIFICANCE, mean_score_cell
 
     where = result.get("eval_name", result["split"])
-    table = Table(title=f"compare {result['split']} ({result['lines']} lines, eval/{where})")
+    directions = result["directions"]
+    what = f"{result['lines']} lines"
+    if len(directions) > 1:
+        what += f", mean of {len(directions)} directions"
+    table = Table(title=f"compare {result['split']} ({what}, eval/{where})")
     columns = ("run", "BLEU", "chrF2", "TER", "params", "active/token", "ckpt updates", "updates",
                "train wall s", "sent/s", "act. rate", "dropped")  # fmt: skip
     for column in columns:
@@ -77,7 +77,7 @@ def compare_table(result: dict) -> Table:
     for row in result["runs"]:
         table.add_row(
             row["name"],
-            *(score_cell(row, m) for m in ("BLEU", "chrF2", "TER")),
+            *(mean_score_cell(row, m) for m in ("BLEU", "chrF2", "TER")),
             *(
                 "-" if row[k] is None else f"{row[k]:,}"
                 for k in (

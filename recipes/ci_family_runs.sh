@@ -104,8 +104,9 @@ YAML
   scores=$("$python" - "$runs/$name/eval/test/report.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-legacy = r.get("legacy_bleu") or {}
-bleu = r["average"]["BLEU"] if r.get("multilingual") else r["scores"]["BLEU"]
+directions = list(r["directions"].values())  # report format 2: one entry per direction
+legacy = (directions[0].get("legacy_bleu") or {}) if len(directions) == 1 else {}
+bleu = r["average"]["BLEU"]  # a single pair's: its one score
 print(f"{bleu['score']:.2f}\t{legacy.get('score', '')}")
 PY
 )

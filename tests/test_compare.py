@@ -40,10 +40,11 @@ def test_compare_table_bootstrap_and_plots(two_runs, tmp_path):
     base, other = result["runs"]
     assert "bootstrap" not in base
     for metric in ("BLEU", "chrF2", "TER"):
-        b = other["bootstrap"][metric]
+        b = other["bootstrap"]["en-de"][metric]
         assert 0 <= b["p_value"] <= 1 and b["system_ci95"] >= 0
         assert b["system"] == pytest.approx(other["scores"][metric])
         assert b["baseline"] == pytest.approx(base["scores"][metric])
+        assert other["directions"]["en-de"][metric] == other["scores"][metric]  # one direction
     assert other["updates"] == 30 and other["train_wall_seconds"] > 0
     assert other["active_parameters"] == other["parameters"]  # dense: every weight is active
     saved = json.loads((tmp_path / "out" / "compare.json").read_text())
@@ -78,14 +79,16 @@ def test_refusals_name_runs_and_field(two_runs, tmp_path):
     early, late = two_runs
     other = tmp_path / "other"
     shutil.copytree(late, other)
-    _edit_report(other, lambda r: r["files"]["reference"].update(sha256="0" * 64))
-    with pytest.raises(MoeMtError, match=r"files\.reference\.sha256 differs") as error:
+    files = lambda r: r["directions"]["en-de"]["files"]  # noqa: E731
+    _edit_report(other, lambda r: files(r)["reference"].update(sha256="0" * 64))
+    with pytest.raises(MoeMtError, match=r"en-de files\.reference\.sha256 differs") as error:
         compare([early, other], tmp_path / "o1", summaries=False)
     assert str(early.resolve()) in str(error.value) and str(other) in str(error.value)
 
     shutil.rmtree(other)
     shutil.copytree(late, other)
-    _edit_report(other, lambda r: r["scores"]["BLEU"].update(signature="nrefs:1|tok:intl"))
+    scores = lambda r: r["directions"]["en-de"]["scores"]  # noqa: E731
+    _edit_report(other, lambda r: scores(r)["BLEU"].update(signature="nrefs:1|tok:intl"))
     with pytest.raises(MoeMtError, match=r"scores\.BLEU\.signature differs"):
         compare([early, other], tmp_path / "o2", summaries=False)
 
@@ -124,11 +127,31 @@ def test_named_eval_of_an_earlier_checkpoint(two_runs, tmp_path):
         evaluate(demo_config(runs[0], "data.spm.vocab_size=2000", *TINY_MODEL, "eval.name=../x"))
 
 
-def test_multilingual_reports_are_refused(two_runs, tmp_path):
+def _as_format_1(run_dir: Path) -> None:
+    """Rewrite the run's test report as a format-1 single-pair report (as moemt wrote before
+    report format 2): per-direction fields at the top, hyp.txt beside the report."""
+    out = run_dir / "eval" / "test"
+    report = json.loads((out / "report.json").read_text())
+    (direction,) = report.pop("directions").values()
+    (out / "en-de" / "hyp.txt").rename(out / "hyp.txt")
+    files = {**direction["files"], "hypotheses": str(out / "hyp.txt")}
+    for key in ("average", "zero_shot_average"):
+        report.pop(key)
+    report.update(
+        format=1, files=files, scores=direction["scores"], bootstrap=direction["bootstrap"],
+        legacy_bleu=None, expert_usage=None, thor=None, truncated_sources=0,
+        timing={**direction["timing"], **report["timing"]},
+    )  # fmt: skip
+    (out / "report.json").write_text(json.dumps(report))
+
+
+def test_compare_reads_reports_written_before_format_2(two_runs, tmp_path):
     early, late = two_runs
-    other = tmp_path / "multi"
-    shutil.copytree(late, other)
-    path = _edit_report(other, lambda r: r.update(multilingual=True))
-    with pytest.raises(MoeMtError, match="a multilingual report") as error:
-        compare([early, other], tmp_path / "o", summaries=False)
-    assert str(path) in str(error.value)
+    now = compare([early, late], tmp_path / "now", resamples=50, summaries=False)
+    old = tmp_path / "old"
+    shutil.copytree(late, old)
+    _as_format_1(old)
+    before = compare([early, old], tmp_path / "before", resamples=50, summaries=False)
+    assert before["runs"][1]["scores"] == now["runs"][1]["scores"]
+    assert before["runs"][1]["bootstrap"] == now["runs"][1]["bootstrap"]
+    assert before["runs"][1]["sentences_per_second"] == now["runs"][1]["sentences_per_second"]

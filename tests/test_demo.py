@@ -24,6 +24,7 @@ def test_run_script_end_to_end(tmp_path):
         check=True, env={**os.environ, "MOEMT": str(moemt)}, timeout=900,
     )  # fmt: skip
     report = json.loads((run_dir / "eval" / "test" / "report.json").read_text())
-    assert set(report["scores"]) == {"BLEU", "chrF2", "TER"}
-    assert all("version:" in s["signature"] for s in report["scores"].values())
+    scores = report["directions"]["en-de"]["scores"]
+    assert set(scores) == {"BLEU", "chrF2", "TER"}
+    assert all("version:" in s["signature"] for s in scores.values())
     assert report["checkpoint"]["num_updates"] == 40

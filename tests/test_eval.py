@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 
 from moe_mt.cli.main import app
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.evaluate.evaluation import evaluate, read_lines, score
+from moe_mt.workflows.common.text import read_lines
+from moe_mt.workflows.evaluate.evaluation import evaluate
+from moe_mt.workflows.evaluate.scoring import score
 from tests.conftest import TINY_MODEL, demo_config
 
 SIGNATURE_START = {
@@ -43,24 +45,33 @@ def test_eval_report_and_hypotheses(run_copy):
     report = json.loads((out / "report.json").read_text())
     assert report == result.report
 
-    references = read_lines(run_copy / "data" / "text" / "valid.de")
-    hypotheses = read_lines(out / "hyp.txt")
-    assert len(hypotheses) == len(references) == report["lines"] == 1092
+    assert report["format"] == 2 and list(report["directions"]) == ["en-de"]
+    direction = report["directions"]["en-de"]
+    references = read_lines(run_copy / "data" / "text" / "en-de" / "valid.de")
+    hypotheses = read_lines(out / "en-de" / "hyp.txt")
+    assert len(hypotheses) == len(references) == report["lines"] == direction["lines"] == 1092
     for name, start in SIGNATURE_START.items():
-        assert report["scores"][name]["signature"].startswith(start)
-        assert report["scores"][name]["signature"].endswith("version:2.6.0")
+        assert direction["scores"][name]["signature"].startswith(start)
+        assert direction["scores"][name]["signature"].endswith("version:2.6.0")
     # The scores are those of the written hypotheses against the untouched references.
-    assert report["scores"] == score(hypotheses, references)
+    assert direction["scores"] == score(hypotheses, references)
+    # A single pair's average is its one direction's score.
+    for name in SIGNATURE_START:
+        assert report["average"][name]["score"] == direction["scores"][name]["score"]
+        assert report["average"][name]["directions"] == 1
+    assert report["zero_shot_average"] is None and direction["zero_shot"] is False
 
     assert report["checkpoint"]["choice"] == "last"
     assert report["checkpoint"]["num_updates"] == 30
     assert report["decoding"]["beam"] == 2 and report["decoding"]["no_repeat_ngram_size"] == 3
-    assert report["timing"]["sentences_per_second"] > 0
-    assert report["timing"]["tokens_per_second"] > 0
+    assert direction["timing"]["sentences_per_second"] > 0
+    assert direction["timing"]["tokens_per_second"] > 0
+    assert report["timing"]["load_seconds"] > 0
     assert report["parameters"] > 100_000
     assert report["versions"]["fairseq"] == "0.12.2" and "git_commit" in report
-    assert report["files"]["reference"]["path"].endswith("valid.de")
-    assert len(report["files"]["reference"]["sha256"]) == 64
+    assert direction["files"]["reference"]["path"].endswith("valid.de")
+    assert len(direction["files"]["reference"]["sha256"]) == 64
+    assert direction["files"]["hypotheses"] == "en-de/hyp.txt"
     assert not list(out.glob(".*tmp"))  # atomic writes leave nothing behind
 
 
@@ -89,7 +100,7 @@ def test_eval_checkpoint_update_count(run_copy, choice, updates):
     ).report
     assert report["checkpoint"]["num_updates"] == updates
     assert report["name"] == "head.en" and report["split"] is None
-    assert (run_copy / "eval" / "head.en" / "hyp.txt").is_file()
+    assert (run_copy / "eval" / "head.en" / "en-de" / "hyp.txt").is_file()
     if choice == "average":
         assert [c["num_updates"] for c in report["checkpoint"]["averaged"]] == [10, 20, 30]
 
@@ -142,19 +153,19 @@ def test_paired_bootstrap_between_runs(trained_demo, tmp_path):
     report = evaluate(
         _cfg(system, *files, f"eval.bootstrap_baseline={baseline}", "eval.bootstrap_resamples=200")
     ).report
-    bootstrap = report["bootstrap"]
+    bootstrap = report["directions"]["en-de"]["bootstrap"]
     assert bootstrap["resamples"] == 200 and bootstrap["seed"] == 12345
     assert bootstrap["baseline"]["checkpoint"]["num_updates"] == 10
     for name in ("BLEU", "chrF2", "TER"):
         m = bootstrap["metrics"][name]
         assert 0 < m["p_value"] <= 1
         assert m["system_ci95"] >= 0 and m["baseline_ci95"] >= 0
-        assert m["system"] == pytest.approx(report["scores"][name]["score"])
+        assert m["system"] == pytest.approx(report["directions"]["en-de"]["scores"][name]["score"])
         assert "seed:12345" in m["signature"] and "bs:200" in m["signature"]
     # Fixed seed: the same comparison gives the same numbers.
     again = evaluate(
         _cfg(system, *files, f"eval.bootstrap_baseline={baseline}", "eval.bootstrap_resamples=200")
-    ).report["bootstrap"]
+    ).report["directions"]["en-de"]["bootstrap"]
     assert again["metrics"] == bootstrap["metrics"]
 
     # Other references than the baseline's: refused, before decoding.
@@ -169,7 +180,7 @@ def test_paired_bootstrap_between_runs(trained_demo, tmp_path):
                 f"eval.bootstrap_baseline={baseline}",
             )
         )
-    with pytest.raises(MoeMtError, match=r"valid/hyp.txt: missing"):
+    with pytest.raises(MoeMtError, match=r"valid/report.json: missing"):
         evaluate(_cfg(system, "eval.split=valid", f"eval.bootstrap_baseline={baseline}"))
 
 
@@ -190,14 +201,16 @@ def test_eval_input_errors(run_copy, tmp_path):
     bad.write_bytes(b"ok\n\xff\n")
     with pytest.raises(MoeMtError, match=r"bad.en:2: invalid UTF-8"):
         evaluate(_cfg(run_copy, f"eval.source={bad}", f"eval.reference={bad}"))
-    # Directions belong to multilingual runs; here they would be silently ignored.
-    with pytest.raises(MoeMtError, match=r"^eval.directions=\['de-en'\]: only for multilingual"):
+    # A single-pair run translates its own direction only (no language tokens for another).
+    with pytest.raises(
+        MoeMtError, match=r"^eval.directions=\['de-en'\]: this run translates en-de"
+    ):
         evaluate(_cfg(run_copy, "eval.directions=[de-en]"))
 
 
 def test_paired_bootstrap_equal_systems_are_not_significant():
     """sacrebleu returns 1/(n+1) for a zero difference; equal systems must read p = 1."""
-    from moe_mt.workflows.evaluate.evaluation import paired_bootstrap
+    from moe_mt.workflows.evaluate.scoring import paired_bootstrap
 
     refs = ["the cat sat on the mat", "a dog barked", "it is raining today", "hello world"]
     hyps = ["the cat sat on a mat", "a dog barks", "it rains today", "hello world"]

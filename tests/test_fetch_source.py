@@ -75,16 +75,17 @@ def test_prep_fetches_the_source_then_prepares_it_like_local_files(tmp_path, ser
     cfg = _config(tmp_path)
     assert cfg.data.cache_dir == str(tmp_path / "cache")  # relative to the recipe
     result = prep(cfg)
-    text = Path(cfg.run_dir) / "data" / "text"
+    text = Path(cfg.run_dir) / "data" / "text" / "de-en"
     # The references are the registry's test text, byte for byte (cased: no lowercasing asked).
     assert (text / "test.en").read_bytes() == members["c/test.en"]
     train_en = members["c/train.en"].decode().splitlines()
     valid = [line for i, line in enumerate(train_en, 1) if i % 23 == 0]
     assert (text / "valid.en").read_text().splitlines() == valid
-    splits = result.manifest["splits"]
+    splits = result.manifest["corpora"]["de-en"]["splits"]
     assert splits["valid"]["lines"]["raw"] == len(valid) == LINES // 23
     assert splits["train"]["lines"]["raw"] == LINES - len(valid)
-    assert result.manifest["inputs"]["test"]["en"]["path"].startswith(str(tmp_path / "cache"))
+    inputs = result.manifest["corpora"]["de-en"]["inputs"]
+    assert inputs["test"]["en"]["path"].startswith(str(tmp_path / "cache"))
     assert (Path(cfg.run_dir) / "data" / "bin" / "train.de-en.de.bin").is_file()
 
     requests = len(server.requests)
@@ -96,7 +97,7 @@ def test_lowercase_applies_to_every_split_and_the_references(tmp_path, served_so
     _, members = served_source
     cfg = _config(tmp_path, "data.lowercase=true")
     manifest = prep(cfg).manifest
-    text = Path(cfg.run_dir) / "data" / "text"
+    text = Path(cfg.run_dir) / "data" / "text" / "de-en"
     assert (text / "test.de").read_text() == members["c/test.de"].decode().lower()
     assert (text / "test.de").read_text() != members["c/test.de"].decode()  # it had capitals
     for name in ("train.en", "train.de", "valid.en", "valid.de"):
@@ -136,7 +137,7 @@ def test_lowercase_works_on_local_files_too(tmp_path, shipped_corpus):
     )
     cfg = load_config(recipe, [f"run_dir={tmp_path / 'run'}"])
     prep(cfg)
-    reference = Path(cfg.run_dir) / "data" / "text" / "test.de"
+    reference = Path(cfg.run_dir) / "data" / "text" / "en-de" / "test.de"
     assert reference.read_text() == (corpus / "test.de").read_text().lower()
 
 

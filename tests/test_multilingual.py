@@ -20,8 +20,8 @@ from moe_mt.cli.main import app
 from moe_mt.config import load_config
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.evaluate.directions import macro_average
-from moe_mt.workflows.evaluate.evaluation import evaluate, score
+from moe_mt.workflows.evaluate.evaluation import evaluate
+from moe_mt.workflows.evaluate.scoring import macro_average, score
 from moe_mt.workflows.prep.corpora import Direction, corpora, pair_files, parse_direction
 from moe_mt.workflows.prep.pipeline import prep
 from tests.conftest import REPO, TINY_MODEL
@@ -326,7 +326,7 @@ class _OracleTranslator:
 def test_each_direction_is_scored_against_its_target_language(
     trained, corpus, tmp_path, monkeypatch
 ):
-    from moe_mt.workflows.evaluate import directions as multilingual_eval
+    from moe_mt.workflows.evaluate import evaluation as multilingual_eval
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
@@ -378,7 +378,23 @@ def test_train_and_eval_dense_end_to_end(recipe, trained, tmp_path):
     assert result.exit_code == 0, result.output
     assert len(result.stdout.split("\n")[:-1]) == 2
     result = CliRunner().invoke(app, ["translate", str(run_dir)], input="Hallo.\n")
-    assert result.exit_code == 1 and "a multilingual run translates one direction" in result.stderr
+    assert result.exit_code == 1 and "translate takes one direction" in result.stderr
+
+    # compare: per direction, plus their mean, against a baseline (here: the same run)
+    from moe_mt.workflows.compare import compare
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    compared = compare([run_dir, other], tmp_path / "cmp", resamples=20, summaries=False)
+    assert compared["directions"] == ["de-en", "en-fr"]
+    row = compared["runs"][1]
+    for metric in ("BLEU", "chrF2", "TER"):
+        assert row["scores"][metric] == pytest.approx(report["average"][metric]["score"])
+        for name in ("de-en", "en-fr"):
+            expected = report["directions"][name]["scores"][metric]["score"]
+            assert row["directions"][name][metric] == pytest.approx(expected)
+            assert row["bootstrap"][name][metric]["p_value"] == 1.0  # identical systems
+    assert "BLEU per direction" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 def test_training_resumes_with_the_sampled_multilingual_data(recipe, trained, tmp_path):
@@ -511,6 +527,35 @@ def test_eval_name_is_checked_for_multilingual_runs_too(recipe, trained):
 
     with pytest.raises(MoeMtError, match="eval.name='../x'"):
         evaluate(_cfg(recipe, trained, "eval.name=../x"))
-    with pytest.raises(MoeMtError, match="^eval.legacy_bleu: not for multilingual runs"):
-        evaluate(_cfg(recipe, trained, "eval.legacy_bleu=true"))
     assert not (trained / "x").exists()  # eval/../x
+
+
+def test_legacy_bleu_per_direction_of_a_multilingual_run(recipe, trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    cfg = _cfg(
+        recipe, run_dir, *FAST_EVAL, "eval.directions=[de-en,en-fr]", "eval.legacy_bleu=true"
+    )
+    report = evaluate(cfg).report
+    for name in ("de-en", "en-fr"):
+        legacy = report["directions"][name]["legacy_bleu"]
+        assert legacy is not None and 0 <= legacy["score"] <= 100
+
+
+def test_word_level_distillation_of_a_multilingual_run(recipe, trained, tmp_path):
+    from moe_mt.workflows.distill import distill
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(trained, teacher)
+    overrides = (*FAST_EVAL, "eval.directions=[de-en,en-fr]", f"distill.teacher={teacher}")
+    student = tmp_path / "student"
+    report = distill(_cfg(recipe, student, *overrides, "train.max_update=3")).report
+    # Every row scores the same directions; its BLEU is their macro average.
+    evaluated = json.loads((student / "eval" / "test" / "report.json").read_text())
+    assert list(evaluated["directions"]) == ["de-en", "en-fr"]
+    assert report["student"]["bleu"] == evaluated["average"]["BLEU"]["score"]
+    assert set(report["teacher"]["reference_sha256"]) == {"de-en", "en-fr"}
+    assert report["init"]["copied"] > 0
+    # Sequence-level KD would swap one direction's targets in a corpus that serves two.
+    with pytest.raises(MoeMtError, match="^distill.mode=sequence: not for multilingual"):
+        distill(_cfg(recipe, tmp_path / "seq", *overrides, "distill.mode=sequence"))

@@ -116,7 +116,7 @@ def test_config_errors_name_key_and_origin(tmp_path, corpus):
 def test_recoverable_problems_in_train_are_dropped_and_counted(tmp_path, corpus):
     from collections import Counter
 
-    base = prep(_load(tmp_path, corpus)).manifest["splits"]["train"]
+    base = prep(_load(tmp_path, corpus)).manifest["corpora"]["en-de"]["splits"]["train"]
     base_dropped = Counter(base["dropped"])  # the real text has a few pairs of its own to drop
     _set_line(corpus / "train.en", 2, b"")  # empty
     _set_line(corpus / "train.de", 3, "mojibake \u009a here".encode())  # control character
@@ -130,7 +130,7 @@ def test_recoverable_problems_in_train_are_dropped_and_counted(tmp_path, corpus)
     (corpus / "train.de").write_bytes(b"\n".join(de))
 
     result = prep(_load(tmp_path, corpus))
-    train = result.manifest["splits"]["train"]
+    train = result.manifest["corpora"]["en-de"]["splits"]["train"]
     added = Counter(train["dropped"]) - base_dropped
     assert added == {"empty": 1, "control_char": 1, "too_long": 1, "ratio": 1, "duplicate": 1}
     d = Counter(train["dropped"])
@@ -143,7 +143,7 @@ def test_recoverable_problems_in_train_are_dropped_and_counted(tmp_path, corpus)
         "after_duplicate": after_validation - d["length"] - d["ratio"] - d["duplicate"],
         "kept": SMALL - sum(d.values()),
     }
-    kept = (result.run_dir / "data" / "text" / "train.en").read_text(encoding="utf-8")
+    kept = (result.run_dir / "data" / "text" / "en-de" / "train.en").read_text(encoding="utf-8")
     assert len(kept.splitlines()) == SMALL - sum(d.values())
 
 
@@ -157,17 +157,25 @@ def test_manifest_and_layout(tmp_path, corpus):
     result = prep(_load(tmp_path, corpus))
     data = RunDir(result.run_dir).data
     manifest = json.loads((data / "manifest.json").read_text())
-    assert manifest["inputs"]["test"]["de"]["sha256"] == file_sha256(corpus / "test.de")
-    train = manifest["splits"]["train"]
+    assert manifest["format"] == 2 and manifest["multilingual"] is False
+    assert manifest["languages"] == {
+        "langs": ["de", "en"],
+        "directions": ["en-de"],
+        "zero_shot": [],
+    }
+    corpus_info = manifest["corpora"]["en-de"]
+    assert corpus_info["text"] == "text/en-de" and not corpus_info["test_only"]
+    assert corpus_info["inputs"]["test"]["de"]["sha256"] == file_sha256(corpus / "test.de")
+    train = corpus_info["splits"]["train"]
     assert train["lines"]["kept"] == SMALL - sum(train["dropped"].values())
     for split in ("train", "valid", "test"):
-        assert manifest["splits"][split]["lines"]["raw"] == SMALL
+        assert corpus_info["splits"][split]["lines"]["raw"] == SMALL
         for lang in ("en", "de"):
             assert (data / "bin" / f"{split}.en-de.{lang}.bin").is_file()
-            tokens = manifest["splits"][split]["tokens"][lang]["tokens"]
+            tokens = corpus_info["splits"][split]["tokens"][lang]["tokens"]
             assert tokens > SMALL  # at least one piece + </s> per sentence
     # valid/test are byte copies: the untouched references for scoring.
-    assert (data / "text" / "test.de").read_bytes() == (corpus / "test.de").read_bytes()
+    assert (data / "text" / "en-de" / "test.de").read_bytes() == (corpus / "test.de").read_bytes()
     assert (data / "spm.model").is_file()
     assert manifest["versions"]["fairseq"] == "0.12.2"
     assert (data / "bin" / "dict.en.txt").read_text() == (data / "bin" / "dict.de.txt").read_text()
@@ -198,7 +206,7 @@ def test_rerun_is_noop_and_change_rebuilds(tmp_path, corpus):
 
     changed = prep(_load(tmp_path, corpus, "data.clean.max_words=12"))
     assert not changed.up_to_date
-    assert changed.manifest["splits"]["train"]["dropped"]["length"] > 0
+    assert changed.manifest["corpora"]["en-de"]["splits"]["train"]["dropped"]["length"] > 0
 
 
 def test_failure_after_cleaning_leaves_no_data_dir(tmp_path, corpus):

@@ -36,9 +36,9 @@ def test_local_recipe(tmp_path):
     size = (corpus / "train.de").stat().st_size
     assert f"  train: {corpus / 'train.de'} ({size / 1000:.1f} KB)" in out
     assert "sentencepiece unigram, 8,000 pieces, joint" in out
-    assert "splits: train, valid, test" in out
+    assert "splits: en-de/train, en-de/valid, en-de/test" in out
     for produced in ("config.yaml", "data/spm.model", "data/bin/dict.de.txt",
-                     "data/text/test.de", "data/bin/valid.en-de.en.bin"):  # fmt: skip
+                     "data/text/en-de/test.de", "data/bin/valid.en-de.en.bin"):  # fmt: skip
         assert str(tmp_path / "run" / produced) in out
     assert _files(tmp_path) == []
 

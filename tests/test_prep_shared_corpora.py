@@ -44,10 +44,9 @@ def test_prep_shared_corpus(shared_data, tmp_path, name, src, tgt):
             "data.spm.vocab_size=2000",
         ],
     )
-    manifest = prep(cfg).manifest
+    (corpus_info,) = prep(cfg).manifest["corpora"].values()
+    splits = corpus_info["splits"]
     for split in ("valid", "test"):
-        assert (
-            manifest["splits"][split]["lines"]["kept"] == manifest["splits"][split]["lines"]["raw"]
-        )
-    train = manifest["splits"]["train"]["lines"]
+        assert splits[split]["lines"]["kept"] == splits[split]["lines"]["raw"]
+    train = splits["train"]["lines"]
     assert train["kept"] > 0.95 * train["raw"]

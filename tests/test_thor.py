@@ -392,7 +392,7 @@ def test_eval_reports_the_consistency_of_thor_runs(thor_run, tmp_path):
     from moe_mt.config import load_config
     from moe_mt.workflows.evaluate.evaluation import evaluate
 
-    text = thor_run / "data" / "text"
+    text = thor_run / "data" / "text" / "en-de"
     for lang in ("en", "de"):
         lines = (text / f"test.{lang}").read_text(encoding="utf-8").splitlines()[:12]
         (tmp_path / f"head.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -402,8 +402,9 @@ def test_eval_reports_the_consistency_of_thor_runs(thor_run, tmp_path):
          "eval.beam=2", "eval.thor_draws=2"],
     )  # fmt: skip
     report = evaluate(cfg).report
-    thor_report = report["thor"]
+    (direction,) = report["directions"].values()
+    thor_report = direction["thor"]
     assert thor_report["draws"] == 2 and len(thor_report["pairwise_bleu"]["pairs"]) == 1
     # Draw 0 is the eval's own translation (random mode, seed eval.seed).
-    assert thor_report["bleu"][0] == pytest.approx(report["scores"]["BLEU"]["score"], abs=1e-3)
+    assert thor_report["bleu"][0] == pytest.approx(direction["scores"]["BLEU"]["score"], abs=1e-3)
     assert report["eval_config"]["thor_inference"] == "random"

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from moe_mt.cli.main import app
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.evaluate.evaluation import evaluate, read_lines
+from moe_mt.workflows.common.text import read_lines
+from moe_mt.workflows.evaluate.evaluation import evaluate
 from moe_mt.workflows.translate.translator import DecodeOptions, Translator, count_parameters
 from tests.conftest import SHIPPED, TINY_MODEL, demo_config
 
@@ -68,7 +69,7 @@ def test_translate_cli_matches_eval(run_copy, tmp_path):
     reference.write_text("".join(f"ref {i}\n" for i in range(len(lines))), encoding="utf-8")
     common = (f"eval.checkpoint={CHECKPOINT}", "eval.no_repeat_ngram_size=0")
     evaluate(_cfg(run_copy, *common, f"eval.source={source}", f"eval.reference={reference}"))
-    expected = read_lines(run_copy / "eval" / "mixed.en" / "hyp.txt")
+    expected = read_lines(run_copy / "eval" / "mixed.en" / "en-de" / "hyp.txt")
     assert len(set(expected)) == len(lines)  # distinct: a misplaced line would show
 
     # With a blank line in the middle and a last line without a newline.

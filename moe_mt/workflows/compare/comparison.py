@@ -1,27 +1,30 @@
 """``moemt compare``: evaluated runs side by side, with paired bootstrap against a baseline.
 
 Reads, per run directory, what ``moemt eval`` and ``moemt train`` left behind
-(``eval/<split>/report.json`` and ``hyp.txt``, ``logs/train_summary.json``, ``config.yaml``) and
-writes into an output directory of the caller's choice::
+(``eval/<split>/report.json`` and its hypotheses, ``logs/train_summary.json``, ``config.yaml``;
+reports of either format, :mod:`moe_mt.workflows.evaluate.report`) and writes into an output
+directory of the caller's choice::
 
     compare.json              every number below, with the signatures
     compare.md                the table, as Markdown
     valid_loss_wall.png       validation loss against training wall-clock time, a line per run
     valid_loss_updates.png    validation loss against updates, a line per run
 
-Columns: BLEU, chrF2, TER (sacreBLEU, signatures in the table's caption); parameters in total
+Runs of one direction or many compare alike: every run must have been scored on the same
+directions. Columns: BLEU, chrF2, TER (sacreBLEU, signatures in the table's caption; with several
+directions their macro average, and a table of every direction's BLEU below); parameters in total
 and active per token (:mod:`moe_mt.workflows.train.model_summary`); training cost (updates, epochs,
 wall-clock and CPU seconds, cumulative over resumes); inference sentences/s; for MoE runs the
 expert activation rate and dropped-token share on the validation set at the end of training
 (the criterion's per-batch ``moe_active`` / ``moe_dropped``, same definition as the core's).
 
 Against the baseline (``baseline``, also a column), every run gets sacreBLEU's paired bootstrap
-resampling (Koehn 2004): the system's bootstrap mean, its 95% confidence half-width and the
-p-value of the difference, per metric; ``*`` marks p < 0.05.
+resampling (Koehn 2004) in every direction: the system's bootstrap mean, its 95% confidence
+half-width and the p-value of the difference, per metric; ``*`` marks p < 0.05.
 
-Refused, with one line naming the runs and the field: runs scored against different references
-(sha256 of the reference file in the eval reports), hypotheses of another split, and different
-metric signatures (tokenisation, casing, sacreBLEU version).
+Refused, with one line naming the runs and the field: runs scored on other directions or
+against different references (sha256 of the reference file in the eval reports), hypotheses of
+another split, and different metric signatures (tokenisation, casing, sacreBLEU version).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from pathlib import Path
 
 from moe_mt.errors import MoeMtError
 from moe_mt.workflows.common.rundir import atomic_write_json, atomic_write_text
-from moe_mt.workflows.evaluate.evaluation import METRICS, paired_bootstrap, read_lines
+from moe_mt.workflows.common.text import read_lines
+from moe_mt.workflows.evaluate.report import REPORT, hypotheses_file, read_report
+from moe_mt.workflows.evaluate.scoring import METRICS, paired_bootstrap
 
 SIGNIFICANCE = 0.05
 
@@ -43,57 +48,53 @@ class RunRecord:
 
     name: str
     run_dir: Path
-    report: dict
-    hypotheses: list[str]
+    report: dict  # in the format-2 form
+    hypotheses: dict[str, list[str]]  # per direction
     train: dict  # logs/train_summary.json, {} when absent
 
 
 def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> RunRecord:
     """The run's report of ``split`` in ``eval/<eval_name or split>/`` and its train summary."""
     run_dir = Path(run_dir).resolve()
-    report_path = run_dir / "eval" / (eval_name or split) / "report.json"
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except OSError:
-        raise MoeMtError(
-            f"{report_path}: no eval report; run `moemt eval {run_dir}` first"
-        ) from None
-    except ValueError as exc:
-        raise MoeMtError(f"{report_path}: not valid JSON ({exc})") from None
-    if report.get("multilingual"):
-        raise MoeMtError(
-            f"{report_path}: a multilingual report (one score per direction and their average, "
-            "in that file); moemt compare reads single-pair runs only"
-        )
+    report_path = run_dir / "eval" / (eval_name or split) / REPORT
+    report = read_report(report_path)
     if report.get("split") != split:
         raise MoeMtError(
             f"{report_path}: hypotheses of split {report.get('split')!r}, not {split!r}"
         )
-    hypotheses = read_lines(Path(report["files"]["hypotheses"]))
+    hypotheses = {
+        d: read_lines(hypotheses_file(report_path, report, d)) for d in report["directions"]
+    }
     summary_path = run_dir / "logs" / "train_summary.json"
     train = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     return RunRecord(run_dir.name, run_dir, report, hypotheses, train)
 
 
 def check_comparable(runs: list[RunRecord]) -> None:
-    """Refuse runs whose scores cannot be compared (different references or signatures)."""
+    """Refuse runs whose scores cannot be compared (other directions, references or
+    signatures)."""
     first = runs[0]
     for run in runs[1:]:
         pair = f"runs {first.run_dir} and {run.run_dir}"
-        if (
-            run.report["files"]["reference"]["sha256"]
-            != first.report["files"]["reference"]["sha256"]
-        ):
-            raise MoeMtError(f"{pair}: files.reference.sha256 differs (different references)")
-        if run.report["lines"] != first.report["lines"]:
+        ours, theirs = first.report["directions"], run.report["directions"]
+        if list(ours) != list(theirs):
             raise MoeMtError(
-                f"{pair}: lines differ ({first.report['lines']} vs {run.report['lines']})"
+                f"{pair}: directions differ ({', '.join(ours)} vs {', '.join(theirs)})"
             )
-        for metric in METRICS:
-            a = first.report["scores"][metric]["signature"]
-            b = run.report["scores"][metric]["signature"]
-            if a != b:
-                raise MoeMtError(f"{pair}: scores.{metric}.signature differs ({a} vs {b})")
+        for name, a in ours.items():
+            b = theirs[name]
+            if b["files"]["reference"]["sha256"] != a["files"]["reference"]["sha256"]:
+                raise MoeMtError(
+                    f"{pair}: {name} files.reference.sha256 differs (different references)"
+                )
+            if a["lines"] != b["lines"]:
+                raise MoeMtError(f"{pair}: {name} lines differ ({a['lines']} vs {b['lines']})")
+            for metric in METRICS:
+                sig_a, sig_b = a["scores"][metric]["signature"], b["scores"][metric]["signature"]
+                if sig_a != sig_b:
+                    raise MoeMtError(
+                        f"{pair}: scores.{metric}.signature differs ({sig_a} vs {sig_b})"
+                    )
 
 
 def compare(
@@ -119,22 +120,30 @@ def compare(
         load_run(d, split, eval_name) for d in run_dirs if Path(d).resolve() != base.run_dir
     ]
     check_comparable(runs)
-    references = read_lines(Path(base.report["files"]["reference"]["path"]))
+    directions = base.report["directions"]
+    references = {
+        d: read_lines(Path(info["files"]["reference"]["path"])) for d, info in directions.items()
+    }
 
     rows = []
     for run in runs:
         row = _row(run, summaries)
         if run is not base:
-            row["bootstrap"] = paired_bootstrap(
-                base.hypotheses, run.hypotheses, references, resamples, seed
-            )["metrics"]
+            row["bootstrap"] = {
+                d: paired_bootstrap(
+                    base.hypotheses[d], run.hypotheses[d], references[d], resamples, seed
+                )["metrics"]
+                for d in directions
+            }
         rows.append(row)
+    first = next(iter(directions.values()))
     result = {
         "split": split,
         "eval_name": eval_name or split,
         "baseline": str(base.run_dir),
+        "directions": list(directions),
         "lines": base.report["lines"],
-        "signatures": {m: base.report["scores"][m]["signature"] for m in METRICS},
+        "signatures": {m: first["scores"][m]["signature"] for m in METRICS},
         "bootstrap": {"resamples": resamples, "seed": seed, "significance": SIGNIFICANCE},
         "runs": rows,
     }
@@ -153,7 +162,12 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         "name": run.name,
         "run_dir": str(run.run_dir),
         "arch": (report.get("model") or {}).get("arch"),
-        "scores": {m: report["scores"][m]["score"] for m in METRICS},
+        # The macro average over the trained directions (a single pair's: its score).
+        "scores": {m: report["average"][m]["score"] for m in METRICS},
+        "directions": {
+            d: {m: info["scores"][m]["score"] for m in METRICS}
+            for d, info in report["directions"].items()
+        },
         "parameters": report.get("parameters"),
         "active_parameters": None,
         "flops_per_token": None,
@@ -162,7 +176,7 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         "epochs": train.get("epoch"),
         "train_wall_seconds": train.get("wall_seconds"),
         "train_cpu_seconds": train.get("cpu_seconds"),
-        "sentences_per_second": (report.get("timing") or {}).get("sentences_per_second"),
+        "sentences_per_second": _sentences_per_second(report),
         "activation_rate": _float(valid.get("moe_active")),
         "dropped_fraction": _float(valid.get("moe_dropped")),
         "checkpoint": report.get("checkpoint"),
@@ -175,6 +189,12 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         row["active_parameters"] = summary.get("active_parameters")
         row["flops_per_token"] = summary.get("flops_per_token")
     return row
+
+
+def _sentences_per_second(report: dict) -> float | None:
+    """Decoding speed over every direction: lines over their summed translation time."""
+    seconds = sum(d["timing"].get("translate_seconds") or 0 for d in report["directions"].values())
+    return round(report["lines"] / seconds, 2) if seconds else None
 
 
 def _float(value) -> float | None:
@@ -204,7 +224,7 @@ def markdown_table(result: dict) -> str:
     for row in result["runs"]:
         cells = [row["name"], row["arch"] or "-"]
         for metric in METRICS:
-            cells.append(score_cell(row, metric))
+            cells.append(mean_score_cell(row, metric))
         cells += [
             _fmt(row["parameters"]),
             _fmt(row["active_parameters"]),
@@ -218,6 +238,18 @@ def markdown_table(result: dict) -> str:
             _fmt(row["dropped_fraction"], ".3f"),
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if len(result["directions"]) > 1:
+        lines += [
+            "",
+            f"Scores above: the unweighted mean of the {len(result['directions'])} directions'. "
+            "BLEU per direction:",
+            "",
+            "| run | " + " | ".join(result["directions"]) + " |",
+            "|" + " --- |" * (len(result["directions"]) + 1),
+        ]
+        for row in result["runs"]:
+            cells = [direction_cell(row, d, "BLEU") for d in result["directions"]]
+            lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Scores are sacreBLEU's; against the baseline, `mean ± 95% CI (p)` of paired bootstrap "
@@ -230,14 +262,26 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def score_cell(row: dict, metric: str) -> str:
-    score = f"{row['scores'][metric]:.2f}"
-    bootstrap = (row.get("bootstrap") or {}).get(metric)
+def direction_cell(row: dict, direction: str, metric: str) -> str:
+    """A direction's score, with its bootstrap against the baseline where there is one."""
+    bootstrap = (row.get("bootstrap") or {}).get(direction, {}).get(metric)
+    return _score_cell(row["directions"][direction][metric], bootstrap)
+
+
+def mean_score_cell(row: dict, metric: str) -> str:
+    """The run's score (a single direction's, with its bootstrap; or the mean of several)."""
+    if len(row["directions"]) == 1:
+        return direction_cell(row, next(iter(row["directions"])), metric)
+    return _score_cell(row["scores"][metric], None)
+
+
+def _score_cell(score: float, bootstrap: dict | None) -> str:
+    text = f"{score:.2f}"
     if bootstrap is None:
-        return score
+        return text
     star = "*" if bootstrap["p_value"] is not None and bootstrap["p_value"] < SIGNIFICANCE else ""
     return (
-        f"{score} ({bootstrap['system_mean']:.2f} ± {bootstrap['system_ci95']:.2f}, "
+        f"{text} ({bootstrap['system_mean']:.2f} ± {bootstrap['system_ci95']:.2f}, "
         f"p={bootstrap['p_value']:.3f}){star}"
     )
 

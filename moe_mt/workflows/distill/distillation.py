@@ -42,6 +42,13 @@ from moe_mt.checkpoints import LAST, atomic_torch_save, choose_checkpoint, load_
 from moe_mt.config import load_config
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
+from moe_mt.workflows.common.manifest import (
+    Direction,
+    corpus_of,
+    read_manifest,
+    train_text,
+    trained_directions,
+)
 from moe_mt.workflows.common.progress import progress_bar
 from moe_mt.workflows.common.rundir import (
     RunDir,
@@ -49,6 +56,7 @@ from moe_mt.workflows.common.rundir import (
     atomic_write_text,
     building_dir,
 )
+from moe_mt.workflows.common.text import read_lines
 
 MODES = ("word", "sequence")
 REPORT_FORMAT = 1
@@ -99,6 +107,19 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
 
 def _is_thor(model_cfg: DictConfig) -> bool:
     return str(model_cfg.arch).startswith("thor_")
+
+
+def _sequence_direction(manifest: dict) -> Direction:
+    """The one direction whose training targets sequence-level KD replaces."""
+    directions = trained_directions(manifest)
+    if manifest.get("multilingual") or len(directions) != 1:
+        # A corpus serves both directions of its language pair: its targets cannot be swapped
+        # for one direction's teacher outputs.
+        raise MoeMtError(
+            "distill.mode=sequence: not for multilingual teachers (each corpus serves two "
+            "directions); use distill.mode=word"
+        )
+    return directions[0]
 
 
 def _teacher_inference(cfg: DictConfig) -> str:
@@ -206,13 +227,13 @@ def teacher_outputs(cfg, teacher_cfg, chosen, student_dir: RunDir, console) -> t
     """Translate the teacher's cleaned training source with the teacher (resumably); return the
     file of translations and what made it."""
     from moe_mt.data_prep.download import file_sha256
-    from moe_mt.workflows.evaluate.evaluation import read_lines
     from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
 
     teacher_dir = RunDir(teacher_cfg.run_dir)
-    manifest = json.loads(teacher_dir.manifest.read_text(encoding="utf-8"))
-    src, tgt = manifest["languages"]["src"], manifest["languages"]["tgt"]
-    source = teacher_dir.data / manifest["files"]["text"] / f"train.{src}"
+    manifest = read_manifest(teacher_dir.manifest)
+    direction = _sequence_direction(manifest)
+    source, _ = train_text(manifest, teacher_dir.data, direction)
+    tgt = direction.tgt
     lines = read_lines(source)
     if cfg.distill.max_sentences > 0:
         lines = lines[: cfg.distill.max_sentences]
@@ -269,7 +290,7 @@ def prepare_student_data(cfg, teacher_cfg, student_dir: RunDir, outputs: dict | 
     from moe_mt.data_prep import binarize, spm
 
     teacher_dir = RunDir(teacher_cfg.run_dir)
-    manifest = json.loads(teacher_dir.manifest.read_text(encoding="utf-8"))
+    manifest = read_manifest(teacher_dir.manifest)
     record = {
         "teacher": str(teacher_dir.root),
         "teacher_fingerprint": manifest.get("fingerprint"),
@@ -283,14 +304,15 @@ def prepare_student_data(cfg, teacher_cfg, student_dir: RunDir, outputs: dict | 
         existing = None
     if existing is not None and (existing.get("distill") or {}).get("inputs") == record:
         return existing
-    src, tgt = manifest["languages"]["src"], manifest["languages"]["tgt"]
     bin_info = None
     with building_dir(student_dir.data) as tmp:
         shutil.copytree(teacher_dir.data, tmp, dirs_exist_ok=True)
         if outputs is not None:
+            direction = _sequence_direction(manifest)
+            src, tgt = direction.src, direction.tgt
             bin_dir = tmp / manifest["files"]["bin"]
             split = "train1" if cfg.distill.mix_original else "train"
-            prefix = bin_dir / f"{split}.{src}-{tgt}"
+            prefix = bin_dir / f"{split}.{corpus_of(manifest, direction)}"
             targets = Path(outputs["file"]).read_text(encoding="utf-8").split("\n")[:-1]
             sources = Path(outputs["source"]).read_text(encoding="utf-8").split("\n")
             stats = {}
@@ -379,7 +401,8 @@ def write_init_checkpoint(cfg, student_cfg, chosen, student_dir: RunDir, console
 def _evaluated(run_cfg: DictConfig, console: Console) -> dict:
     """The eval report of ``run_cfg``: an existing one of the same checkpoint and decoding
     options, or a new evaluation."""
-    from moe_mt.workflows.evaluate.evaluation import REPORT, evaluate
+    from moe_mt.workflows.evaluate.evaluation import evaluate
+    from moe_mt.workflows.evaluate.report import REPORT, read_report
     from moe_mt.workflows.translate.translator import DecodeOptions
 
     run_dir = RunDir(run_cfg.run_dir)
@@ -388,7 +411,7 @@ def _evaluated(run_cfg: DictConfig, console: Console) -> dict:
     if name is not None and ev.checkpoint != "average":
         path = run_dir.eval / name / REPORT
         try:
-            report = json.loads(path.read_text(encoding="utf-8"))
+            report = read_report(path)
             chosen = choose_checkpoint(run_dir.checkpoints, ev.checkpoint, ev.average_last)
             same = (
                 report["checkpoint"]["path"] == str(chosen.path)
@@ -405,18 +428,24 @@ def _evaluated(run_cfg: DictConfig, console: Console) -> dict:
 
 
 def _summary(report: dict) -> dict:
-    timing = report["timing"]
+    """A run's row of the distillation report: its scores (the macro average over its trained
+    directions; a single pair's score), size and speed."""
+    directions = report["directions"].values()
+    seconds = sum(d["timing"]["translate_seconds"] for d in directions)
+    tokens = sum(d["timing"]["generated_tokens"] for d in directions)
     return {
         "run_dir": report["run_dir"],
         "arch": report["model"]["arch"],
         "checkpoint": report["checkpoint"]["path"],
         "num_updates": report["checkpoint"]["num_updates"],
-        "bleu": report["scores"]["BLEU"]["score"],
-        "chrf2": report["scores"]["chrF2"]["score"],
+        "bleu": report["average"]["BLEU"]["score"],
+        "chrf2": report["average"]["chrF2"]["score"],
         "parameters": report["parameters"],
-        "sentences_per_second": timing["sentences_per_second"],
-        "tokens_per_second": timing["tokens_per_second"],
-        "reference_sha256": report["files"]["reference"]["sha256"],
+        "sentences_per_second": round(report["lines"] / seconds, 2) if seconds else None,
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        "reference_sha256": {
+            name: d["files"]["reference"]["sha256"] for name, d in report["directions"].items()
+        },
     }
 
 
@@ -444,7 +473,7 @@ def distill_report(cfg, teacher_cfg, student_cfg, console, extra: dict) -> dict:
         base_cfg.eval.bootstrap_baseline = None
         rows["baseline"] = _summary(_evaluated(base_cfg, console))
     shas = {k: r["reference_sha256"] for k, r in rows.items() if r is not None}
-    if len(set(shas.values())) > 1:
+    if len({json.dumps(s, sort_keys=True) for s in shas.values()}) > 1:
         raise MoeMtError(f"teacher, student and baseline were scored on other references: {shas}")
     t, s = rows["teacher"], rows["student"]
     b = rows["baseline"]

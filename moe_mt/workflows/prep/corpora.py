@@ -1,82 +1,47 @@
-"""English-centric many-to-many data: directions, their files, and ``moemt prep`` for them.
+"""The directions of a run and the corpora that serve them: what ``moemt prep`` reads.
 
-A multilingual recipe lists directions (``data.pairs: [en-de, de-en, en-fr, fr-en]``) instead of
-``data.src``/``data.tgt``. One *corpus* serves both directions of a language pair: the files of
-direction ``a-b`` are ``<prefix>.a`` and ``<prefix>.b``, where ``{pair}`` in a prefix is replaced
-by ``a-b``, or by ``b-a`` where only those files exist (``tatoeba_en_xx/{pair}/train`` serves
-en-de and de-en from ``en-de/``); a prefix without ``{pair}`` (FLORES-200 ``test.<lang>``, one
-file per language, multi-way) serves every pair. A language pair may instead name a corpus of
-the download registry (``data.sources: {en-de: iwslt17_multi_en_de, ...}``): prep fetches it
-into the cache as ``data.source`` does for one pair, and takes its train and valid splits, and
-its test split unless ``data.test`` gives a multi-way test set for every pair.
+A single-pair recipe (``data.src``/``data.tgt``, files ``<prefix>.<lang>`` or the registry corpus
+``data.source``) is the one-direction case: one direction, one corpus named ``<src>-<tgt>``.
+
+A multilingual recipe lists directions (``data.pairs: [en-de, de-en, en-fr, fr-en]``) instead.
+One *corpus* serves both directions of a language pair: the files of direction ``a-b`` are
+``<prefix>.a`` and ``<prefix>.b``, where ``{pair}`` in a prefix is replaced by ``a-b``, or by
+``b-a`` where only those files exist (``tatoeba_en_xx/{pair}/train`` serves en-de and de-en from
+``en-de/``); a prefix without ``{pair}`` (FLORES-200 ``test.<lang>``, one file per language,
+multi-way) serves every pair. A language pair may instead name a corpus of the download registry
+(``data.sources: {en-de: iwslt17_multi_en_de, ...}``): prep fetches it into the cache as
+``data.source`` does for one pair, and takes its train and valid splits, and its test split
+unless ``data.test`` gives a multi-way test set for every pair.
 
 ``data.zero_shot`` lists directions that are tested but never trained (de-it in an
 English-centric run): a direction whose language pair no trained corpus holds gets a test-only
 corpus (its test set copied into ``text/``, nothing binarised), from ``data.sources`` or
 ``data.test``; eval scores them and averages them apart from the trained directions.
 
-Prep runs the single-pair steps of :mod:`moe_mt.workflows.prep.pipeline` on every corpus
-(validation, cleaning of train, byte copies of valid/test), then trains one joint sentencepiece
-model on all cleaned training text and builds one joint dictionary (fairseq's
-``translation_multi_simple_epoch`` task wants one dictionary for all languages; it adds the
-``__<lang>__`` tokens itself when it loads it), written as ``dict.<lang>.txt`` for every
-language. ``bin/`` holds ``<split>.<a>-<b>.<lang>.{bin,idx}`` per corpus: the task's reader
-finds direction ``b-a`` in the ``a-b`` files (``MultilingualDatasetManager.load_lang_dataset``).
-
-Layout of ``data/``::
-
-    manifest.json               per corpus: inputs (sha256), line counts per split and filter
-    text/<a>-<b>/<split>.<lang> train: cleaned; valid/test: byte copies (the references)
-    spm.model                   the joint sentencepiece model (+ .vocab)
-    bin/                        dict.<lang>.txt (one dictionary), <split>.<a>-<b>.<lang>.{bin,idx}
+Every function here gives its files as ``{"<corpus>/<split>": {lang: path}}``; how they become
+``data/`` is :mod:`moe_mt.workflows.prep.pipeline`'s one build.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-from rich.progress import Progress
+from omegaconf import DictConfig
 
-from moe_mt.data_prep import binarize, download, fetch_source, spm
+from moe_mt.data_prep import download, fetch_source
 from moe_mt.data_prep.sources import Source, SourceError, get_source
 from moe_mt.errors import MoeMtError
-from moe_mt.provenance import package_versions
-from moe_mt.workflows.prep import pipeline as single
+from moe_mt.workflows.common.manifest import Direction, parse_direction
 
 PLACEHOLDER = "{pair}"
-_LANG = re.compile(r"[A-Za-z0-9_]+")
-
-
-@dataclass(frozen=True)
-class Direction:
-    src: str
-    tgt: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.src}-{self.tgt}"
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def parse_direction(text: str, key: str) -> Direction:
-    """``"en-de"`` -> Direction; anything else is an error naming ``key``."""
-    src, sep, tgt = str(text).partition("-")
-    if not sep or not _LANG.fullmatch(src) or not _LANG.fullmatch(tgt):
-        raise MoeMtError(f"{key}: '{text}' is not a direction of the form src-tgt (e.g. en-de)")
-    if src == tgt:
-        raise MoeMtError(f"{key}: '{text}' translates a language into itself")
-    return Direction(src, tgt)
+SPLITS = ("train", "valid", "test")
 
 
 def directions(data_cfg: DictConfig) -> list[Direction]:
-    """The directions of ``data.pairs``, in order, each once."""
+    """The trained directions, in order, each once: those of ``data.pairs``, or the one
+    ``data.src``-``data.tgt`` of a single-pair recipe."""
+    if not data_cfg.pairs:
+        return [parse_direction(f"{data_cfg.src}-{data_cfg.tgt}", "data.src/data.tgt")]
     parsed = [parse_direction(p, "data.pairs") for p in data_cfg.pairs]
     seen = set()
     for d in parsed:
@@ -223,7 +188,7 @@ def local_files(data_cfg: DictConfig, sources: dict[str, Source]) -> dict[str, d
             )
     files = {}
     for name, pair in all_corpora(data_cfg).items():
-        for split in single.SPLITS:
+        for split in SPLITS:
             if (name in sources or name in test_only) and split != "test":
                 continue
             prefix = data_cfg[split]
@@ -237,7 +202,12 @@ def local_files(data_cfg: DictConfig, sources: dict[str, Source]) -> dict[str, d
 
 def input_files(data_cfg: DictConfig, progress: bool = True) -> dict[str, dict[str, Path]]:
     """``{"<corpus>/<split>": {lang: path}}`` of every corpus and configured split; the
-    registry corpora of ``data.sources`` are fetched into the cache first (a no-op once there)."""
+    registry corpora of ``data.source`` / ``data.sources`` are fetched into the cache first (a
+    no-op once there)."""
+    if not data_cfg.pairs:  # one pair: local files or the registry corpus data.source
+        (name,) = corpora(directions(data_cfg))
+        found = fetch_source.input_files(data_cfg, local=_existing_local_files, progress=progress)
+        return {f"{name}/{split}": langs for split, langs in found.items()}
     sources = check_inputs(data_cfg)
     files = local_files(data_cfg, sources)
     test_only = zero_shot_corpora(data_cfg)
@@ -247,142 +217,27 @@ def input_files(data_cfg: DictConfig, progress: bool = True) -> dict[str, dict[s
             corpus = download.fetch_corpus(source, cache, progress=progress)
         except (download.DownloadError, SourceError) as err:
             raise MoeMtError(f"data.sources: {source.name}: {err}") from None
-        needed = ("test",) if name in test_only else single.SPLITS
+        needed = ("test",) if name in test_only else SPLITS
         for split, langs in corpus.files.items():
             if split in needed and f"{name}/{split}" not in files:
                 if split != "test" or data_cfg.test is None:
                     files[f"{name}/{split}"] = dict(langs)
     # The order of the manifest whatever the origin: corpus by corpus, train / valid / test.
-    order = [f"{name}/{split}" for name in all_corpora(data_cfg) for split in single.SPLITS]
+    order = [f"{name}/{split}" for name in all_corpora(data_cfg) for split in SPLITS]
     files = {key: files[key] for key in order if key in files}
     if data_cfg.get("lowercase"):  # the single-pair rule, every corpus alike
         files = fetch_source.lowercased(files, cache / fetch_source.LOWERCASED_DIR)
     return files
 
 
-def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
-    """Prepare every corpus into ``out`` (the building ``data/``); return the manifest."""
-    dirs = directions(data_cfg)
-    text_dir, work_dir, bin_dir = out / "text", out / "pieces", out / "bin"
-    for d in (text_dir, work_dir, bin_dir):
-        d.mkdir()
-    names = corpora(dirs)
-    splits: dict[str, dict[str, dict]] = {}
-    # valid/test of every corpus first: small, and any problem there is fatal.
-    for name, pair in names.items():
-        (text_dir / name).mkdir()
-        (work_dir / name).mkdir()
-        splits[name] = {"train": {}}
-        for split in ("valid", "test"):
-            if f"{name}/{split}" in files:
-                splits[name][split] = single.check_and_copy_split(
-                    files[f"{name}/{split}"],
-                    _paths(text_dir / name, split, pair),
-                    pair,
-                    data_cfg.max_line_chars,
-                )
-    for name, pair in names.items():
-        splits[name]["train"] = single.clean_train(
-            data_cfg,
-            files[f"{name}/train"],
-            _paths(text_dir / name, "train", pair),
-            pair,
-            progress,
-        )
-
-    train_text = _train_files(text_dir, names)
-    spm.train_spm(train_text, out / "spm", data_cfg.spm)
-    encoder = spm.Encoder(out / "spm.model")
-    for name, pair in names.items():
-        for split, info in splits[name].items():
-            for lang in pair:
-                file = f"{name}/{split}.{lang}"
-                single.encode_file(
-                    encoder,
-                    text_dir / file,
-                    work_dir / file,
-                    info["lines"]["kept"],
-                    progress,
-                    f"encode {file}",
-                )
-
-    dictionary = binarize.build_dictionary(_train_files(work_dir, names))
-    langs = languages(dirs)
-    for lang in langs:
-        dictionary.save(str(bin_dir / f"dict.{lang}.txt"))
-    for name, pair in names.items():
-        for split, info in splits[name].items():
-            info["tokens"] = {
-                lang: single.binarise_file(
-                    work_dir / name / f"{split}.{lang}",
-                    dictionary,
-                    bin_dir / f"{split}.{name}.{lang}",
-                    info["lines"]["kept"],
-                    progress,
-                    f"binarise {name} {split}.{lang}",
-                )
-                for lang in pair
-            }
-    shutil.rmtree(work_dir)
-
-    # Zero-shot pairs that no trained corpus holds: their test text only (eval reads text/;
-    # nothing of them is binarised, so training cannot see them).
-    test_only = zero_shot_corpora(data_cfg)
-    for name, pair in test_only.items():
-        (text_dir / name).mkdir()
-        splits[name] = {
-            "test": single.check_and_copy_split(
-                files[f"{name}/test"],
-                _paths(text_dir / name, "test", pair),
-                pair,
-                data_cfg.max_line_chars,
-            )
-        }
-    zero_shot = zero_shot_directions(data_cfg)
-
-    def in_pair(found: list[Direction], pair) -> list[str]:
-        return [d.name for d in found if {d.src, d.tgt} == set(pair)]
-
-    return {
-        "format": single.MANIFEST_FORMAT,
-        "multilingual": True,
-        "languages": {
-            "langs": langs,
-            "directions": [d.name for d in dirs],
-            "zero_shot": [d.name for d in zero_shot],
-        },
-        "corpora": {
-            name: {
-                "languages": list(pair),
-                "directions": in_pair(dirs, pair),
-                "zero_shot": in_pair(zero_shot, pair),
-                "test_only": name in test_only,
-                "inputs": {s: inputs[f"{name}/{s}"] for s in splits[name]},
-                "splits": splits[name],
-            }
-            for name, pair in {**names, **test_only}.items()
-        },
-        "files": {
-            "text": "text",
-            "bin": "bin",
-            "spm": {lang: "spm.model" for lang in langs},
-            "dictionaries": {lang: f"bin/dict.{lang}.txt" for lang in langs},
-        },
-        "dictionary_size": {"joint": len(dictionary)},
-        "joined_dictionary": True,
-        "config": OmegaConf.to_container(data_cfg),
-        "versions": package_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _train_files(root: Path, names: dict[str, tuple[str, str]]) -> list[Path]:
-    """Every corpus' training files under ``root`` (text or pieces)."""
-    return [p for name, pair in names.items() for p in _paths(root / name, "train", pair).values()]
-
-
-def _paths(directory: Path, split: str, pair: tuple[str, str]) -> dict[str, Path]:
-    return {lang: directory / f"{split}.{lang}" for lang in pair}
+def _existing_local_files(data_cfg: DictConfig) -> dict[str, dict[str, Path]]:
+    """:func:`fetch_source.local_files`, each checked to exist."""
+    files = fetch_source.local_files(data_cfg)
+    for split, langs in files.items():
+        for path in langs.values():
+            if not path.is_file():
+                raise MoeMtError(f"{path}: no such file (data.{split}={data_cfg[split]})")
+    return files
 
 
 def task_dictionary(data_cfg: DictConfig, bin_dir: Path):
@@ -403,40 +258,3 @@ def task_dictionary(data_cfg: DictConfig, bin_dir: Path):
             dictionary.add_symbol(f"w{i}")
     augment_dictionary(dictionary, langs, lang_tok_style="multilingual")
     return dictionary
-
-
-def is_multilingual(manifest: dict) -> bool:
-    return bool(manifest.get("multilingual"))
-
-
-def _corpus_of(manifest: dict, direction: Direction) -> str | None:
-    for name, corpus in manifest["corpora"].items():
-        if set(corpus["languages"]) == {direction.src, direction.tgt}:
-            return name
-    return None
-
-
-def has_split(manifest: dict, direction: Direction, split: str) -> bool:
-    """Whether ``direction``'s corpus has ``split`` prepared (train never counts)."""
-    name = _corpus_of(manifest, direction)
-    return split != "train" and name is not None and split in manifest["corpora"][name]["splits"]
-
-
-def text_files(manifest: dict, data_dir: Path, direction: Direction, split: str):
-    """(source, reference) text files of ``direction``'s ``split`` in a prepared ``data/``:
-    those of the corpus of its language pair (trained or test-only)."""
-    name = _corpus_of(manifest, direction)
-    if name is None:
-        prepared = ", ".join(sorted(manifest["corpora"]))
-        raise MoeMtError(
-            f"{direction}: no prepared corpus for this language pair (prepared: {prepared}; "
-            "a direction that is not trained can be prepared for testing with data.zero_shot)"
-        )
-    if split not in manifest["corpora"][name]["splits"] or split == "train":
-        prepared = [s for s in manifest["corpora"][name]["splits"] if s != "train"]
-        raise MoeMtError(
-            f"eval.split={split}: not a prepared split of {name} "
-            f"(prepared: {', '.join(prepared) or 'none'})"
-        )
-    text = data_dir / manifest["files"]["text"] / name
-    return text / f"{split}.{direction.src}", text / f"{split}.{direction.tgt}"

@@ -1,16 +1,27 @@
-"""``moemt prep``: local parallel text in, binarised fairseq data out, in ``RUN_DIR/data/``.
+"""``moemt prep``: parallel text in, binarised fairseq data out, in ``RUN_DIR/data/``.
 
-Order of work (cheap checks first, so that bad input fails before compute is spent):
-line counts and validation of valid/test, then validation and cleaning of train in one pass,
-sentencepiece on the cleaned train text, encoding, dictionary, binarisation, and the manifest.
-Everything is built in a temporary sibling of ``data/`` and renamed into place at the end.
+One build for one direction or many (:mod:`.corpora` says which corpora serve the run's
+directions; a single pair is one corpus). Order of work (cheap checks first, so that bad input
+fails before compute is spent): line counts and validation of every valid/test split, then
+validation and cleaning of every training split in one pass, sentencepiece on the cleaned
+training text, encoding, dictionary, binarisation, and the manifest. Everything is built in a
+temporary sibling of ``data/`` and renamed into place at the end.
 
-Layout of ``data/``::
+Vocabulary: ``data.spm.joint`` trains one sentencepiece model on all cleaned training text (else
+one per language, on that language's text of every corpus); ``data.joined_dictionary`` builds
+one fairseq dictionary (else one per language), written as ``dict.<lang>.txt`` for every
+language. Multilingual runs need both joint (fairseq's ``translation_multi_simple_epoch`` reads
+one dictionary and adds the ``__<lang>__`` tokens itself when it loads it). ``bin/`` holds
+``<split>.<a>-<b>.<lang>.{bin,idx}`` per corpus: fairseq's ``translation`` task reads the one
+corpus of a single pair by that name, the multilingual task finds direction ``b-a`` in the
+``a-b`` files (``MultilingualDatasetManager.load_lang_dataset``).
 
-    manifest.json            line counts per filter, input sha256, paths, tool versions
-    text/<split>.<lang>      train: cleaned; valid/test: byte copies (the untouched references)
-    spm.model | spm.<lang>.model   sentencepiece model(s) (+ .vocab)
-    bin/                     fairseq data-bin: dict.<lang>.txt, <split>.<src>-<tgt>.<lang>.{bin,idx}
+Layout of ``data/`` (the manifest's schema: :mod:`moe_mt.workflows.common.manifest`)::
+
+    manifest.json                 per corpus: inputs (sha256), line counts per split and filter
+    text/<a>-<b>/<split>.<lang>   train: cleaned; valid/test: byte copies (the references)
+    spm.model | spm.<lang>.model  sentencepiece model(s) (+ .vocab)
+    bin/                          dict.<lang>.txt, <split>.<a>-<b>.<lang>.{bin,idx}
 """
 
 from __future__ import annotations
@@ -28,10 +39,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from moe_mt.config import to_yaml
-from moe_mt.data_prep import binarize, clean, fetch_source, spm, validate
+from moe_mt.data_prep import binarize, clean, spm, validate
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
+from moe_mt.workflows.common.manifest import MANIFEST_FORMAT
 from moe_mt.workflows.common.progress import progress_bar
 from moe_mt.workflows.common.rundir import (
     RunDir,
@@ -39,9 +51,8 @@ from moe_mt.workflows.common.rundir import (
     atomic_write_text,
     building_dir,
 )
+from moe_mt.workflows.prep import corpora
 
-MANIFEST_FORMAT = 1
-SPLITS = ("train", "valid", "test")
 ENCODE_CHUNK = 2000
 
 
@@ -52,35 +63,14 @@ class PrepResult:
     up_to_date: bool  # True when nothing had to be done
 
 
-def split_files(data_cfg: DictConfig) -> dict[str, dict[str, Path]]:
-    """``{split: {lang: path}}`` of the configured inputs; a missing file is an error."""
-    files = {}
-    for split in SPLITS:
-        prefix = data_cfg[split]
-        if prefix is None:
-            continue
-        files[split] = {}
-        for lang in (data_cfg.src, data_cfg.tgt):
-            path = Path(f"{prefix}.{lang}")
-            if not path.is_file():
-                raise MoeMtError(f"{path}: no such file (data.{split}={prefix})")
-            files[split][lang] = path
-    return files
-
-
 def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
     """Run the data preparation of ``cfg`` into ``cfg.run_dir``; a no-op when up to date."""
     console = console or Console(stderr=True)
     run_dir = RunDir(cfg.run_dir)
     with run_dir.locked():
-        if cfg.data.pairs:  # many directions, one joint vocabulary (multilingual.py)
-            from moe_mt.workflows.prep import corpora as multilingual
-
-            files, build = multilingual.input_files(cfg.data), multilingual.build
-        else:
-            # Local files, or a registry corpus fetched into the cache (data.source); lowercased
-            # copies with data.lowercase. Everything below treats them alike.
-            files, build = fetch_source.input_files(cfg.data, local=split_files), _build
+        # Local files or registry corpora fetched into the cache (lowercased copies with
+        # data.lowercase): everything below treats them alike.
+        files = corpora.input_files(cfg.data)
         inputs = {
             split: {lang: {"path": str(p), "sha256": file_sha256(p)} for lang, p in langs.items()}
             for split, langs in files.items()
@@ -122,62 +112,107 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
-def _build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
-    src, tgt = data_cfg.src, data_cfg.tgt
+def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
+    """Prepare every corpus of the run into ``out`` (the building ``data/``); the manifest."""
+    dirs = corpora.directions(data_cfg)
+    names = corpora.corpora(dirs)
+    langs = corpora.languages(dirs)
     text_dir, work_dir, bin_dir = out / "text", out / "pieces", out / "bin"
     for d in (text_dir, work_dir, bin_dir):
         d.mkdir()
+    splits: dict[str, dict[str, dict]] = {}
+    # valid/test of every corpus first: small, and any problem there is fatal.
+    for name, pair in names.items():
+        (text_dir / name).mkdir()
+        (work_dir / name).mkdir()
+        splits[name] = {"train": {}}  # filled after valid/test, kept first in order
+        for split in ("valid", "test"):
+            if f"{name}/{split}" in files:
+                splits[name][split] = check_and_copy_split(
+                    files[f"{name}/{split}"],
+                    _paths(text_dir / name, split, pair),
+                    pair,
+                    data_cfg.max_line_chars,
+                )
+    for name, pair in names.items():
+        splits[name]["train"] = clean_train(
+            data_cfg, files[f"{name}/train"], _paths(text_dir / name, "train", pair), pair, progress
+        )
 
-    splits: dict[str, dict] = {"train": {}}  # filled after valid/test, kept first in order
-    # valid/test first: small, and any problem there is fatal.
-    for split in (s for s in SPLITS if s in files and s != "train"):
-        splits[split] = check_and_copy_split(
-            files[split], {lang: text_dir / f"{split}.{lang}" for lang in (src, tgt)},
-            (src, tgt), data_cfg.max_line_chars,
-        )  # fmt: skip
-    splits["train"] = clean_train(
-        data_cfg, files["train"], {lang: text_dir / f"train.{lang}" for lang in (src, tgt)},
-        (src, tgt), progress,
-    )  # fmt: skip
+    spm_models = _train_spm(data_cfg, _train_files(text_dir, names), out, langs)
+    encoders = {model: spm.Encoder(out / model) for model in set(spm_models.values())}
+    for name, pair in names.items():
+        for split, info in splits[name].items():
+            for lang in pair:
+                file = f"{name}/{split}.{lang}"
+                encode_file(
+                    encoders[spm_models[lang]],
+                    text_dir / file,
+                    work_dir / file,
+                    info["lines"]["kept"],
+                    progress,
+                    f"encode {file}",
+                )
 
-    spm_models = _train_spm(data_cfg, text_dir, out)
-    encoders = {lang: spm.Encoder(out / model) for lang, model in spm_models.items()}
-    for split in splits:
-        for lang in (src, tgt):
-            encode_file(
-                encoders[lang],
-                text_dir / f"{split}.{lang}",
-                work_dir / f"{split}.{lang}",
-                splits[split]["lines"]["kept"],
-                progress,
-                f"encode {split}.{lang}",
-            )
-
-    dictionaries = _dictionaries(data_cfg, work_dir, bin_dir)
-    for split in splits:
-        splits[split]["tokens"] = {
-            lang: binarise_file(
-                work_dir / f"{split}.{lang}",
-                dictionaries[lang],
-                bin_dir / f"{split}.{src}-{tgt}.{lang}",
-                splits[split]["lines"]["kept"],
-                progress,
-                f"binarise {split}.{lang}",
-            )
-            for lang in (src, tgt)
-        }
+    dictionaries = _dictionaries(data_cfg, _train_files(work_dir, names), bin_dir, langs)
+    for name, pair in names.items():
+        for split, info in splits[name].items():
+            info["tokens"] = {
+                lang: binarise_file(
+                    work_dir / name / f"{split}.{lang}",
+                    dictionaries[lang],
+                    bin_dir / f"{split}.{name}.{lang}",
+                    info["lines"]["kept"],
+                    progress,
+                    f"binarise {name} {split}.{lang}",
+                )
+                for lang in pair
+            }
     shutil.rmtree(work_dir)
+
+    # Zero-shot pairs that no trained corpus holds: their test text only (eval reads text/;
+    # nothing of them is binarised, so training cannot see them).
+    test_only = corpora.zero_shot_corpora(data_cfg) if data_cfg.pairs else {}
+    for name, pair in test_only.items():
+        (text_dir / name).mkdir()
+        splits[name] = {
+            "test": check_and_copy_split(
+                files[f"{name}/test"],
+                _paths(text_dir / name, "test", pair),
+                pair,
+                data_cfg.max_line_chars,
+            )
+        }
+    zero_shot = corpora.zero_shot_directions(data_cfg) if data_cfg.pairs else []
+
+    def in_pair(found: list, pair) -> list[str]:
+        return [d.name for d in found if {d.src, d.tgt} == set(pair)]
 
     return {
         "format": MANIFEST_FORMAT,
-        "languages": {"src": src, "tgt": tgt},
-        "inputs": inputs,
-        "splits": splits,
+        "multilingual": bool(data_cfg.pairs),  # trained with language tokens
+        "languages": {
+            "langs": langs,
+            "directions": [d.name for d in dirs],
+            "zero_shot": [d.name for d in zero_shot],
+        },
+        "corpora": {
+            name: {
+                "languages": list(pair),
+                "directions": in_pair(dirs, pair),
+                "zero_shot": in_pair(zero_shot, pair),
+                "test_only": name in test_only,
+                "text": f"text/{name}",
+                "inputs": {s: inputs[f"{name}/{s}"] for s in splits[name]},
+                "splits": splits[name],
+            }
+            for name, pair in {**names, **test_only}.items()
+        },
         "files": {
             "text": "text",
             "bin": "bin",
             "spm": spm_models,
-            "dictionaries": {lang: f"bin/dict.{lang}.txt" for lang in (src, tgt)},
+            "dictionaries": {lang: f"bin/dict.{lang}.txt" for lang in langs},
         },
         "dictionary_size": {lang: len(d) for lang, d in dictionaries.items()},
         "joined_dictionary": bool(data_cfg.joined_dictionary),
@@ -185,6 +220,20 @@ def _build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
         "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _train_files(root: Path, names: dict[str, tuple[str, str]]) -> list[tuple[str, Path]]:
+    """``(lang, training file)`` of every corpus under ``root`` (text or pieces), in corpus order,
+    each corpus' languages in its own order (``train.<src>``, ``train.<tgt>`` for one pair)."""
+    return [
+        (lang, path)
+        for name, pair in names.items()
+        for lang, path in _paths(root / name, "train", pair).items()
+    ]
+
+
+def _paths(directory: Path, split: str, pair: tuple[str, str]) -> dict[str, Path]:
+    return {lang: directory / f"{split}.{lang}" for lang in pair}
 
 
 def check_and_copy_split(
@@ -244,17 +293,15 @@ def clean_train(
     return {"lines": lines, "dropped": dropped}
 
 
-def _train_spm(data_cfg, text_dir: Path, out: Path) -> dict[str, str]:
+def _train_spm(data_cfg, train_text: list[tuple[str, Path]], out: Path, langs) -> dict[str, str]:
     """Train the sentencepiece model(s); return ``{lang: model file name}``."""
-    src, tgt = data_cfg.src, data_cfg.tgt
     if data_cfg.spm.joint:
-        spm.train_spm(
-            [text_dir / f"train.{src}", text_dir / f"train.{tgt}"], out / "spm", data_cfg.spm
-        )
-        return {src: "spm.model", tgt: "spm.model"}
-    for lang in (src, tgt):
-        spm.train_spm([text_dir / f"train.{lang}"], out / f"spm.{lang}", data_cfg.spm)
-    return {lang: f"spm.{lang}.model" for lang in (src, tgt)}
+        spm.train_spm([path for _, path in train_text], out / "spm", data_cfg.spm)
+        return dict.fromkeys(langs, "spm.model")
+    for lang in langs:
+        own = [path for file_lang, path in train_text if file_lang == lang]
+        spm.train_spm(own, out / f"spm.{lang}", data_cfg.spm)
+    return {lang: f"spm.{lang}.model" for lang in langs}
 
 
 def encode_file(encoder: spm.Encoder, source: Path, dest: Path, total: int, progress, label):
@@ -283,14 +330,17 @@ def binarise_file(pieces: Path, dictionary, out_prefix: Path, total: int, progre
     return {"tokens": stats.tokens, "unknown": stats.unknown}
 
 
-def _dictionaries(data_cfg, work_dir: Path, bin_dir: Path) -> dict:
-    src, tgt = data_cfg.src, data_cfg.tgt
+def _dictionaries(data_cfg, train_pieces: list[tuple[str, Path]], bin_dir: Path, langs) -> dict:
+    """``{lang: fairseq dictionary}``, each saved as ``bin/dict.<lang>.txt``."""
     if data_cfg.joined_dictionary:
-        joined = binarize.build_dictionary([work_dir / f"train.{src}", work_dir / f"train.{tgt}"])
-        dictionaries = {src: joined, tgt: joined}
+        joined = binarize.build_dictionary([path for _, path in train_pieces])
+        dictionaries = dict.fromkeys(langs, joined)
     else:
         dictionaries = {
-            lang: binarize.build_dictionary([work_dir / f"train.{lang}"]) for lang in (src, tgt)
+            lang: binarize.build_dictionary(
+                [p for file_lang, p in train_pieces if file_lang == lang]
+            )
+            for lang in langs
         }
     for lang, dictionary in dictionaries.items():
         dictionary.save(str(bin_dir / f"dict.{lang}.txt"))

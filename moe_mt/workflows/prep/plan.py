@@ -43,7 +43,8 @@ def prep_plan(cfg: DictConfig) -> PrepPlan:
         splits = _multilingual_inputs(cfg, plan)
     else:
         fetch_source.check_single_pair(data)
-        splits = _source_inputs(data, plan) if data.source else _local_inputs(data, plan)
+        found = _source_inputs(data, plan) if data.source else _local_inputs(data, plan)
+        splits = {f"{data.src}-{data.tgt}/{split}": pair for split, pair in found.items()}
     text_only = set()
     if data.get("pairs"):  # test-only corpora of zero-shot directions: text, nothing binarised
         from moe_mt.workflows.prep.corpora import zero_shot_corpora
@@ -175,7 +176,7 @@ def _produced(
         plan.add(f"  {data_dir / 'bin' / f'dict.{lang}.txt'}")
     for key, (a, b) in splits.items():
         corpus, _, split = key.rpartition("/")
-        text = data_dir / "text" / corpus if corpus else data_dir / "text"
+        text = data_dir / "text" / corpus
         for lang in (a, b):
             plan.add(f"  {text / f'{split}.{lang}'}")
             if key not in text_only:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +32,7 @@ from omegaconf import DictConfig
 from moe_mt.checkpoints import load_state, state_num_updates
 from moe_mt.errors import MoeMtError
 from moe_mt.models.transformer import BETTERTRANSFORMER_PARAMS
+from moe_mt.workflows.common.manifest import parse_direction, read_manifest, trained_directions
 from moe_mt.workflows.common.rundir import RunDir
 
 
@@ -101,15 +101,6 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in copies)
 
 
-def _read_manifest(run_dir: RunDir) -> dict:
-    try:
-        return json.loads(run_dir.manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MoeMtError(
-            f"{run_dir.manifest}: no prepared data ({type(exc).__name__}); run `moemt prep` first"
-        ) from None
-
-
 class Translator:
     """A loaded model (or ensemble), its task, the sentencepiece models and decoding options."""
 
@@ -149,19 +140,19 @@ class Translator:
         from fairseq import checkpoint_utils
 
         run = RunDir(run_dir)
-        manifest = _read_manifest(run)
+        manifest = read_manifest(run.manifest)
         bin_dir = run.data / manifest["files"]["bin"]
         # The checkpoint names the data-bin it was trained on; read this run's (a copied or
         # moved run directory keeps working).
         overrides = {**(model_overrides or {}), "data": str(bin_dir)}
+        first = trained_directions(manifest)[0]
+        src, tgt = direction or (first.src, first.tgt)
         if manifest.get("multilingual"):
-            src, tgt = direction or manifest["languages"]["directions"][0].split("-")
             _check_languages(manifest["languages"]["langs"], src, tgt)
             # A source and target language set the task up for inference in that direction.
             overrides.update(source_lang=src, target_lang=tgt)
-            langs = {"src": src, "tgt": tgt}
-        else:
-            langs = manifest["languages"]
+        elif (src, tgt) != (first.src, first.tgt):
+            raise MoeMtError(f"{src}-{tgt}: this run translates {first} only (no data.pairs)")
         state = load_state(checkpoint, overrides)
         try:
             models, model_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
@@ -178,7 +169,7 @@ class Translator:
         spm_files = manifest["files"]["spm"]
         spm_src, spm_tgt = (
             sentencepiece.SentencePieceProcessor(model_file=str(run.data / spm_files[lang]))
-            for lang in (langs["src"], langs["tgt"])
+            for lang in (src, tgt)
         )
         arch = getattr(model_cfg.model, "arch", None) or getattr(model_cfg.model, "_name", None)
         return cls(models, task, options, spm_src, spm_tgt, num_updates, arch)
@@ -190,17 +181,22 @@ class Translator:
         return isinstance(self.task, TranslationMultiSimpleEpochTask)
 
     @property
-    def direction(self) -> tuple[str, str] | None:
-        """``(src, tgt)`` of a multilingual translator, else None."""
-        return (
-            (self.task.args.source_lang, self.task.args.target_lang) if self.multilingual else None
-        )
+    def direction(self) -> tuple[str, str]:
+        """``(src, tgt)``: what this translator translates."""
+        # fairseq's multilingual task keeps its options in ``args``, the translation task in
+        # ``cfg``.
+        options = self.task.args if self.multilingual else self.task.cfg
+        return options.source_lang, options.target_lang
 
     def for_direction(self, src: str, tgt: str) -> Translator:
-        """The same models and options translating ``src`` -> ``tgt`` (multilingual runs): the
-        task (language tokens) and generator are set up again, the models are shared."""
+        """The same models and options translating ``src`` -> ``tgt``: this translator for its
+        own direction; for multilingual runs the task (language tokens) and generator are set
+        up again for another one, the models shared."""
+        if (src, tgt) == self.direction:
+            return self
         if not self.multilingual:
-            raise MoeMtError(f"{src}-{tgt}: this run translates one direction only (no data.pairs)")
+            here = "-".join(self.direction)
+            raise MoeMtError(f"{src}-{tgt}: this run translates {here} only (no data.pairs)")
         from fairseq import tasks
 
         _check_languages(self.task.langs, src, tgt)
@@ -385,18 +381,18 @@ def translate_stream(
     return summary
 
 
-def stream_direction(cfg: DictConfig) -> tuple[str, str] | None:
-    """The one direction ``translate`` takes in a multilingual run (``eval.directions``)."""
-    if not cfg.data.pairs:
-        if cfg.eval.directions:
-            raise MoeMtError("eval.directions: only for multilingual runs (data.pairs)")
-        return None
-    from moe_mt.workflows.prep.corpora import parse_direction
+def stream_direction(cfg: DictConfig) -> tuple[str, str]:
+    """The one direction ``translate`` takes: ``eval.directions`` (one), else the run's only
+    trained direction (a single-pair run's)."""
+    from moe_mt.workflows.prep.corpora import directions
 
+    trained = directions(cfg.data)
+    if not cfg.eval.directions and len(trained) == 1:
+        return trained[0].src, trained[0].tgt
     if len(cfg.eval.directions) != 1:
         raise MoeMtError(
-            "a multilingual run translates one direction: give --src and --tgt "
-            f"(or eval.directions=[src-tgt]); trained: {', '.join(cfg.data.pairs)}"
+            "translate takes one direction: give --src and --tgt (or eval.directions=[src-tgt]); "
+            f"trained: {', '.join(d.name for d in trained)}"
         )
     direction = parse_direction(cfg.eval.directions[0], "eval.directions")
     return direction.src, direction.tgt
