@@ -174,3 +174,39 @@ def test_rejected_model_config_writes_nothing(trained_demo, tmp_path):
         train(cfg)
     assert (run_dir / "config.yaml").read_bytes() == before
     assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.arch=switch_transformer_demo", "model.moe.num_experts=8", "model.moe.top_k=9"],
+            "model: moe_top_k=9 must be in [1, 8]",
+        ),
+        (
+            [
+                "model.arch=mhmoe_transformer_demo",
+                "model.moe.num_experts=4",
+                "model.moe.offset=0",
+                "model.moe.heads=3",
+            ],  # fmt: skip
+            "model: --moe-heads 3 must divide the model width 64",
+        ),
+    ],
+)
+def test_model_option_error_is_one_line_and_writes_nothing(
+    prepped_demo, tmp_path, overrides, message
+):
+    """An option the model's layers refuse fails `moemt train` with one line, as --dry-run
+    does, before the run directory is written (no config, checkpoints or logs)."""
+    run_dir = _copy(prepped_demo, tmp_path)
+    before = (run_dir / "config.yaml").read_bytes()
+    # One update at most, should the option get past the check.
+    args = [f"run_dir={run_dir}", "data.spm.vocab_size=2000", *TINY_MODEL, "train.max_update=1"]
+    args += overrides
+    result = CliRunner().invoke(app, ["train", str(REPO / "recipes" / "demo.yaml"), *args])
+    assert result.exit_code == 1, result.output
+    own_lines = [line for line in result.stderr.splitlines() if " | INFO | " not in line]
+    assert own_lines == [f"error: {message}"]
+    assert (run_dir / "config.yaml").read_bytes() == before
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "logs").exists()

@@ -174,8 +174,10 @@ def train(
     if start_from is not None:
         args += ["--finetune-from-model", str(start_from)]
     # Every error fairseq or an architecture finds in the arguments (an unknown option, Soft MoE
-    # in a decoder) surfaces here, before anything is written.
+    # in a decoder) or the model's layers find in their options (top_k > num_experts, MH-MoE
+    # heads not dividing the width) surfaces here, before anything is written.
     fairseq_cfg = parse_fairseq_args(args)
+    check_model(cfg)
     if dry_run:
         return TrainResult(run_dir.root, args, dry_run=True)
     if launch is not None and not launch.spawn:
@@ -406,6 +408,22 @@ def parse_fairseq_args(args: list[str]):
         message = lines[-1] if lines else "invalid arguments"
         message = message.split(" (choose from ")[0]  # not fairseq's list of every choice
         raise MoeMtError(f"fairseq rejected the training arguments: {message}") from None
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Build ``cfg``'s model on the meta device (shapes, no memory, milliseconds): the options
+    its layers refuse when built (``ValueError``) become one ``model: ...`` line, as in
+    ``moemt train --dry-run``'s summary, instead of a traceback from inside fairseq's trainer
+    after the run directory was written."""
+    import torch
+
+    from moe_mt.workflows.train.model_summary import build_model
+
+    try:
+        with torch.device("meta"):
+            build_model(cfg)
+    except ValueError as exc:
+        raise MoeMtError(f"model: {exc}") from exc
 
 
 def _run_logged(
