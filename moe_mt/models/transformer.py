@@ -12,7 +12,7 @@ Sizes (``moemt_transformer_<size>``), layers per side / width / FFN width / head
 =========  ======  =====  ====  =====  ========================================
 size       layers  d      FFN   heads  as in
 =========  ======  =====  ====  =====  ========================================
-demo       3       256    1024  4      the design notes' 2-core calibration
+demo       3       256    1024  4      the 2-core calibration (docs/train.md)
 iwslt      6       512    1024  4      fairseq ``transformer_iwslt_de_en``
 wmt        6       512    2048  8      Transformer-base (Vaswani et al. 2017)
 wmt_big    6       1024   4096  16     Transformer-big (dropout 0.3 in recipes)
