@@ -95,10 +95,6 @@ class Family:
     criterion: str = "label_smoothed_cross_entropy"
     counters: Mapping[type, BlockCounter] = field(default_factory=dict)
 
-    def defaults(self) -> dict[str, Any]:
-        """``{"moe_<name>": default}``: what the architectures fill into unset fairseq args."""
-        return {f"moe_{o.name}": o.default for o in self.options}
-
 
 _FAMILIES: dict[str, Family] = {}
 _DECLARED: dict[str, dict[str, OptionSpec]] = {}  # family -> its options, by name
