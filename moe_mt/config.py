@@ -1,5 +1,6 @@
 """The recipe schema (OmegaConf structured config) and recipe loading: one source of truth for
-every key, its default and its help text (the comment beside it).
+every key, its default and its help text (each field's ``metadata["help"]``, as fairseq's
+dataclasses hold theirs; ``moemt config`` prints them).
 
 A recipe is a YAML file; the CLI takes a recipe path (or a run directory holding the
 ``config.yaml`` an earlier command wrote) and ``key=value`` overrides. A misspelt or unknown key,
@@ -49,22 +50,50 @@ INCLUDE_KEY = "include"  # a recipe's list of pieces merged before it
 class CleanConfig:
     """Filters applied to the training split only (valid and test are never altered)."""
 
-    min_words: int = 1  # drop pairs with fewer whitespace-separated words on either side
-    max_words: int = 250  # drop pairs with more words on either side
-    max_length_ratio: float = 3.0  # drop pairs whose word counts differ by more than this factor
-    dedup: bool = True  # drop exact duplicate (source, target) pairs, keeping the first
+    min_words: int = field(
+        default=1,
+        metadata={"help": "drop pairs with fewer whitespace-separated words on either side"},
+    )
+    max_words: int = field(
+        default=250,
+        metadata={"help": "drop pairs with more whitespace-separated words on either side"},
+    )
+    max_length_ratio: float = field(
+        default=3.0,
+        metadata={"help": "drop pairs whose word counts differ by more than this factor"},
+    )
+    dedup: bool = field(
+        default=True,
+        metadata={"help": "drop exact duplicate (source, target) pairs, keeping the first"},
+    )
 
 
 @dataclass
 class SpmConfig:
     """sentencepiece model(s), trained on the cleaned training split only."""
 
-    vocab_size: int = 8000
-    model_type: str = "unigram"  # unigram | bpe | char | word
-    character_coverage: float = 1.0  # 0.9995 is usual for large CJK vocabularies
-    joint: bool = True  # one model for both languages (else one per language)
-    input_sentence_size: int = 2_000_000  # sentences sampled to train spm (0: all)
-    seed: int = 1  # seed of that sample
+    vocab_size: int = field(
+        default=8000, metadata={"help": "sentencepiece vocabulary size (per model)"}
+    )
+    model_type: str = field(
+        default="unigram", metadata={"help": "sentencepiece algorithm: unigram | bpe | char | word"}
+    )
+    character_coverage: float = field(
+        default=1.0,
+        metadata={
+            "help": (
+                "share of characters the model covers (0.9995 is usual for large CJK vocabularies)"
+            )
+        },
+    )
+    joint: bool = field(
+        default=True, metadata={"help": "one model for both languages (false: one per language)"}
+    )
+    input_sentence_size: int = field(
+        default=2_000_000,
+        metadata={"help": "training sentences sampled to train sentencepiece (0: all)"},
+    )
+    seed: int = field(default=1, metadata={"help": "seed of that sample"})
 
 
 @dataclass
@@ -76,26 +105,89 @@ class DataConfig:
     ``b-a`` where only those files exist (one corpus serves both directions), or the registry
     corpus that ``sources`` names for its language pair; one joint sentencepiece model and
     dictionary (``moe_mt/workflows/prep/corpora.py``).
+
+    Inputs are local files (``train`` and ``valid`` mandatory, ``test`` optional) or a corpus of
+    the download registry (``source``; multilingual: ``sources``), not both.
     """
 
-    src: str = MISSING  # source language code, the file suffix (e.g. en)
-    tgt: str = MISSING  # target language code (e.g. de)
-    pairs: List[str] = field(default_factory=list)  # multilingual directions: [en-de, de-en, ...]
-    # multilingual: directions tested but never trained (their test set only), e.g. [de-it]
-    zero_shot: List[str] = field(default_factory=list)
-    # Local files (train and valid mandatory), or a corpus of the download registry:
-    train: Optional[str] = None  # path prefix of the training files
-    valid: Optional[str] = None  # path prefix of the validation files
-    test: Optional[str] = None  # path prefix of the test files
-    source: Optional[str] = None  # registry corpus (data_prep/sources.py) that prep downloads
-    # Multilingual: a registry corpus per language pair, {en-de: iwslt17_multi_en_de, ...}
-    sources: Dict[str, str] = field(default_factory=dict)
-    cache_dir: Optional[str] = None  # its downloads (default: $MOEMT_CACHE_DIR or ~/.cache/moemt)
-    lowercase: bool = False  # lowercase every split, both sides, as fairseq's IWSLT14 preparation
-    max_line_chars: int = 2000  # longer lines: dropped in train, fatal in valid/test
-    joined_dictionary: bool = True  # one fairseq dictionary for both sides
-    clean: CleanConfig = field(default_factory=CleanConfig)
-    spm: SpmConfig = field(default_factory=SpmConfig)
+    src: str = field(
+        default=MISSING,
+        metadata={
+            "help": (
+                "source language code, the files' suffix (e.g. en); mandatory unless data.pairs is "
+                "set"
+            )
+        },
+    )
+    tgt: str = field(
+        default=MISSING,
+        metadata={"help": "target language code (e.g. de); mandatory unless data.pairs is set"},
+    )
+    pairs: List[str] = field(
+        default_factory=list,
+        metadata={"help": "multilingual: the trained directions, e.g. [en-de, de-en]"},
+    )
+    zero_shot: List[str] = field(
+        default_factory=list,
+        metadata={
+            "help": (
+                "multilingual: directions tested but never trained (their test set only), e.g. "
+                "[de-it]"
+            )
+        },
+    )
+    train: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "path prefix of the local training files (<prefix>.<src>, <prefix>.<tgt>)"
+        },
+    )
+    valid: Optional[str] = field(
+        default=None, metadata={"help": "path prefix of the local validation files"}
+    )
+    test: Optional[str] = field(
+        default=None, metadata={"help": "path prefix of the local test files"}
+    )
+    source: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "download registry corpus that prep fetches instead of local files (`moemt ls "
+                "sources`)"
+            )
+        },
+    )
+    sources: Dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": (
+                "multilingual: a registry corpus per language pair, {en-de: iwslt17_multi_en_de, "
+                "...}"
+            )
+        },
+    )
+    cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "where downloads are kept (null: $MOEMT_CACHE_DIR, else ~/.cache/moemt)"},
+    )
+    lowercase: bool = field(
+        default=False,
+        metadata={"help": "lowercase every split, both sides (as fairseq's IWSLT14 preparation)"},
+    )
+    max_line_chars: int = field(
+        default=2000,
+        metadata={"help": "longer lines are dropped from train and are an error in valid/test"},
+    )
+    joined_dictionary: bool = field(
+        default=True,
+        metadata={
+            "help": "one fairseq dictionary for both sides (needed by model.share_all_embeddings)"
+        },
+    )
+    clean: CleanConfig = field(
+        default_factory=CleanConfig, metadata={"help": "training-split filters"}
+    )
+    spm: SpmConfig = field(default_factory=SpmConfig, metadata={"help": "sentencepiece model(s)"})
 
 
 class MoEConfig:
@@ -145,107 +237,318 @@ families.load_plugins()  # $MOEMT_PLUGINS: families defined outside moemt
 class ModelConfig:
     """The fairseq architecture and the options that shape it.
 
-    ``arch`` names a registered fairseq architecture (moemt's are listed by ``moemt archs``);
+    ``arch`` names a registered fairseq architecture (moemt's are listed by ``moemt ls archs``);
     the size keys left at null take the architecture's defaults. ``args`` passes any other
     model option of that architecture by its fairseq name (``{encoder_normalize_before: true}``).
     """
 
-    arch: str = "moemt_transformer_demo"
-    encoder_layers: Optional[int] = None
-    decoder_layers: Optional[int] = None
-    embed_dim: Optional[int] = None  # encoder and decoder width
-    ffn_embed_dim: Optional[int] = None  # encoder and decoder FFN width
-    attention_heads: Optional[int] = None
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    share_all_embeddings: bool = True  # needs data.joined_dictionary
-    moe: MoEConfig = field(default_factory=MoEConfig)  # MoE architectures only
-    # MoE architectures: each MoE layer's experts spread over this many ranks (divides
-    # train.distributed_world_size and model.moe.num_experts); see README "Expert parallelism"
-    expert_parallel_size: Optional[int] = None
-    args: Dict[str, Any] = field(default_factory=dict)
+    arch: str = field(
+        default="moemt_transformer_demo",
+        metadata={"help": "fairseq architecture (`moemt ls archs`), e.g. switch_transformer_iwslt"},
+    )
+    encoder_layers: Optional[int] = field(
+        default=None, metadata={"help": "encoder layers (null: the architecture's)"}
+    )
+    decoder_layers: Optional[int] = field(
+        default=None, metadata={"help": "decoder layers (null: the architecture's)"}
+    )
+    embed_dim: Optional[int] = field(
+        default=None,
+        metadata={"help": "model width d of encoder and decoder (null: the architecture's)"},
+    )
+    ffn_embed_dim: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": (
+                "FFN (and each expert's) hidden width of encoder and decoder (null: the "
+                "architecture's)"
+            )
+        },
+    )
+    attention_heads: Optional[int] = field(
+        default=None,
+        metadata={"help": "attention heads of encoder and decoder (null: the architecture's)"},
+    )
+    dropout: float = field(
+        default=0.1, metadata={"help": "dropout on embeddings, attention and FFN outputs"}
+    )
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
+    activation_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "dropout on the FFN's hidden activation (and the experts', unless "
+                "model.moe.expert_dropout)"
+            )
+        },
+    )
+    share_all_embeddings: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "one embedding matrix for encoder, decoder and output projection (needs "
+                "data.joined_dictionary)"
+            )
+        },
+    )
+    moe: MoEConfig = field(
+        default_factory=MoEConfig,
+        metadata={"help": "Mixture-of-Experts options (MoE architectures only)"},
+    )
+    expert_parallel_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": (
+                "MoE architectures: spread each MoE layer's experts over this many ranks (divides "
+                'train.distributed_world_size and model.moe.num_experts; README "Expert '
+                'parallelism")'
+            )
+        },
+    )
+    args: Dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": (
+                "any other option of the architecture by its fairseq name, "
+                "{encoder_normalize_before: true}"
+            )
+        },
+    )
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, stopping, checkpointing and logging (fairseq's options of the same name)."""
 
-    criterion: str = "label_smoothed_cross_entropy"
-    label_smoothing: float = 0.1
-    optimizer: str = "adam"
-    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    lr: float = 1e-3
-    lr_scheduler: str = "inverse_sqrt"  # inverse_sqrt | fixed | cosine | polynomial_decay | ...
-    warmup_updates: int = 4000
-    warmup_init_lr: float = 1e-7
-    clip_norm: float = 0.0  # 0: no clipping
-    max_tokens: Optional[int] = 4096  # per batch and device
-    batch_size: Optional[int] = None  # sentences per batch (with or instead of max_tokens)
-    update_freq: int = 1  # accumulate gradients over this many batches
-    max_update: int = 0  # 0: no bound
-    max_epoch: int = 0  # 0: no bound
-    max_time_minutes: float = 0  # training wall-clock budget, cumulative over resumes; 0: none
-    patience: int = -1  # stop after this many validations without improvement; -1: never
-    seed: int = 1
-    validate_interval: int = 1  # validate every N epochs
-    validate_interval_updates: int = 0  # and/or every N updates
-    save_interval_updates: int = 0  # also checkpoint every N updates (0: at epoch ends only)
-    keep_interval_updates: int = 5  # update checkpoints kept (-1: all)
-    keep_last_epochs: int = 5  # epoch checkpoints kept (-1: all); averaging needs several
-    keep_best_checkpoints: int = -1
-    best_checkpoint_metric: str = "loss"  # loss | bleu (with eval_bleu)
-    eval_bleu: bool = False  # BLEU on valid at each validation (slow: beam search)
-    eval_bleu_beam: int = 4
-    fp16: bool = False  # CUDA only
-    bf16: bool = False  # CUDA or recent CPUs
-    distributed_world_size: int = 1  # >1: spawn that many data-parallel processes (one node)
-    # A rank that waits longer than this on another (hung) rank fails instead of hanging.
-    distributed_timeout_minutes: float = 10
-    num_workers: int = 0  # data loader workers
-    log_interval: int = 50  # updates between log lines
-    tensorboard_logdir: Optional[str] = None
-    # Multilingual runs (data.pairs; fairseq's translation_multi_simple_epoch task):
-    sampling_temperature: float = 5.0  # pair sampling p ~ (n_pair / n)^(1/T); 1: by size
-    encoder_langtok: Optional[str] = "src"  # source prefixed with the src | tgt language token
-    decoder_langtok: bool = True  # target starts with the target language token
-    fairseq_args: List[str] = field(default_factory=list)  # any other fairseq option, verbatim
+    criterion: str = field(
+        default="label_smoothed_cross_entropy",
+        metadata={"help": "fairseq criterion (`moemt ls criteria`); MoE families need their own"},
+    )
+    label_smoothing: float = field(
+        default=0.1, metadata={"help": "label smoothing epsilon of the cross-entropy"}
+    )
+    optimizer: str = field(default="adam", metadata={"help": "fairseq optimizer"})
+    adam_betas: List[float] = field(
+        default_factory=lambda: [0.9, 0.98], metadata={"help": "Adam's (beta1, beta2)"}
+    )
+    adam_eps: float = field(default=1e-8, metadata={"help": "Adam's epsilon"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (reached after warmup)"})
+    lr_scheduler: str = field(
+        default="inverse_sqrt",
+        metadata={
+            "help": "fairseq lr scheduler: inverse_sqrt | fixed | cosine | polynomial_decay | ..."
+        },
+    )
+    warmup_updates: int = field(
+        default=4000, metadata={"help": "updates of linear warmup from warmup_init_lr to lr"}
+    )
+    warmup_init_lr: float = field(
+        default=1e-7, metadata={"help": "learning rate at the first update"}
+    )
+    clip_norm: float = field(
+        default=0.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"}
+    )
+    max_tokens: Optional[int] = field(
+        default=4096, metadata={"help": "tokens per batch and process"}
+    )
+    batch_size: Optional[int] = field(
+        default=None, metadata={"help": "sentences per batch (with or instead of max_tokens)"}
+    )
+    update_freq: int = field(
+        default=1, metadata={"help": "accumulate gradients over this many batches per update"}
+    )
+    max_update: int = field(
+        default=0, metadata={"help": "stop after this many updates (0: no bound)"}
+    )
+    max_epoch: int = field(
+        default=0, metadata={"help": "stop after this many epochs (0: no bound)"}
+    )
+    max_time_minutes: float = field(
+        default=0,
+        metadata={
+            "help": "training wall-clock budget in minutes, cumulative over resumes (0: none)"
+        },
+    )
+    patience: int = field(
+        default=-1,
+        metadata={"help": "stop after this many validations without improvement (-1: never)"},
+    )
+    seed: int = field(
+        default=1, metadata={"help": "random seed of initialisation, batching and dropout"}
+    )
+    validate_interval: int = field(default=1, metadata={"help": "validate every N epochs"})
+    validate_interval_updates: int = field(
+        default=0, metadata={"help": "also validate every N updates (0: at epoch ends only)"}
+    )
+    save_interval_updates: int = field(
+        default=0, metadata={"help": "also checkpoint every N updates (0: at epoch ends only)"}
+    )
+    keep_interval_updates: int = field(
+        default=5, metadata={"help": "update checkpoints kept (-1: all)"}
+    )
+    keep_last_epochs: int = field(
+        default=5,
+        metadata={
+            "help": "epoch checkpoints kept (-1: all); eval.checkpoint=average needs several"
+        },
+    )
+    keep_best_checkpoints: int = field(
+        default=-1, metadata={"help": "best checkpoints kept besides checkpoint_best.pt (-1: none)"}
+    )
+    best_checkpoint_metric: str = field(
+        default="loss",
+        metadata={"help": "what makes checkpoint_best.pt: loss | bleu (needs eval_bleu)"},
+    )
+    eval_bleu: bool = field(
+        default=False, metadata={"help": "BLEU on valid at each validation (slow: beam search)"}
+    )
+    eval_bleu_beam: int = field(default=4, metadata={"help": "beam of that validation BLEU"})
+    fp16: bool = field(default=False, metadata={"help": "mixed precision in float16 (CUDA only)"})
+    bf16: bool = field(
+        default=False, metadata={"help": "mixed precision in bfloat16 (CUDA or recent CPUs)"}
+    )
+    distributed_world_size: int = field(
+        default=1, metadata={"help": "data-parallel processes; >1: spawn that many on this node"}
+    )
+    distributed_timeout_minutes: float = field(
+        default=10,
+        metadata={
+            "help": (
+                "a rank that waits longer than this on another (hung) rank fails instead of hanging"
+            )
+        },
+    )
+    num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
+    log_interval: int = field(default=50, metadata={"help": "updates between log lines"})
+    tensorboard_logdir: Optional[str] = field(
+        default=None, metadata={"help": "write TensorBoard logs here (null: none)"}
+    )
+    sampling_temperature: float = field(
+        default=5.0,
+        metadata={"help": "multilingual: pair sampling p ~ (n_pair / n)^(1/T) (1: by size)"},
+    )
+    encoder_langtok: Optional[str] = field(
+        default="src",
+        metadata={
+            "help": "multilingual: prefix the source with the src | tgt language token (null: none)"
+        },
+    )
+    decoder_langtok: bool = field(
+        default=True,
+        metadata={"help": "multilingual: the target starts with the target language token"},
+    )
+    fairseq_args: List[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "any other fairseq-train option, verbatim, e.g. [--ddp-backend, legacy_ddp]"
+        },
+    )
 
 
 @dataclass
 class EvalConfig:
     """Checkpoint choice, beam search and scoring of ``moemt eval`` and ``moemt translate``."""
 
-    checkpoint: str = "last"  # last | best | average (of the last ``average_last``) | a path
-    average_last: int = 5
-    split: str = "test"  # a prepared split (valid | test) ...
-    source: Optional[str] = None  # ... or any source file with its reference:
-    reference: Optional[str] = None
-    name: Optional[str] = None  # directory under eval/ (default: the split or the source's name)
-    beam: int = 5
-    lenpen: float = 1.0
-    max_len_a: float = 1.2  # hypotheses are at most max_len_a * source length + max_len_b
-    max_len_b: int = 10
-    no_repeat_ngram_size: int = 0
-    max_tokens: int = 6000  # per decoding batch
-    batch_size: Optional[int] = None
-    bootstrap_baseline: Optional[str] = None  # run dir of a baseline for paired bootstrap
-    bootstrap_resamples: int = 1000
-    seed: int = 12345  # bootstrap resampling, and THOR's random experts (same seed, same output)
-    # THOR runs only (thor_transformer_*):
-    thor_inference: str = "random"  # random (per sentence, seeded) | fixed | mean (all experts)
-    thor_expert: int = 0  # the expert of thor_inference=fixed, in every expert layer
-    thor_draws: int = 3  # eval: random draws (seeds seed, seed+1, ...) for the consistency report
-    # Tokenised BLEU as WMT En-De papers report it, beside (never instead of) sacreBLEU:
-    legacy_bleu: bool = (
-        False  # report.json `legacy_bleu` (moe_mt/workflows/evaluate/legacy_bleu.py)
+    checkpoint: str = field(
+        default="last",
+        metadata={"help": "last | best | average (of the last average_last) | a checkpoint path"},
     )
-    legacy_bleu_compound_split: bool = True  # split hyphenated compounds (##AT##-##AT##)
-    # Multilingual runs (data.pairs): eval scores these directions (empty: every one with a
-    # test set); translate takes exactly one (or --src/--tgt).
-    directions: List[str] = field(default_factory=list)
+    average_last: int = field(
+        default=5, metadata={"help": "checkpoint=average: how many of the last checkpoints"}
+    )
+    split: str = field(
+        default="test",
+        metadata={
+            "help": "the prepared split to translate and score: valid | test (unless eval.source)"
+        },
+    )
+    source: Optional[str] = field(
+        default=None,
+        metadata={"help": "a source file to translate instead of the split (with eval.reference)"},
+    )
+    reference: Optional[str] = field(
+        default=None, metadata={"help": "the reference translation of eval.source"}
+    )
+    name: Optional[str] = field(
+        default=None,
+        metadata={"help": "directory under eval/ (null: the split's or the source file's name)"},
+    )
+    beam: int = field(default=5, metadata={"help": "beam size"})
+    lenpen: float = field(
+        default=1.0, metadata={"help": "length penalty (>1 favours longer hypotheses)"}
+    )
+    max_len_a: float = field(
+        default=1.2,
+        metadata={"help": "hypotheses are at most max_len_a * source length + max_len_b tokens"},
+    )
+    max_len_b: int = field(default=10, metadata={"help": "see max_len_a"})
+    no_repeat_ngram_size: int = field(
+        default=0,
+        metadata={"help": "forbid repeating n-grams of this size in a hypothesis (0: allowed)"},
+    )
+    max_tokens: int = field(default=6000, metadata={"help": "source tokens per decoding batch"})
+    batch_size: Optional[int] = field(
+        default=None, metadata={"help": "sentences per decoding batch (null: by max_tokens only)"}
+    )
+    bootstrap_baseline: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "run directory of a baseline evaluated on the same split: paired bootstrap against "
+                "it"
+            )
+        },
+    )
+    bootstrap_resamples: int = field(default=1000, metadata={"help": "paired bootstrap resamples"})
+    seed: int = field(
+        default=12345,
+        metadata={
+            "help": (
+                "seed of bootstrap resampling and of THOR's random experts (same seed, same output)"
+            )
+        },
+    )
+    thor_inference: str = field(
+        default="random",
+        metadata={
+            "help": (
+                "THOR runs: random (an expert per sentence, seeded) | fixed (thor_expert) | mean "
+                "(of all experts)"
+            )
+        },
+    )
+    thor_expert: int = field(
+        default=0,
+        metadata={"help": "THOR runs: the expert of thor_inference=fixed, in every expert layer"},
+    )
+    thor_draws: int = field(
+        default=3,
+        metadata={
+            "help": "THOR runs: random draws (seeds seed, seed+1, ...) of eval's consistency report"
+        },
+    )
+    legacy_bleu: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "also report tokenised BLEU as WMT En-De papers do (report.json legacy_bleu), "
+                "beside sacreBLEU"
+            )
+        },
+    )
+    legacy_bleu_compound_split: bool = field(
+        default=True, metadata={"help": "legacy_bleu: split hyphenated compounds (##AT##-##AT##)"}
+    )
+    directions: List[str] = field(
+        default_factory=list,
+        metadata={
+            "help": (
+                "multilingual: the directions eval scores (empty: all with a test set); translate "
+                "takes one (or --src/--tgt)"
+            )
+        },
+    )
 
 
 @dataclass
@@ -253,30 +556,108 @@ class DistillConfig:
     """``moemt distill``: a dense student (this recipe's ``model`` and ``train``) learns from the
     teacher run ``teacher`` on the teacher's data (Switch Transformer §5.3; Kim & Rush 2016)."""
 
-    teacher: Optional[str] = None  # run directory of the trained teacher (prepared data)
-    teacher_checkpoint: str = "last"  # last | best | average | a path (as eval.checkpoint)
-    mode: str = "word"  # word (KL to the teacher's distributions) | sequence (teacher outputs)
-    teacher_weight: float = 0.25  # word: w of KL(teacher || student); 1 - w on gold CE
-    teacher_inference: Optional[str] = None  # THOR teachers: random | fixed | mean (null: eval's)
-    init: str = "mean"  # student FFN from an MoE layer: mean (of experts) | expert | none
-    init_expert: int = 0  # the expert of init=expert
-    init_from_teacher: bool = True  # copy the teacher's non-expert weights where shapes agree
-    beam: int = 5  # sequence: beam of the teacher's translation of the training source
-    mix_original: bool = False  # sequence: train on teacher outputs plus the original targets
-    chunk_lines: int = 2000  # sequence: teacher translations written (atomically) per chunk
-    max_sentences: int = 0  # sequence: translate only the first N training sentences (0: all)
-    baseline: Optional[str] = None  # run directory of a dense baseline, for the report
+    teacher: Optional[str] = field(
+        default=None,
+        metadata={"help": "run directory of the trained teacher (its prepared data is used)"},
+    )
+    teacher_checkpoint: str = field(
+        default="last",
+        metadata={
+            "help": "the teacher's checkpoint: last | best | average | a path (as eval.checkpoint)"
+        },
+    )
+    mode: str = field(
+        default="word",
+        metadata={
+            "help": (
+                "word (KL to the teacher's distributions) | sequence (train on the teacher's "
+                "translations)"
+            )
+        },
+    )
+    teacher_weight: float = field(
+        default=0.25,
+        metadata={"help": "word: loss = w * KL(teacher || student) + (1 - w) * gold cross-entropy"},
+    )
+    teacher_inference: Optional[str] = field(
+        default=None,
+        metadata={"help": "THOR teachers: random | fixed | mean (null: eval.thor_inference)"},
+    )
+    init: str = field(
+        default="mean",
+        metadata={
+            "help": (
+                "student FFN from the teacher's MoE layer: mean (of experts) | expert (init_expert)"
+                " | none"
+            )
+        },
+    )
+    init_expert: int = field(default=0, metadata={"help": "the expert of init=expert"})
+    init_from_teacher: bool = field(
+        default=True,
+        metadata={"help": "copy the teacher's non-expert weights where the shapes agree"},
+    )
+    beam: int = field(
+        default=5,
+        metadata={"help": "sequence: beam of the teacher's translation of the training source"},
+    )
+    mix_original: bool = field(
+        default=False,
+        metadata={"help": "sequence: train on the teacher's outputs plus the original targets"},
+    )
+    chunk_lines: int = field(
+        default=2000,
+        metadata={
+            "help": (
+                "sequence: teacher translations written (atomically) per chunk, the unit of "
+                "resuming"
+            )
+        },
+    )
+    max_sentences: int = field(
+        default=0,
+        metadata={"help": "sequence: translate only the first N training sentences (0: all)"},
+    )
+    baseline: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "run directory of a trained dense baseline, evaluated beside teacher and student "
+                "for the report (gain kept)"
+            )
+        },
+    )
 
 
 @dataclass
 class ExperimentConfig:
-    name: str = MISSING  # experiment name
-    run_dir: Optional[str] = None  # experiment directory (default: runs/<name>)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)  # moemt distill only
+    """A recipe: the run's name and directory, then one section per stage."""
+
+    name: str = field(
+        default=MISSING,
+        metadata={"help": "experiment name (mandatory); the default run directory is runs/<name>"},
+    )
+    run_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "experiment directory (null: runs/<name> under the working directory)"},
+    )
+    data: DataConfig = field(
+        default_factory=DataConfig, metadata={"help": "corpora and preprocessing (moemt prep)"}
+    )
+    model: ModelConfig = field(
+        default_factory=ModelConfig, metadata={"help": "architecture (moemt train)"}
+    )
+    train: TrainConfig = field(
+        default_factory=TrainConfig, metadata={"help": "optimisation and checkpoints (moemt train)"}
+    )
+    eval: EvalConfig = field(
+        default_factory=EvalConfig,
+        metadata={"help": "decoding and scoring (moemt eval, moemt translate)"},
+    )
+    distill: DistillConfig = field(
+        default_factory=DistillConfig,
+        metadata={"help": "knowledge distillation (moemt distill only)"},
+    )
 
 
 def schema() -> DictConfig:
