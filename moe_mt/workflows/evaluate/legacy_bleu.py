@@ -13,13 +13,13 @@ The three steps, each done by the library that implements its reference:
    Moses' full per-language non-breaking prefix lists): ``aggressive_dash_splits=False`` is
    tokenizer.perl without ``-a`` (what the scripts above run: hyphens stay inside words), and
    ``escape=True`` escapes ``& | < > ' " [ ]`` as tokenizer.perl does. A language code without a
-   prefix list (``xx``) falls back to the English list, as tokenizer.perl does (it warns "attempting
-   fall-back to English"); its apostrophes still follow the generic rule (``' `` split on both
-   sides), not English's. Where sacremoses differs from tokenizer.perl: its source leaves out the
-   Finnish/Swedish colon rule and the Somali apostrophe rule (commented out there), so ``fi``,
-   ``sv`` and ``so`` text is tokenised by the generic rules. sacrebleu's ``13a`` / ``intl``
-   tokenizers are not used: 13a keeps apostrophes and non-ASCII quotes attached and intl splits
-   every hyphen, which changes exactly what compound splitting counts.
+   prefix list (``xx``) falls back to the English list, as tokenizer.perl does (with a warning);
+   its apostrophes still follow the generic rule (``'`` split off on both sides), not English's.
+   Where sacremoses differs from tokenizer.perl: its source leaves out the Finnish/Swedish colon
+   rule and the Somali apostrophe rule (commented out there), so ``fi``, ``sv`` and ``so`` text is
+   tokenised by the generic rules. sacrebleu's ``13a`` / ``intl`` tokenizers are not used: 13a
+   keeps apostrophes and non-ASCII quotes attached and intl splits every hyphen, which changes
+   exactly what compound splitting counts.
 2. :func:`compound_split`: Perl's ``s{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g``, scanning left to
    right without overlap (``a-b-c`` becomes ``a ##AT##-##AT## b-c``, as in Perl). No library has
    it; it is one regex.
