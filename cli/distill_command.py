@@ -6,6 +6,8 @@ mapping, argument types, consoles) so that this module does not import ``moe_mt.
 
 # No `from __future__ import annotations`: typer reads the parameter annotations, which are
 # the argument types handed to register().
+import inspect
+
 from rich.table import Table
 
 
@@ -42,12 +44,22 @@ def distill_table(report: dict) -> Table:
     return table
 
 
+EXAMPLES = """Examples:
+
+  moemt distill recipes/demo_distill.yaml
+  moemt distill recipes/demo_distill.yaml distill.teacher_weight=0.5"""
+
+
 def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
     """Add ``distill`` to ``app``."""
+    from moe_mt.cli.config_command import section_help
 
     def distill_command(config: config_arg, overrides: overrides_arg = None) -> None:
-        """Distil the teacher run distill.teacher into the student of CONFIG (word- or
-        sequence-level KD), in the student's own run directory; rerun to resume."""
+        """Distil the teacher run distill.teacher into the dense student of CONFIG.
+
+        Word- or sequence-level knowledge distillation, in the student's own run directory;
+        rerun the same command to resume.
+        """
         from moe_mt.config import load_config
         from moe_mt.workflows.distill.distillation import distill
 
@@ -56,4 +68,5 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         console.print(distill_table(result.report))
         console.print(f"wrote {result.run_dir}/distill/report.json", highlight=False)
 
-    app.command("distill")(user_errors(distill_command))
+    help_text = f"{inspect.cleandoc(distill_command.__doc__)}\n\n{section_help('distill')}"
+    app.command("distill", help=help_text, epilog=EXAMPLES)(user_errors(distill_command))

@@ -6,6 +6,7 @@ mapping, argument types, consoles) so that this module does not import ``moe_mt.
 
 # No `from __future__ import annotations`: typer reads the parameter annotations, which are
 # the argument types handed to register().
+import inspect
 import sys
 from typing import Annotated
 
@@ -141,8 +142,21 @@ def _write_stdout(lines: list[str]) -> None:
         stream.flush()
 
 
+EVAL_EXAMPLES = """Examples:
+
+  moemt eval recipes/demo.yaml
+  moemt eval runs/demo eval.checkpoint=average eval.beam=4
+  moemt eval recipes/demo_switch.yaml eval.bootstrap_baseline=runs/demo"""
+
+TRANSLATE_EXAMPLES = """Examples:
+
+  echo "Where is the station?" | moemt translate runs/demo
+  moemt translate recipes/demo.yaml eval.beam=1 < input.en > output.de"""
+
+
 def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
     """Add ``eval`` and ``translate`` to ``app``."""
+    from moe_mt.cli.config_command import section_help
 
     def eval_command(config: config_arg, overrides: overrides_arg = None) -> None:
         """Translate a test set with a checkpoint and score it (BLEU, chrF2, TER; sacrebleu)."""
@@ -191,5 +205,9 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
             highlight=False,
         )
 
-    app.command("eval")(user_errors(eval_command))
-    app.command("translate")(user_errors(translate_command))
+    for name, command, examples in (
+        ("eval", eval_command, EVAL_EXAMPLES),
+        ("translate", translate_command, TRANSLATE_EXAMPLES),
+    ):
+        help_text = f"{inspect.cleandoc(command.__doc__)}\n\n{section_help('eval')}"
+        app.command(name, help=help_text, epilog=examples)(user_errors(command))

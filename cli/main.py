@@ -14,23 +14,64 @@ from typing import Annotated
 
 import rich.markup
 import typer
+import typer.core
 from rich.console import Console
 
 import moe_mt
 from moe_mt.cli import report
 from moe_mt.errors import MoeMtError
 
-app = typer.Typer(
-    name="moemt",
-    help="Train, compare and distil Mixture-of-Experts Transformers for machine translation.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 console = Console()
 # fairseq announces at import that an optional speech dependency is missing: not our concern.
 logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
 err_console = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """One line on stderr: ``error: message``."""
+    message = rich.markup.escape(message)  # paths and messages may hold [brackets]
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+# click's exceptions, wherever this typer takes click from (newer releases vendor it).
+_click_errors = sys.modules[typer.BadParameter.__module__]
+# `moemt` alone prints the help, then raises this (click >= 8.2).
+_NO_ARGS_IS_HELP = getattr(_click_errors, "NoArgsIsHelpError", ())
+
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """A usage error (a missing argument, an unknown option or command) is one line on stderr,
+    as every other error a user's input causes, instead of Typer's usage panel."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            # Returns the exit code of an Exit (--help: 0), else the command's return value.
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # the help is printed already
+            sys.exit(exc.exit_code)
+        except _click_errors.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            usage = isinstance(exc, _click_errors.UsageError) and ctx is not None
+            hint = f" (see {ctx.command_path} --help)" if usage else ""
+            print_error(f"{where}{exc.format_message()}{hint}")
+            sys.exit(exc.exit_code)
+        except (_click_errors.Abort, typer.Abort):
+            err_console.print("[yellow]interrupted[/]")
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = typer.Typer(
+    name="moemt",
+    help="Train, compare and distil Mixture-of-Experts Transformers for machine translation.",
+    cls=OneLineUsageErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 ConfigArg = Annotated[
     str, typer.Argument(help="Recipe YAML, or a run directory holding config.yaml.")
@@ -48,8 +89,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except MoeMtError as exc:
-            message = rich.markup.escape(str(exc))  # paths and messages may hold [brackets]
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -63,7 +103,14 @@ def main() -> None:
     """moemt: one experiment directory per run; see README.md."""
 
 
-@app.command()
+PREP_EXAMPLES = """Examples:
+
+  moemt prep recipes/demo.yaml --dry-run   # the plan only: nothing written
+  moemt prep recipes/demo.yaml
+  moemt prep recipes/demo_switch.yaml data.spm.vocab_size=4000"""
+
+
+@app.command(epilog=PREP_EXAMPLES)
 @user_errors
 def prep(
     config: ConfigArg,
@@ -76,7 +123,10 @@ def prep(
         ),
     ] = False,
 ) -> None:
-    """Validate, clean, tokenise (sentencepiece) and binarise a parallel corpus."""
+    """Validate, clean, tokenise (sentencepiece) and binarise a parallel corpus.
+
+    Recipe keys: the data section (`moemt config RECIPE data` prints each with its help).
+    """
     from moe_mt.config import load_config
     from moe_mt.workflows.prep.pipeline import prep as run_prep
 
@@ -96,7 +146,14 @@ def prep(
     console.print(f"wrote {result.run_dir}/data (manifest.json)")
 
 
-@app.command()
+TRAIN_EXAMPLES = """Examples:
+
+  moemt train recipes/demo_switch.yaml --dry-run   # parameters, FLOPs
+  moemt train recipes/demo.yaml train.max_update=3000
+  moemt train recipes/demo_switch.yaml model.moe.top_k=2 model.moe.z_loss=true"""
+
+
+@app.command(epilog=TRAIN_EXAMPLES)
 @user_errors
 def train(
     config: ConfigArg,
@@ -117,7 +174,11 @@ def train(
         ),
     ] = False,
 ) -> None:
-    """Train (or resume) the model of CONFIG with fairseq, in its run directory."""
+    """Train (or resume) the model of CONFIG with fairseq, in its run directory.
+
+    Recipe keys: the model and train sections (`moemt config RECIPE model`, `... train`);
+    architectures: `moemt ls archs`.
+    """
     import shlex
 
     from moe_mt.config import load_config, to_yaml
@@ -140,7 +201,32 @@ def train(
         console.print(report.train_table(result))
 
 
-@app.command()
+def _register(module) -> None:
+    """Add the commands of ``module`` (its ``register``) to the app, with main's helpers."""
+    module.register(
+        app,
+        user_errors=user_errors,
+        config_arg=ConfigArg,
+        overrides_arg=OverridesArg,
+        console=console,
+        err_console=err_console,
+    )
+
+
+# Typer lists the commands in the order they are added: the pipeline's, then the helpers.
+from moe_mt.cli import config_command, distill_command, eval_commands, ls_command  # noqa: E402
+
+_register(eval_commands)  # eval, translate
+_register(distill_command)
+
+
+COMPARE_EXAMPLES = """Examples:
+
+  moemt compare runs/demo runs/demo_switch
+  moemt compare runs/demo runs/demo_switch runs/demo_thor --out compare/demo"""
+
+
+@app.command(epilog=COMPARE_EXAMPLES)
 @user_errors
 def compare(
     run_dirs: Annotated[list[str], typer.Argument(help="Evaluated run directories.")],
@@ -168,7 +254,11 @@ def compare(
     )
 
 
-@app.command()
+_register(config_command)
+_register(ls_command)
+
+
+@app.command(epilog="Examples:\n\n  moemt version\n  moemt version | grep fairseq")
 def version() -> None:
     """Print the moemt version and the versions it runs with."""
     from moe_mt.provenance import provenance
@@ -177,29 +267,6 @@ def version() -> None:
     console.print(f"moemt {moe_mt.__version__} (commit {info['git_commit']})")
     for name, value in info["versions"].items():
         console.print(f"  {name} {value}")
-
-
-from moe_mt.cli import eval_commands  # noqa: E402  (registers `eval` and `translate`)
-
-eval_commands.register(
-    app,
-    user_errors=user_errors,
-    config_arg=ConfigArg,
-    overrides_arg=OverridesArg,
-    console=console,
-    err_console=err_console,
-)
-
-from moe_mt.cli import distill_command  # noqa: E402  (registers `distill`)
-
-distill_command.register(
-    app,
-    user_errors=user_errors,
-    config_arg=ConfigArg,
-    overrides_arg=OverridesArg,
-    console=console,
-    err_console=err_console,
-)
 
 
 if __name__ == "__main__":

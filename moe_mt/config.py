@@ -17,9 +17,9 @@ command-line overrides. An include cycle or a missing piece is an error naming t
 """
 
 # No `from __future__ import annotations` here: omegaconf 2.0 reads the dataclass field types.
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -669,6 +669,52 @@ def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ())
 
     Returns a fully resolved config with absolute paths and ``run_dir`` set.
     """
+    return _load(source, overrides, origins=None)
+
+
+#: The origin of a value no file or override set (:func:`load_config_with_origins`).
+DEFAULT_ORIGIN = "default"
+#: The origin of a value set on the command line.
+OVERRIDE_ORIGIN = "override"
+
+
+def load_config_with_origins(
+    source: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[DictConfig, Dict[str, str]]:
+    """:func:`load_config`, plus where each leaf key's value came from: the file that set it
+    last (the recipe, an included piece, a run directory's ``config.yaml``), ``override``, or
+    ``default`` (the schema's); keys in :func:`schema_keys` order (``moemt config`` prints them).
+    """
+    origins: Dict[str, str] = {}
+    cfg = _load(source, overrides, origins)
+    leaves = [key for key, doc in schema_keys().items() if not doc.section]
+    return cfg, {key: origins.get(key, DEFAULT_ORIGIN) for key in leaves}
+
+
+class KeyDoc(NamedTuple):
+    """A schema key's help text, and whether it is a section (``model.moe``) or a leaf."""
+
+    help: str
+    section: bool
+
+
+def schema_keys() -> Dict[str, KeyDoc]:
+    """Every key of the schema in declaration order, sections included, with its help text."""
+    return dict(_documented_fields(ExperimentConfig, prefix=""))
+
+
+def _documented_fields(cls, prefix: str):
+    for item in fields(cls):
+        key = f"{prefix}{item.name}"
+        section = is_dataclass(item.type)
+        yield key, KeyDoc(item.metadata.get("help", ""), section)
+        if section:
+            yield from _documented_fields(item.type, prefix=f"{key}.")
+
+
+def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> DictConfig:
+    """The one loading path of :func:`load_config`; records each value's origin in ``origins``
+    when given (a later file or the overrides replace an earlier one's)."""
     source = Path(source)
     from_run_dir = source.is_dir()
     path = source / RUN_CONFIG if from_run_dir else source
@@ -683,20 +729,35 @@ def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ())
         # (a copied or moved run directory works on itself).
         loaded.run_dir = str(source.resolve())
     cfg = schema()
+    sections = {key for key, doc in schema_keys().items() if doc.section}
     for piece_path, piece in _with_includes(path, loaded, chain=()):
         _resolve_paths(piece, base=piece_path.parent)  # relative to the file that says it
         cfg = _merge(cfg, piece, origin=str(piece_path))
+        if origins is not None:
+            origins.update(dict.fromkeys(_leaves_set(piece, sections), str(piece_path)))
 
     dotlist = _parse_overrides(overrides)
     if dotlist:
         override_cfg = OmegaConf.from_dotlist(dotlist)
         _resolve_paths(override_cfg, base=Path.cwd())
-        cfg = _merge(cfg, override_cfg, origin="override")
+        cfg = _merge(cfg, override_cfg, origin=OVERRIDE_ORIGIN)
+        if origins is not None:
+            origins.update(dict.fromkeys(_leaves_set(override_cfg, sections), OVERRIDE_ORIGIN))
 
     if cfg.run_dir is None:
         cfg.run_dir = _default_run_dir(cfg)
     _check_mandatory(cfg, origin=str(path))
     return cfg
+
+
+def _leaves_set(node: DictConfig, sections: set, prefix: str = ""):
+    """The schema leaves a piece sets (a dict-valued leaf such as ``model.args`` is one key)."""
+    for key in node:
+        full = f"{prefix}{key}"
+        if full in sections and isinstance(node[key], DictConfig):
+            yield from _leaves_set(node[key], sections, prefix=f"{full}.")
+        else:
+            yield full
 
 
 def to_yaml(cfg: DictConfig) -> str:
