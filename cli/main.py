@@ -37,6 +37,8 @@ def print_error(message: str) -> None:
 _click_errors = sys.modules[typer.BadParameter.__module__]
 # `moemt` alone prints the help, then raises this (click >= 8.2).
 _NO_ARGS_IS_HELP = getattr(_click_errors, "NoArgsIsHelpError", ())
+# Ctrl-C outside a command: typer's own Abort, or click's where typer uses click's.
+_ABORTS = tuple({typer.Abort, getattr(_click_errors, "Abort", typer.Abort)})
 
 
 class OneLineUsageErrors(typer.core.TyperGroup):
@@ -58,7 +60,7 @@ class OneLineUsageErrors(typer.core.TyperGroup):
             hint = f" (see {ctx.command_path} --help)" if usage else ""
             print_error(f"{where}{exc.format_message()}{hint}")
             sys.exit(exc.exit_code)
-        except (_click_errors.Abort, typer.Abort):
+        except _ABORTS:
             err_console.print("[yellow]interrupted[/]")
             sys.exit(130)
         sys.exit(result if isinstance(result, int) else 0)

@@ -29,7 +29,10 @@ RECIPES = REPO / "recipes"
 
 
 def _invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
+    result = CliRunner().invoke(app, list(args))
+    # Every outcome, error or not, is an exit with a code; any other exception is a traceback.
+    assert isinstance(result.exception, SystemExit | None), result.exception
+    return result
 
 
 def _dataclasses(cls):

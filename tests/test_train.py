@@ -192,6 +192,7 @@ def test_rejected_model_config_writes_nothing(trained_demo, tmp_path):
             ],  # fmt: skip
             "model: --moe-heads 3 must divide the model width 64",
         ),
+        (["model.attention_heads=3"], "model: embed_dim must be divisible by num_heads"),
     ],
 )
 def test_model_option_error_is_one_line_and_writes_nothing(
@@ -205,6 +206,7 @@ def test_model_option_error_is_one_line_and_writes_nothing(
     args = [f"run_dir={run_dir}", "data.spm.vocab_size=2000", *TINY_MODEL, "train.max_update=1"]
     args += overrides
     result = CliRunner().invoke(app, ["train", str(REPO / "recipes" / "demo.yaml"), *args])
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
     assert result.exit_code == 1, result.output
     own_lines = [line for line in result.stderr.splitlines() if " | INFO | " not in line]
     assert own_lines == [f"error: {message}"]
