@@ -10,7 +10,6 @@ mapping, argument types, consoles) so that this module does not import ``moe_mt.
 # No `from __future__ import annotations`: typer reads the parameter annotations, which are
 # the argument types handed to register().
 import difflib
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -90,12 +89,9 @@ def _yaml_flow(value) -> str:
 def origin_text(origin: str) -> str:
     """A file origin relative to the working directory when under it; other origins as given."""
     path = Path(origin)
-    if not path.is_absolute():
-        return origin
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive (Windows)
-        return origin
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return str(path.relative_to(Path.cwd()))
+    return origin
 
 
 def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:

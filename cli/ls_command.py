@@ -14,7 +14,6 @@
 # No `from __future__ import annotations`: typer reads the parameter annotations.
 import argparse
 import inspect
-import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -98,10 +97,8 @@ def _header_line(path: Path) -> str:
 
 
 def _relative(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
+    """Relative to the working directory when under it, else absolute."""
+    return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
 
 
 def source_table() -> Table:
