@@ -11,7 +11,7 @@ Models (demo backbone: 3+3 layers, d=256, FFN 1024, 4 heads; MoE layers at index
 - ``mhmoe``: ``recipes/demo_mhmoe.yaml``: 4 heads, top-2 of 8 experts of width 64 -> 512 -> 64,
   so the experts' FLOPs per token equal the dense FFN's, plus the two 256 x 256 projections
   (merge ``before`` the residual; ``--after`` adds a row with ``after``);
-- ``soft_moe``: ``recipes/demo_softmoe.yaml``: a Soft MoE encoder layer (8 experts of the dense
+- ``soft_moe``: ``recipes/demo_soft_moe.yaml``: a Soft MoE encoder layer (8 experts of the dense
   FFN's size, 1 slot each), dense decoder;
 - ``switch``: ``recipes/demo_switch.yaml`` (8 experts, top-1), for the activation-rate column.
 
@@ -47,7 +47,7 @@ MODELS = {
     "dense": ("demo.yaml", []),
     "mhmoe": ("demo_mhmoe.yaml", []),
     "mhmoe, merge after": ("demo_mhmoe.yaml", ["model.moe.merge_placement=after"]),
-    "soft_moe (encoder)": ("demo_softmoe.yaml", []),
+    "soft_moe (encoder)": ("demo_soft_moe.yaml", []),
     "switch": ("demo_switch.yaml", []),
 }
 

@@ -53,7 +53,7 @@ FAMILIES = (
     Family("thor4", "demo_thor.yaml"),  # 4 experts
     Family("mhmoe", "demo_mhmoe.yaml"),  # 8 experts, 4 sub-tokens, top-2
     Family("xmoe", "demo_xmoe.yaml"),  # 8 experts, cosine router
-    Family("softmoe", "demo_softmoe.yaml"),  # 8 experts x 1 slot, encoder only
+    Family("softmoe", "demo_soft_moe.yaml"),  # 8 experts x 1 slot, encoder only
 )
 
 # A few updates with a tiny model (two layers: the MoE families put experts in layer 1): checks

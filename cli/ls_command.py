@@ -23,7 +23,10 @@ from rich import box
 from rich.table import Table
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # the repository's (cli/ beside it)
-PIECES = "pieces"
+#: The family pieces a recipe takes beside it (`moemt train RECIPE recipes/families/<family>.yaml`).
+FAMILIES = "families"
+#: Folders of recipe pieces, not recipes: shared pieces and the family pieces.
+PIECES = ("pieces", FAMILIES)
 #: fairseq's own criterion that moemt's dense models train with.
 FAIRSEQ_CRITERIA = {
     "label_smoothed_cross_entropy": "fairseq's label-smoothed cross-entropy (dense models)"
@@ -77,15 +80,22 @@ def arch_table() -> Table:
 
 
 def recipe_lines() -> list[str]:
-    """Every recipe under recipes/ (pieces left out), then its header's first line, indented."""
+    """Every recipe under recipes/ (pieces left out), then the family pieces a recipe takes
+    beside it; each with its header's first line, indented."""
     from moe_mt.errors import MoeMtError
 
     if not RECIPES.is_dir():
         raise MoeMtError(f"{RECIPES}: no recipes directory (moemt installed without its sources)")
     lines = []
     for path in sorted(RECIPES.rglob("*.yaml")):
-        if path.relative_to(RECIPES).parts[0] == PIECES:
+        if path.relative_to(RECIPES).parts[0] in PIECES:
             continue
+        lines += [_relative(path), f"    {_header_line(path)}"]
+    lines += [
+        "",
+        f"family pieces (moemt train RECIPE {_relative(RECIPES / FAMILIES)}/<family>.yaml):",
+    ]
+    for path in sorted((RECIPES / FAMILIES).glob("*.yaml")):
         lines += [_relative(path), f"    {_header_line(path)}"]
     return lines
 

@@ -12,8 +12,12 @@ working directory; relative paths given as overrides are relative to the working
 
 A recipe may compose shared pieces: ``include: [pieces/data/x.yaml, pieces/schedule/y.yaml]``
 (paths relative to the including file) merges each piece in order (a piece may include others,
-expanded first), later pieces over earlier ones, then the including file itself, then the
-command-line overrides. An include cycle or a missing piece is an error naming the file.
+expanded first), later pieces over earlier ones, then the including file itself, then the pieces
+named on the command line (``moemt train recipes/europarl/en_ro.yaml recipes/families/switch.yaml``,
+each with its own includes), then the ``key=value`` overrides. An include cycle or a missing
+piece is an error naming the file. ``model.arch`` left null is then named by ``model.family`` and
+``model.size`` (:func:`resolve_architecture`), so a data set's recipe and a family's piece
+compose into one run (``name: europarl_en_ro_${model.family}`` names the run after both).
 """
 
 # No `from __future__ import annotations` here: omegaconf 2.0 reads the dataclass field types.
@@ -237,14 +241,38 @@ families.load_plugins()  # $MOEMT_PLUGINS: families defined outside moemt
 class ModelConfig:
     """The fairseq architecture and the options that shape it.
 
-    ``arch`` names a registered fairseq architecture (moemt's are listed by ``moemt ls archs``);
-    the size keys left at null take the architecture's defaults. ``args`` passes any other
-    model option of that architecture by its fairseq name (``{encoder_normalize_before: true}``).
+    ``arch`` names a registered fairseq architecture (moemt's are listed by ``moemt ls archs``),
+    or, left null, is named by ``family`` and ``size`` (``switch`` + ``iwslt``:
+    ``switch_transformer_iwslt``), so that a recipe of a data set and a family piece compose
+    (:func:`resolve_architecture`); the width keys left at null take the architecture's defaults.
+    ``args`` passes any other model option of that architecture by its fairseq name
+    (``{encoder_normalize_before: true}``).
     """
 
-    arch: str = field(
-        default="moemt_transformer_demo",
-        metadata={"help": "fairseq architecture (`moemt ls archs`), e.g. switch_transformer_iwslt"},
+    family: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "model family (`moemt ls archs`): dense | switch | xmoe | thor | mhmoe | "
+                "soft_moe; with model.size it names the architecture (null: dense, or "
+                "model.arch's)"
+            )
+        },
+    )
+    size: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "backbone size: demo | iwslt | wmt | wmt_big (null: demo, or model.arch's)"
+        },
+    )
+    arch: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "fairseq architecture (`moemt ls archs`), e.g. switch_transformer_iwslt; null: "
+                "<family>_transformer_<size> (dense: moemt_transformer_<size>)"
+            )
+        },
     )
     encoder_layers: Optional[int] = field(
         default=None, metadata={"help": "encoder layers (null: the architecture's)"}
@@ -733,21 +761,90 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
     for piece_path, piece in _with_includes(path, loaded, chain=()):
         _resolve_paths(piece, base=piece_path.parent)  # relative to the file that says it
         cfg = _merge(cfg, piece, origin=str(piece_path))
+        _latest_names_architecture(cfg.model, piece)
         if origins is not None:
             origins.update(dict.fromkeys(_leaves_set(piece, sections), str(piece_path)))
 
-    dotlist = _parse_overrides(overrides)
+    pieces, dotlist = _split_arguments(overrides)
+    for piece_path in pieces:  # recipe pieces named on the command line, in order
+        for part_path, part in _with_includes(piece_path, _read_yaml(piece_path), chain=()):
+            _resolve_paths(part, base=part_path.parent)
+            cfg = _merge(cfg, part, origin=str(part_path))
+            _latest_names_architecture(cfg.model, part)
+            if origins is not None:
+                origins.update(dict.fromkeys(_leaves_set(part, sections), str(part_path)))
+
     if dotlist:
         override_cfg = OmegaConf.from_dotlist(dotlist)
         _resolve_paths(override_cfg, base=Path.cwd())
         cfg = _merge(cfg, override_cfg, origin=OVERRIDE_ORIGIN)
+        _latest_names_architecture(cfg.model, override_cfg)
         if origins is not None:
             origins.update(dict.fromkeys(_leaves_set(override_cfg, sections), OVERRIDE_ORIGIN))
 
+    resolve_architecture(cfg.model, origin=str(path))
     if cfg.run_dir is None:
         cfg.run_dir = _default_run_dir(cfg)
     _check_mandatory(cfg, origin=str(path))
     return cfg
+
+
+def architecture(family: str, size: str) -> str:
+    """The architecture of ``family`` at ``size`` by moemt's naming rule:
+    ``<family>_transformer_<size>``, the dense baseline's ``moemt_transformer_<size>``."""
+    return f"{'moemt' if family == 'dense' else family}_transformer_{size}"
+
+
+def _family_and_size(arch: str) -> tuple:
+    """(family, size) that :func:`architecture` names ``arch`` by; (None, None) for another
+    architecture (fairseq's own ``transformer_iwslt_de_en``)."""
+    prefix, sep, size = arch.partition("_transformer_")
+    if not sep or not prefix or not size:
+        return None, None
+    return ("dense" if prefix == "moemt" else prefix), size
+
+
+def _latest_names_architecture(model: DictConfig, piece: DictConfig) -> None:
+    """After ``piece`` is merged: whichever it sets, ``model.arch`` or ``model.family`` /
+    ``model.size``, names the architecture from now on. A piece that sets the arch clears family
+    and size (they are read from it at the end); one that sets the family or the size clears the
+    arch, keeping what the arch said of the other (``model.arch=thor_transformer_iwslt`` then
+    ``model.family=switch``: ``switch_transformer_iwslt``)."""
+    given = piece.get("model") if isinstance(piece.get("model"), DictConfig) else {}
+    names_arch = given.get("arch") is not None
+    names_parts = "family" in given or "size" in given
+    if names_arch and not names_parts:
+        model.family = model.size = None
+    elif names_parts and not names_arch and model.arch is not None:
+        family, size = _family_and_size(model.arch)
+        model.family = model.family if "family" in given else family
+        model.size = model.size if "size" in given else size
+        model.arch = None
+
+
+def resolve_architecture(model: DictConfig, origin: str) -> None:
+    """Fill ``model.arch`` from ``model.family`` and ``model.size`` (dense and demo when unset),
+    or, when the arch is given, check them against it and fill them in from it. A recipe of a
+    data set sets the size, a family piece the family; the last source that names the
+    architecture decides (:func:`_latest_names_architecture`)."""
+    family, size = model.family, model.size
+    if model.arch is None:
+        model.arch = architecture(family or "dense", size or "demo")
+        return _fill(model, model.arch)
+    implied = dict(zip(("family", "size"), _family_and_size(model.arch), strict=True))
+    for key, given in (("family", family), ("size", size)):
+        if given is not None and given != implied[key]:
+            raise MoeMtError(
+                f"{origin}: model.{key}={given} contradicts model.arch={model.arch} (one source "
+                "names both; give the arch, or the family and size)"
+            )
+    _fill(model, model.arch)
+
+
+def _fill(model: DictConfig, arch: str) -> None:
+    family, size = _family_and_size(arch)
+    model.family = model.family or family
+    model.size = model.size or size
 
 
 def _leaves_set(node: DictConfig, sections: set, prefix: str = ""):
@@ -815,12 +912,25 @@ def _without_meta(loaded: DictConfig) -> DictConfig:
     return loaded
 
 
-def _parse_overrides(overrides) -> list[str]:
-    for item in overrides:
+def _split_arguments(arguments) -> tuple:
+    """(recipe pieces, ``key=value`` overrides) of the command line's arguments after the
+    recipe: an argument without ``=`` that ends in ``.yaml`` / ``.yml`` names a piece (relative
+    to the working directory), merged after the recipe, before the overrides."""
+    pieces, dotlist = [], []
+    for item in arguments:
         key, sep, _ = item.partition("=")
-        if not sep or not key.strip():
-            raise MoeMtError(f"override '{item}' is not of the form key=value")
-    return list(overrides)
+        if not sep and item.endswith((".yaml", ".yml")):
+            path = (Path.cwd() / Path(item).expanduser()).resolve()
+            if not path.is_file():
+                raise MoeMtError(f"{item}: no such recipe piece")
+            pieces.append(path)
+        elif not sep or not key.strip():
+            raise MoeMtError(
+                f"override '{item}' is not of the form key=value (nor a recipe piece, *.yaml)"
+            )
+        else:
+            dotlist.append(item)
+    return pieces, dotlist
 
 
 def _merge(base: DictConfig, extra: DictConfig, origin: str) -> DictConfig:

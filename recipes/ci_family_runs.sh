@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI-sized runs: a tiny version of every model family, prep -> train -> eval on real data from
-# the shared corpora (../shared/data): the IWSLT'14 De-En recipe of each family
-# (recipes/iwslt/iwslt14_de_en_<family>.yaml: its family options and data cleaning) at the demo
-# size (3+3 layers, d=256), with the CI schedule (recipes/pieces/schedule/ci_tiny.yaml) and
+# the shared corpora (../shared/data): the IWSLT'14 De-En recipe (recipes/iwslt/iwslt14_de_en.yaml:
+# its data cleaning) with each family's piece (recipes/families/<family>.yaml) at the demo size
+# (3+3 layers, d=256), with the CI schedule (recipes/pieces/schedule/ci_tiny.yaml) and
 # local data instead of the download:
 #   CI_DATA=iwslt14   the 8.7k-pair IWSLT'14 sample (de -> en; lowercased, Moses-tokenised)
 #   CI_DATA=multi30k  Multi30k (29k pairs, en -> de; raw, cased)
@@ -19,7 +19,7 @@
 # CI_VALID_LINES (500), CI_RUNS (runs/ci), MOEMT (the moemt command). Each run lands in
 # $CI_RUNS/ci_<data>_<family>; $CI_RUNS/summary.tsv gets one line per run (family, updates,
 # seconds of prep / train / eval, sacreBLEU, tokenised BLEU).
-# Measured on 2 CPU cores (iwslt14, 300 updates): see the table in README.md ("Recipes").
+# Measured on 2 CPU cores (iwslt14, 300 updates): see the table in docs/recipes.md.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 moemt="${MOEMT:-$here/.venv/bin/moemt}"
@@ -30,7 +30,7 @@ updates="${CI_UPDATES:-300}"
 valid_lines="${CI_VALID_LINES:-500}"
 runs="${CI_RUNS:-$here/runs/ci}"
 families=("$@")
-[ ${#families[@]} -gt 0 ] || families=(dense switch xmoe thor mhmoe softmoe)
+[ ${#families[@]} -gt 0 ] || families=(dense switch xmoe thor mhmoe soft_moe)
 
 case "$data" in
   iwslt14) corpus="$shared/iwslt14_de_en"; src=de; tgt=en ;;
@@ -39,9 +39,6 @@ case "$data" in
   *) echo "CI_DATA=$data: iwslt14, multi30k or multilingual" >&2; exit 2 ;;
 esac
 [ -f "$corpus/train.$src" ] || { echo "$corpus/train.$src: no such file (MOEMT_SHARED_DATA)" >&2; exit 1; }
-
-declare -A arch=([dense]=moemt_transformer [switch]=switch_transformer [xmoe]=xmoe_transformer
-                 [thor]=thor_transformer [mhmoe]=mhmoe_transformer [softmoe]=soft_moe_transformer)
 
 mkdir -p "$runs/data_$data"
 if [ "$data" = multilingual ]; then
@@ -79,18 +76,20 @@ fi
 [ -f "$runs/summary.tsv" ] || printf 'run\tupdates\tprep_s\ttrain_s\teval_s\tsacrebleu\tlegacy_bleu\n' > "$runs/summary.tsv"
 
 for family in "${families[@]}"; do
-  [ -n "${arch[$family]:-}" ] || { echo "unknown family '$family' (${!arch[*]})" >&2; exit 2; }
+  piece="$here/recipes/families/$family.yaml"
+  [ -f "$piece" ] || { echo "unknown family '$family' (recipes/families/*.yaml)" >&2; exit 2; }
   name="ci_${data}_${family}"
   recipe="$runs/$name.yaml"
   cat > "$recipe" <<YAML
 # Written by recipes/ci_family_runs.sh
 include:
-  - $here/recipes/iwslt/iwslt14_de_en_$family.yaml
+  - $here/recipes/iwslt/iwslt14_de_en.yaml
+  - $piece
   - $here/recipes/pieces/schedule/ci_tiny.yaml
 name: $name
 run_dir: $runs/$name
 model:
-  arch: ${arch[$family]}_demo
+  size: demo
 train:
   max_update: $updates
 data:

@@ -54,11 +54,13 @@ def test_every_schema_field_has_help():
 
 
 def test_origins_name_recipe_piece_override_and_default():
-    recipe = RECIPES / "iwslt" / "iwslt14_de_en_switch.yaml"
-    cfg, origins = load_config_with_origins(recipe, ["eval.beam=4"])
-    assert cfg == load_config(recipe, ["eval.beam=4"])  # one loading path, the same result
-    assert origins["model.arch"] == str(recipe)
-    assert origins["model.moe.num_experts"] == str(RECIPES / "pieces" / "model" / "switch.yaml")
+    recipe = RECIPES / "iwslt" / "iwslt14_de_en.yaml"
+    family = RECIPES / "families" / "switch.yaml"  # a piece named on the command line
+    cfg, origins = load_config_with_origins(recipe, [str(family), "eval.beam=4"])
+    # one loading path, the same result
+    assert cfg == load_config(recipe, [str(family), "eval.beam=4"])
+    assert origins["model.size"] == str(recipe)
+    assert origins["model.moe.num_experts"] == str(family)
     assert Path(origins["data.source"]).name == "iwslt14_de_en.yaml"
     assert origins["eval.beam"] == OVERRIDE_ORIGIN
     assert origins["train.fairseq_args"] == DEFAULT_ORIGIN
@@ -114,7 +116,13 @@ def test_ls_kinds():
     assert "recipes/demo_switch.yaml" in recipes or any(
         line.endswith("recipes/demo_switch.yaml") for line in recipes
     )
-    assert not any("pieces" in line for line in recipes if not line.startswith(" "))
+    assert not any("/pieces/" in line for line in recipes)
+    # The family pieces come last, under their own heading.
+    heading = next(i for i, line in enumerate(recipes) if line.startswith("family pieces"))
+    listed = [line for line in recipes[heading + 1 :] if not line.startswith(" ")]
+    assert [Path(line).name for line in listed] == [
+        f"{f}.yaml" for f in ("dense", "mhmoe", "soft_moe", "switch", "thor", "xmoe")
+    ]
     demo = next(i for i, line in enumerate(recipes) if line.endswith("demo.yaml"))
     assert recipes[demo + 1].strip().startswith("The shipped demo")
 

@@ -337,7 +337,7 @@ def test_a_hung_rank_times_out(prepped_demo, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "recipe", ["demo", "demo_switch", "demo_xmoe", "demo_thor", "demo_mhmoe", "demo_softmoe"]
+    "recipe", ["demo", "demo_switch", "demo_xmoe", "demo_thor", "demo_mhmoe", "demo_soft_moe"]
 )
 def test_every_family_trains_on_two_ranks(recipe, prepped_demo, tmp_path):
     """torch DDP (c10d) needs every trained parameter in every step's graph: each family's MoE

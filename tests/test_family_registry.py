@@ -51,7 +51,7 @@ def test_built_in_families_are_named_after_their_architectures():
         prefix = "moemt_transformer" if name == "dense" else f"{name}_transformer"
         family = families.family_of_arch(f"{prefix}_wmt")
         assert family.name == name and family.arch_prefixes == (prefix,)
-        assert (REPO / "recipes" / "pieces" / "model" / f"{name}.yaml").is_file()
+        assert (REPO / "recipes" / "families" / f"{name}.yaml").is_file()
     assert families.family_of_arch("transformer_iwslt_de_en") is None  # fairseq's own
     assert families.family_of_arch("thor_transformer_demo").criterion == (
         "thor_label_smoothed_cross_entropy"

@@ -124,7 +124,7 @@ def test_dry_run_refuses_soft_moe_in_the_decoder(prepped_demo):
     from moe_mt.cli.main import app
 
     result = CliRunner().invoke(
-        app, ["train", str(REPO / "recipes" / "demo_softmoe.yaml"), f"run_dir={prepped_demo}",
+        app, ["train", str(REPO / "recipes" / "demo_soft_moe.yaml"), f"run_dir={prepped_demo}",
               "model.moe.sides=decoder", "--dry-run"],
     )  # fmt: skip
     assert result.exit_code == 1

@@ -373,7 +373,7 @@ def test_manifest_names_the_source_of_every_input(tmp_path, release):
 
 # -- the full-size recipes, end to end on the release layout ------------------------------------
 
-FAMILIES = ("dense", "mhmoe", "softmoe", "switch", "thor", "xmoe")
+FAMILIES = ("dense", "mhmoe", "soft_moe", "switch", "thor", "xmoe")
 
 
 @pytest.fixture
@@ -393,13 +393,15 @@ def real_names_served(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_full_size_recipe_runs_end_to_end(family, tmp_path, real_names_served):
-    """prep -> train -> eval of recipes/multilingual/iwslt17_en_xx_<family>.yaml with a CPU
-    budget; data.pairs and data.zero_shot leave out Italian (no Italian text here), the
-    recipe's sources stay."""
-    recipe = REPO / "recipes" / "multilingual" / f"iwslt17_en_xx_{family}.yaml"
+    """prep -> train -> eval of recipes/multilingual/iwslt17_en_xx.yaml with the family's piece
+    and a CPU budget; data.pairs and data.zero_shot leave out Italian (no Italian text here),
+    the recipe's sources stay."""
+    recipe = REPO / "recipes" / "multilingual" / "iwslt17_en_xx.yaml"
+    piece = REPO / "recipes" / "families" / f"{family}.yaml"
     pairs = ",".join(f"en-{x},{x}-en" for x in PAIRS)
     zero_shot = ",".join(f"{a}-{b},{b}-{a}" for a, b in NON_ENGLISH)
     overrides = [
+        str(piece),
         f"run_dir={tmp_path / 'run'}",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"data.pairs=[{pairs}]",

@@ -17,7 +17,10 @@ from moe_mt.workflows.prep.plan import prep_plan
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
-RECIPES = [p for p in RECIPES if "pieces" not in p.relative_to(REPO / "recipes").parts]
+# Pieces (and family pieces, named beside a recipe) are not recipes on their own.
+RECIPES = [
+    p for p in RECIPES if {"pieces", "families"}.isdisjoint(p.relative_to(REPO / "recipes").parts)
+]
 
 
 def _files(root: Path) -> list[Path]:

@@ -18,28 +18,82 @@ from moe_mt.workflows.train.trainer import parse_fairseq_args
 from tests.conftest import REPO, SHARED_DATA
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
-FULL_SIZE = [
-    path for group in ("iwslt", "wmt", "multilingual")
-    for path in sorted((REPO / "recipes" / group).glob("*.yaml"))
-]  # fmt: skip
-FAMILIES = ("dense", "mhmoe", "softmoe", "switch", "thor", "xmoe")
-IWSLT_DATA = ("europarl_en_cs", "europarl_en_lv", "europarl_en_ro", "iwslt14_de_en",
-              "iwslt15_en_vi", "iwslt17_en_de", "iwslt17_en_fr")  # fmt: skip
+GROUPS = ("europarl", "iwslt", "multilingual", "wmt")  # recipes grouped by data
+FULL_SIZE = [path for group in GROUPS for path in sorted((REPO / "recipes" / group).glob("*.yaml"))]
+FAMILY_DIR = REPO / "recipes" / "families"
+FAMILIES = ("dense", "mhmoe", "soft_moe", "switch", "thor", "xmoe")
+#: The IWSLT-size data sets of THOR's study (+ IWSLT'14): data set -> its recipe.
+IWSLT_DATA = {
+    "europarl_en_cs": "europarl/en_cs.yaml", "europarl_en_lv": "europarl/en_lv.yaml",
+    "europarl_en_ro": "europarl/en_ro.yaml", "iwslt14_de_en": "iwslt/iwslt14_de_en.yaml",
+    "iwslt15_en_vi": "iwslt/iwslt15_en_vi.yaml", "iwslt17_en_de": "iwslt/iwslt17_en_de.yaml",
+    "iwslt17_en_fr": "iwslt/iwslt17_en_fr.yaml",
+}  # fmt: skip
 WMT_DATA = ("wmt14_en_fr", "wmt16_en_de")
+
+
+def _composed(recipe: str, family: str, *overrides: str):
+    """A data set's recipe with a family's piece, as `moemt train RECIPE PIECE` composes them."""
+    return load_config(REPO / "recipes" / recipe, [str(FAMILY_DIR / f"{family}.yaml"), *overrides])
 
 
 def test_recipe_count():
     # One per family plus distillation and multilingual; update when a recipe is added or removed.
     assert [p.name for p in RECIPES] == [
         "demo.yaml", "demo_distill.yaml", "demo_mhmoe.yaml", "demo_multilingual.yaml",
-        "demo_softmoe.yaml", "demo_switch.yaml", "demo_thor.yaml", "demo_xmoe.yaml",
+        "demo_soft_moe.yaml", "demo_switch.yaml", "demo_thor.yaml", "demo_xmoe.yaml",
     ]  # fmt: skip
-    # Full-size recipes: every family on every IWSLT-sized corpus of THOR's study (+ IWSLT'14)
-    # and on both WMT corpora.
-    expected = [f"iwslt/{d}_{f}.yaml" for d in IWSLT_DATA for f in FAMILIES]
-    expected += [f"wmt/{d}_{f}.yaml" for d in WMT_DATA for f in FAMILIES]
-    expected += [f"multilingual/iwslt17_en_xx_{f}.yaml" for f in FAMILIES]
+    # Full-size recipes: one per data set (the family is a piece given beside it): every
+    # IWSLT-sized corpus of THOR's study (+ IWSLT'14), both WMT corpora, IWSLT'17 multilingual.
+    expected = sorted([*IWSLT_DATA.values(), *(f"wmt/{d}.yaml" for d in WMT_DATA),
+                       "multilingual/iwslt17_en_xx.yaml"])  # fmt: skip
     assert [str(p.relative_to(REPO / "recipes")) for p in FULL_SIZE] == expected
+    assert sorted(p.stem for p in FAMILY_DIR.glob("*.yaml")) == sorted(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_family_piece_names_the_architecture_of_the_recipes_size(family):
+    prefix = "moemt" if family == "dense" else family
+    for recipe, size, data in (
+        ("europarl/en_ro.yaml", "iwslt", "europarl_en_ro"),
+        ("wmt/wmt16_en_de.yaml", "wmt_big", "wmt16_en_de"),
+    ):
+        cfg = _composed(recipe, family)
+        assert cfg.model.arch == f"{prefix}_transformer_{size}"
+        assert (cfg.model.family, cfg.model.size) == (family, size)
+        assert cfg.name == f"{data}_{family}"  # a run per data set and family
+        assert Path(cfg.run_dir).name == cfg.name
+    demo = load_config(REPO / "recipes" / f"demo_{family}.yaml") if family != "dense" else None
+    if demo is not None:  # the demos compose the same pieces
+        assert demo.model.arch == f"{family}_transformer_demo" and demo.name == f"demo_{family}"
+
+
+def test_the_last_source_that_names_the_architecture_decides(tmp_path):
+    # One source that names both, and disagrees with itself, is refused.
+    with pytest.raises(MoeMtError, match=r"model.family=switch contradicts model.arch=moemt_"):
+        both = ["model.family=switch", "model.arch=moemt_transformer_demo"]
+        load_config(REPO / "recipes" / "demo.yaml", both)
+    # Otherwise the last source that names the architecture decides: an arch on the command
+    # line replaces the recipe's size (and family) ...
+    cfg = load_config(REPO / "recipes" / "demo.yaml", ["model.arch=xmoe_transformer_wmt"])
+    assert (cfg.model.arch, cfg.model.family, cfg.model.size) == (
+        "xmoe_transformer_wmt",
+        "xmoe",
+        "wmt",
+    )
+    # ... and a family or size replaces an arch, keeping what it said of the other.
+    distill = REPO / "recipes" / "demo_distill.yaml"  # names its arch (the student's) outright
+    assert load_config(distill, ["model.family=switch"]).model.arch == "switch_transformer_demo"
+    assert load_config(distill, ["model.size=wmt"]).model.arch == "moemt_transformer_wmt"
+    # A run directory's config (all three, consistent) reloads as it was.
+    again = load_config(REPO / "recipes" / "demo_switch.yaml")
+    assert (again.model.arch, again.model.family, again.model.size) == (
+        "switch_transformer_demo",
+        "switch",
+        "demo",
+    )
+    with pytest.raises(MoeMtError, match="nope.yaml: no such recipe piece"):
+        load_config(REPO / "recipes" / "demo.yaml", ["nope.yaml"])
 
 
 def _check(recipe: Path, run_dir: Path):
@@ -56,17 +110,17 @@ def test_recipe_loads_and_fairseq_accepts_it(recipe, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "recipe",
-    [REPO / "recipes" / "iwslt" / f"iwslt14_de_en_{f}.yaml" for f in FAMILIES]
-    + [REPO / "recipes" / "wmt" / f"{d}_{f}.yaml" for d in WMT_DATA for f in FAMILIES],
-    ids=lambda p: p.stem,
+    ("data", "family"),
+    [("iwslt14_de_en", f) for f in FAMILIES] + [(d, f) for d in WMT_DATA for f in FAMILIES],
 )
-def test_full_size_recipe_loads_and_fairseq_accepts_it(recipe, tmp_path):
-    cfg = _check(recipe, tmp_path / "run")
-    family = recipe.stem.rsplit("_", 1)[1]
-    size = "iwslt" if recipe.parent.name == "iwslt" else "wmt_big"
+def test_full_size_recipe_loads_and_fairseq_accepts_it(data, family, tmp_path):
+    recipe = IWSLT_DATA.get(data, f"wmt/{data}.yaml")
+    cfg = _composed(recipe, family, f"run_dir={tmp_path / 'run'}")
+    parse_fairseq_args(train_args(cfg, RunDir(cfg.run_dir)))
+    assert not (tmp_path / "run").exists()  # loading and checking write nothing
+    size = "wmt_big" if data in WMT_DATA else "iwslt"
     assert cfg.model.arch.endswith(f"_transformer_{size}")
-    assert cfg.data.source == recipe.stem.rsplit("_", 1)[0] and cfg.data.train is None
+    assert cfg.data.source == data and cfg.data.train is None
     if family == "thor":  # the paper's / authors' settings
         assert cfg.model.moe.num_experts == 2 and cfg.model.moe.consistency_alpha == 5.0
     if size == "iwslt":  # THOR's IWSLT'14 script
@@ -81,13 +135,11 @@ def test_full_size_recipe_loads_and_fairseq_accepts_it(recipe, tmp_path):
 
 @pytest.mark.parametrize("data", [d for d in IWSLT_DATA if d != "iwslt14_de_en"])
 def test_other_iwslt_directions_train_as_iwslt14(data, tmp_path):
-    # They differ from the IWSLT'14 recipes (fairseq-checked above) only in their data piece,
+    # They differ from the IWSLT'14 recipe (fairseq-checked above) only in their data piece,
     # so their model and train sections, hence their fairseq arguments, are the same.
     for family in FAMILIES:
-        cfg = load_config(REPO / "recipes" / "iwslt" / f"{data}_{family}.yaml", ["run_dir=x"])
-        ref = load_config(
-            REPO / "recipes" / "iwslt" / f"iwslt14_de_en_{family}.yaml", ["run_dir=x"]
-        )
+        cfg = _composed(IWSLT_DATA[data], family, "run_dir=x")
+        ref = _composed(IWSLT_DATA["iwslt14_de_en"], family, "run_dir=x")
         assert cfg.model == ref.model and cfg.train == ref.train
         assert cfg.data.source == data and not cfg.data.lowercase
         assert cfg.data.src == "en" and cfg.data.tgt == data.rsplit("_", 1)[1]
@@ -95,9 +147,9 @@ def test_other_iwslt_directions_train_as_iwslt14(data, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_multilingual_recipes_are_the_iwslt_recipes_on_eight_directions(family, tmp_path):
-    recipe = REPO / "recipes" / "multilingual" / f"iwslt17_en_xx_{family}.yaml"
-    cfg = _check(recipe, tmp_path / "run")  # fairseq accepts its multilingual arguments
-    ref = load_config(REPO / "recipes" / "iwslt" / f"iwslt14_de_en_{family}.yaml", ["run_dir=x"])
+    cfg = _composed("multilingual/iwslt17_en_xx.yaml", family, f"run_dir={tmp_path / 'run'}")
+    parse_fairseq_args(train_args(cfg, RunDir(cfg.run_dir)))  # its multilingual arguments
+    ref = _composed(IWSLT_DATA["iwslt14_de_en"], family, "run_dir=x")
     assert cfg.model == ref.model  # same architecture and family options
     for key in ("checkpoint", "average_last", "beam", "lenpen", "thor_inference"):
         assert cfg.eval[key] == ref.eval[key], key
@@ -119,7 +171,8 @@ def test_multilingual_recipes_are_the_iwslt_recipes_on_eight_directions(family, 
 
 
 def test_iwslt14_is_fairseqs_standard_preparation(tmp_path):
-    cfg = load_config(REPO / "recipes" / "iwslt" / "iwslt14_de_en_dense.yaml", ["run_dir=x"])
+    cfg = load_config(REPO / "recipes" / "iwslt" / "iwslt14_de_en.yaml", ["run_dir=x"])
+    assert cfg.model.arch == "moemt_transformer_iwslt" and cfg.name == "iwslt14_de_en_dense"
     assert (cfg.data.src, cfg.data.tgt, cfg.data.source) == ("de", "en", "iwslt14_de_en")
     assert cfg.data.lowercase and cfg.data.spm.vocab_size == 10000 and cfg.data.spm.joint
 
@@ -192,7 +245,7 @@ def test_a_run_directory_config_is_flat(tmp_path):
     # The resolved config a run writes holds no `include`: reloading it needs no pieces.
     from moe_mt.config import to_yaml
 
-    cfg = load_config(REPO / "recipes" / "iwslt" / "iwslt14_de_en_thor.yaml", ["run_dir=x"])
+    cfg = _composed("iwslt/iwslt14_de_en.yaml", "thor", "run_dir=x")
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(to_yaml(cfg))

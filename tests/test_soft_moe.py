@@ -158,7 +158,7 @@ def test_recipe_loads_and_passes_the_keys(tmp_path):
     from moe_mt.config import load_config
     from moe_mt.workflows.train.fairseq_args import model_args
 
-    cfg = load_config(REPO / "recipes" / "demo_softmoe.yaml", [f"run_dir={tmp_path}"])
+    cfg = load_config(REPO / "recipes" / "demo_soft_moe.yaml", [f"run_dir={tmp_path}"])
     args = model_args(cfg.model)
     assert args[:2] == ["--arch", "soft_moe_transformer_demo"]
     assert args[args.index("--moe-slots-per-expert") + 1] == "1"
