@@ -35,13 +35,14 @@ def section_help(section: str) -> str:
 
 
 def split_key(arguments: list[str]) -> tuple[str | None, list[str]]:
-    """``[KEY] [key=value ...]``: the first argument without ``=`` is KEY, the rest overrides."""
+    """``[PIECE.yaml ...] [KEY] [key=value ...]``: the one argument that is neither a recipe piece
+    (``*.yaml``) nor ``key=value`` is KEY; the others go to the loader."""
     from moe_mt.errors import MoeMtError
 
-    keys = [a for a in arguments if "=" not in a]
+    keys = [a for a in arguments if "=" not in a and not a.endswith((".yaml", ".yml"))]
     if len(keys) > 1:
         raise MoeMtError(f"one KEY at most, got {', '.join(keys)} (overrides are key=value)")
-    return (keys[0] if keys else None), [a for a in arguments if "=" in a]
+    return (keys[0] if keys else None), [a for a in arguments if a not in keys]
 
 
 def selected_keys(key: str | None, docs: dict) -> list[str]:

@@ -783,6 +783,8 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
             origins.update(dict.fromkeys(_leaves_set(override_cfg, sections), OVERRIDE_ORIGIN))
 
     resolve_architecture(cfg.model, origin=str(path))
+    if not OmegaConf.is_missing(cfg, "name"):
+        cfg.name = cfg.name  # resolved: `europarl_en_ro_${model.family}` becomes the run's name
     if cfg.run_dir is None:
         cfg.run_dir = _default_run_dir(cfg)
     _check_mandatory(cfg, origin=str(path))

@@ -196,3 +196,13 @@ def test_usage_errors_are_one_line(argv, message):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+def test_config_takes_a_family_piece_beside_the_recipe():
+    recipe, piece = RECIPES / "europarl" / "en_ro.yaml", RECIPES / "families" / "thor.yaml"
+    result = _invoke("config", str(recipe), str(piece), "model")
+    assert result.exit_code == 0, result.output
+    assert "model.arch = thor_transformer_iwslt" in result.stdout
+    assert f"model.family = thor  ({piece})" in result.stdout
+    named = _invoke("config", str(recipe), str(piece), "name")
+    assert "name = europarl_en_ro_thor" in named.stdout  # resolved, not ${model.family}

@@ -9,9 +9,13 @@ directory. One subpackage per command, in pipeline order, each holding its own h
     evaluate/   translate a test set and score it (sacreBLEU, bootstrap, expert usage, THOR)
     distill/    a dense student from an MoE teacher (initialisation, teacher outputs, report)
     compare/    evaluated runs side by side, paired bootstrap against a baseline
-    common/     what several commands share: the run directory (locks, atomic writes) and
-                progress bars
+    common/     what several commands share: the run directory (locks, atomic writes), the
+                prepared data's manifest and directions, line-aligned text, progress bars
 
-Imports go one way: compare -> evaluate, train; distill -> evaluate, train, translate, prep;
-evaluate -> translate; every command -> common. Nothing here imports ``moe_mt.cli``.
+A single-pair run is the one-direction case of a multilingual one: every command reads one
+manifest schema (``common/manifest.py``) and one report schema (``evaluate/report.py``).
+
+Imports go one way: compare -> evaluate, train; distill -> evaluate, train, translate;
+evaluate -> translate; translate, train -> prep (the run's directions); every command -> common.
+Nothing here imports ``moe_mt.cli``.
 """

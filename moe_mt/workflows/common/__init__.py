@@ -3,5 +3,8 @@
 - :mod:`.rundir`: the experiment directory (``config.yaml``, ``data/``, ``checkpoints/``,
   ``logs/``, ``eval/``), its lock against a second process, atomic writes, building a
   directory beside its final place and renaming it in.
+- :mod:`.manifest`: directions (``en-de``) and ``data/manifest.json`` as every command reads
+  it (format 2; format 1 upgraded on reading).
+- :mod:`.text`: line-aligned UTF-8 files, read and checked (``file:line`` errors).
 - :mod:`.progress`: the rich progress bar every long step shows.
 """
