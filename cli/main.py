@@ -79,7 +79,11 @@ ConfigArg = Annotated[
     str, typer.Argument(help="Recipe YAML, or a run directory holding config.yaml.")
 ]
 OverridesArg = Annotated[
-    list[str] | None, typer.Argument(help="key=value overrides, e.g. data.spm.vocab_size=4000")
+    list[str] | None,
+    typer.Argument(
+        help="Recipe pieces merged after the recipe (e.g. recipes/families/switch.yaml), then "
+        "key=value overrides (e.g. data.spm.vocab_size=4000)."
+    ),
 ]
 
 
@@ -152,7 +156,7 @@ TRAIN_EXAMPLES = """Examples:
 
   moemt train recipes/demo_switch.yaml --dry-run   # parameters, FLOPs
   moemt train recipes/demo.yaml train.max_update=3000
-  moemt train recipes/demo_switch.yaml model.moe.top_k=2 model.moe.z_loss=true"""
+  moemt train recipes/europarl/en_ro.yaml recipes/families/switch.yaml model.moe.top_k=2"""
 
 
 @app.command(epilog=TRAIN_EXAMPLES)

@@ -171,8 +171,9 @@ def test_help_ends_with_true_examples(command):
     for argv in examples:
         assert argv[0] == command
         recipes = [a for a in argv if a.startswith("recipes/")]
-        for recipe in recipes:  # an example's recipe exists and takes its overrides
-            load_config(REPO / recipe, [a for a in argv if "=" in a])
+        if recipes:  # an example's recipe exists and takes its pieces and overrides
+            pieces = [str(REPO / piece) for piece in recipes[1:]]
+            load_config(REPO / recipes[0], [*pieces, *(a for a in argv if "=" in a)])
 
 
 def test_eval_help_lists_the_eval_keys():
