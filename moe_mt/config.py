@@ -704,6 +704,9 @@ def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ())
 DEFAULT_ORIGIN = "default"
 #: The origin of a value set on the command line.
 OVERRIDE_ORIGIN = "override"
+#: The origins of model.arch / family / size that the others named (:func:`resolve_architecture`).
+NAMED_BY_ARCH = "named by model.arch"
+NAMED_BY_FAMILY_AND_SIZE = "named by model.family and model.size"
 
 
 def load_config_with_origins(
@@ -758,31 +761,37 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
         loaded.run_dir = str(source.resolve())
     cfg = schema()
     sections = {key for key, doc in schema_keys().items() if doc.section}
+
+    def apply(piece: DictConfig, origin: str) -> None:
+        nonlocal cfg
+        cfg = _merge(cfg, piece, origin=origin)
+        derived = _latest_names_architecture(cfg.model, piece)
+        if origins is not None:
+            origins.update(dict.fromkeys(_leaves_set(piece, sections), origin))
+            for key in derived:  # no longer what that file said, but what the others imply
+                origins.pop(f"model.{key}", None)
+
     for piece_path, piece in _with_includes(path, loaded, chain=()):
         _resolve_paths(piece, base=piece_path.parent)  # relative to the file that says it
-        cfg = _merge(cfg, piece, origin=str(piece_path))
-        _latest_names_architecture(cfg.model, piece)
-        if origins is not None:
-            origins.update(dict.fromkeys(_leaves_set(piece, sections), str(piece_path)))
+        apply(piece, str(piece_path))
 
     pieces, dotlist = _split_arguments(overrides)
     for piece_path in pieces:  # recipe pieces named on the command line, in order
         for part_path, part in _with_includes(piece_path, _read_yaml(piece_path), chain=()):
             _resolve_paths(part, base=part_path.parent)
-            cfg = _merge(cfg, part, origin=str(part_path))
-            _latest_names_architecture(cfg.model, part)
-            if origins is not None:
-                origins.update(dict.fromkeys(_leaves_set(part, sections), str(part_path)))
+            apply(part, str(part_path))
 
     if dotlist:
         override_cfg = OmegaConf.from_dotlist(dotlist)
         _resolve_paths(override_cfg, base=Path.cwd())
-        cfg = _merge(cfg, override_cfg, origin=OVERRIDE_ORIGIN)
-        _latest_names_architecture(cfg.model, override_cfg)
-        if origins is not None:
-            origins.update(dict.fromkeys(_leaves_set(override_cfg, sections), OVERRIDE_ORIGIN))
+        apply(override_cfg, OVERRIDE_ORIGIN)
 
     resolve_architecture(cfg.model, origin=str(path))
+    if origins is not None:  # what no source set was named by the others (or is a default)
+        if "model.arch" in origins:
+            origins.setdefault("model.family", NAMED_BY_ARCH)
+            origins.setdefault("model.size", NAMED_BY_ARCH)
+        origins.setdefault("model.arch", NAMED_BY_FAMILY_AND_SIZE)
     if not OmegaConf.is_missing(cfg, "name"):
         cfg.name = cfg.name  # resolved: `europarl_en_ro_${model.family}` becomes the run's name
     if cfg.run_dir is None:
@@ -806,22 +815,26 @@ def _family_and_size(arch: str) -> tuple:
     return ("dense" if prefix == "moemt" else prefix), size
 
 
-def _latest_names_architecture(model: DictConfig, piece: DictConfig) -> None:
+def _latest_names_architecture(model: DictConfig, piece: DictConfig) -> tuple:
     """After ``piece`` is merged: whichever it sets, ``model.arch`` or ``model.family`` /
     ``model.size``, names the architecture from now on. A piece that sets the arch clears family
     and size (they are read from it at the end); one that sets the family or the size clears the
     arch, keeping what the arch said of the other (``model.arch=thor_transformer_iwslt`` then
-    ``model.family=switch``: ``switch_transformer_iwslt``)."""
+    ``model.family=switch``: ``switch_transformer_iwslt``). Returns the keys it cleared or
+    filled in (``("family", "size")``, ``("arch", "size")``, ...)."""
     given = piece.get("model") if isinstance(piece.get("model"), DictConfig) else {}
     names_arch = given.get("arch") is not None
     names_parts = "family" in given or "size" in given
     if names_arch and not names_parts:
         model.family = model.size = None
-    elif names_parts and not names_arch and model.arch is not None:
+        return ("family", "size")
+    if names_parts and not names_arch and model.arch is not None:
         family, size = _family_and_size(model.arch)
         model.family = model.family if "family" in given else family
         model.size = model.size if "size" in given else size
         model.arch = None
+        return ("arch", *(key for key in ("family", "size") if key not in given))
+    return ()
 
 
 def resolve_architecture(model: DictConfig, origin: str) -> None:

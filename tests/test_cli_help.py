@@ -203,7 +203,9 @@ def test_config_takes_a_family_piece_beside_the_recipe():
     recipe, piece = RECIPES / "europarl" / "en_ro.yaml", RECIPES / "families" / "thor.yaml"
     result = _invoke("config", str(recipe), str(piece), "model")
     assert result.exit_code == 0, result.output
-    assert "model.arch = thor_transformer_iwslt" in result.stdout
+    assert "model.arch = thor_transformer_iwslt  (named by model.family and model.size)" in (
+        result.stdout
+    )
     family = next(line for line in result.stdout.splitlines() if line.startswith("model.family"))
     assert family.startswith("model.family = thor  (") and family.endswith("families/thor.yaml)")
     named = _invoke("config", str(recipe), str(piece), "name")
