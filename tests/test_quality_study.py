@@ -34,7 +34,7 @@ def test_tiny_study_produces_complete_signed_tables(shared_data, tmp_path, monke
         for signature in result["signatures"].values():
             assert "nrefs:1" in signature and "version:" in signature
         for row in result["runs"][1:]:  # every run against dense, every metric
-            assert set(row["bootstrap"]) == {"BLEU", "chrF2", "TER"}
+            assert set(row["bootstrap"]["en-de"]) == {"BLEU", "chrF2", "TER"}
         assert all(r["checkpoint_updates"] == 20 for r in result["runs"])
         assert set(summary["views"][view]) == set(families)
     table = (out / "study.md").read_text()
