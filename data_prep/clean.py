@@ -21,18 +21,19 @@ def clean_pairs(
     pairs: Iterable[tuple[str, str]], cfg: CleanConfig, dropped: Counter
 ) -> Iterator[tuple[str, str]]:
     """Yield the pairs that pass every filter; count the others in ``dropped`` by filter name."""
+    # Read once: an OmegaConf attribute costs tens of microseconds, per pair it was half of prep.
+    min_words, max_words = int(cfg.min_words), int(cfg.max_words)
+    max_ratio, dedup = float(cfg.max_length_ratio), bool(cfg.dedup)
     seen: set[bytes] = set()
     for src, tgt in pairs:
         n_src, n_tgt = len(src.split()), len(tgt.split())
-        if not (
-            cfg.min_words <= n_src <= cfg.max_words and cfg.min_words <= n_tgt <= cfg.max_words
-        ):
+        if not (min_words <= n_src <= max_words and min_words <= n_tgt <= max_words):
             dropped["length"] += 1
             continue
-        if max(n_src, n_tgt) > cfg.max_length_ratio * max(min(n_src, n_tgt), 1):
+        if max(n_src, n_tgt) > max_ratio * max(min(n_src, n_tgt), 1):
             dropped["ratio"] += 1
             continue
-        if cfg.dedup:
+        if dedup:
             # A 16-byte digest per pair keeps the memory of dedup small on WMT-sized corpora.
             key = hashlib.blake2b(f"{src}\t{tgt}".encode(), digest_size=16).digest()
             if key in seen:

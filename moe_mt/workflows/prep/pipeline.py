@@ -26,11 +26,14 @@ Layout of ``data/`` (the manifest's schema: :mod:`moe_mt.workflows.common.manife
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,68 +124,61 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
     for d in (text_dir, work_dir, bin_dir):
         d.mkdir()
     splits: dict[str, dict[str, dict]] = {}
+    seconds: dict[str, float] = {}  # per stage, so that a slow one shows in the manifest
+    stage = functools.partial(_stage, seconds)
     # valid/test of every corpus first: small, and any problem there is fatal.
-    for name, pair in names.items():
-        (text_dir / name).mkdir()
-        (work_dir / name).mkdir()
-        splits[name] = {"train": {}}  # filled after valid/test, kept first in order
-        for split in ("valid", "test"):
-            if f"{name}/{split}" in files:
-                splits[name][split] = check_and_copy_split(
-                    files[f"{name}/{split}"],
-                    _paths(text_dir / name, split, pair),
-                    pair,
-                    data_cfg.max_line_chars,
-                )
-    for name, pair in names.items():
-        splits[name]["train"] = clean_train(
-            data_cfg, files[f"{name}/train"], _paths(text_dir / name, "train", pair), pair, progress
-        )
+    with stage("validate_clean"):
+        _check_and_clean(data_cfg, files, names, splits, text_dir, work_dir, progress)
 
-    spm_models = _train_spm(data_cfg, _train_files(text_dir, names), out, langs)
-    encoders = {model: spm.Encoder(out / model) for model in set(spm_models.values())}
-    for name, pair in names.items():
-        for split, info in splits[name].items():
-            for lang in pair:
-                file = f"{name}/{split}.{lang}"
-                encode_file(
-                    encoders[spm_models[lang]],
-                    text_dir / file,
-                    work_dir / file,
-                    info["lines"]["kept"],
-                    progress,
-                    f"encode {file}",
-                )
+    with stage("spm"):
+        spm_models = _train_spm(data_cfg, _train_files(text_dir, names), out, langs)
+    with stage("encode"):
+        encoders = {model: spm.Encoder(out / model) for model in set(spm_models.values())}
+        for name, pair in names.items():
+            for split, info in splits[name].items():
+                for lang in pair:
+                    file = f"{name}/{split}.{lang}"
+                    encode_file(
+                        encoders[spm_models[lang]],
+                        text_dir / file,
+                        work_dir / file,
+                        info["lines"]["kept"],
+                        progress,
+                        f"encode {file}",
+                    )
 
-    dictionaries = _dictionaries(data_cfg, _train_files(work_dir, names), bin_dir, langs)
-    for name, pair in names.items():
-        for split, info in splits[name].items():
-            info["tokens"] = {
-                lang: binarise_file(
-                    work_dir / name / f"{split}.{lang}",
-                    dictionaries[lang],
-                    bin_dir / f"{split}.{name}.{lang}",
-                    info["lines"]["kept"],
-                    progress,
-                    f"binarise {name} {split}.{lang}",
-                )
-                for lang in pair
-            }
+    with stage("dictionary"):
+        dictionaries = _dictionaries(data_cfg, _train_files(work_dir, names), bin_dir, langs)
+    with stage("binarise"):
+        for name, pair in names.items():
+            for split, info in splits[name].items():
+                info["tokens"] = {
+                    lang: binarise_file(
+                        work_dir / name / f"{split}.{lang}",
+                        dictionaries[lang],
+                        bin_dir / f"{split}.{name}.{lang}",
+                        info["lines"]["kept"],
+                        progress,
+                        f"binarise {name} {split}.{lang}",
+                    )
+                    for lang in pair
+                }
     shutil.rmtree(work_dir)
 
     # Zero-shot pairs that no trained corpus holds: their test text only (eval reads text/;
     # nothing of them is binarised, so training cannot see them).
     test_only = corpora.zero_shot_corpora(data_cfg) if data_cfg.pairs else {}
-    for name, pair in test_only.items():
-        (text_dir / name).mkdir()
-        splits[name] = {
-            "test": check_and_copy_split(
-                files[f"{name}/test"],
-                _paths(text_dir / name, "test", pair),
-                pair,
-                data_cfg.max_line_chars,
-            )
-        }
+    with stage("validate_clean"):
+        for name, pair in test_only.items():
+            (text_dir / name).mkdir()
+            splits[name] = {
+                "test": check_and_copy_split(
+                    files[f"{name}/test"],
+                    _paths(text_dir / name, "test", pair),
+                    pair,
+                    data_cfg.max_line_chars,
+                )
+            }
     zero_shot = corpora.zero_shot_directions(data_cfg) if data_cfg.pairs else []
 
     def in_pair(found: list, pair) -> list[str]:
@@ -215,11 +211,43 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
             "dictionaries": {lang: f"bin/dict.{lang}.txt" for lang in langs},
         },
         "dictionary_size": {lang: len(d) for lang, d in dictionaries.items()},
+        "stage_seconds": seconds,
         "joined_dictionary": bool(data_cfg.joined_dictionary),
         "config": OmegaConf.to_container(data_cfg),
         "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+@contextlib.contextmanager
+def _stage(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the ``with`` block to ``seconds[name]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+
+
+def _check_and_clean(data_cfg, files, names, splits, text_dir: Path, work_dir: Path, progress):
+    """Check and copy every valid/test split (fatal problems first), then validate and clean
+    every training split; fills ``splits`` with their manifest entries."""
+    for name, pair in names.items():
+        (text_dir / name).mkdir()
+        (work_dir / name).mkdir()
+        splits[name] = {"train": {}}  # filled after valid/test, kept first in order
+        for split in ("valid", "test"):
+            if f"{name}/{split}" in files:
+                splits[name][split] = check_and_copy_split(
+                    files[f"{name}/{split}"],
+                    _paths(text_dir / name, split, pair),
+                    pair,
+                    data_cfg.max_line_chars,
+                )
+    for name, pair in names.items():
+        splits[name]["train"] = clean_train(
+            data_cfg, files[f"{name}/train"], _paths(text_dir / name, "train", pair), pair, progress
+        )
 
 
 def _train_files(root: Path, names: dict[str, tuple[str, str]]) -> list[tuple[str, Path]]:
