@@ -33,6 +33,9 @@ def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
             bos_id=-1,
             eos_id=-1,
             unk_id=0,
+            # One thread: sentencepiece's multi-threaded training gives another model (its
+            # expected counts are summed in another order), and prep's output must not depend on
+            # data.workers.
             num_threads=1,
             minloglevel=1,  # warnings and errors only
         )
@@ -43,13 +46,16 @@ def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
 
 
 class Encoder:
-    """Encodes lines into space-separated pieces with one trained model."""
+    """Encodes lines into space-separated pieces with one trained model, on ``threads`` threads
+    (encoding a line does not depend on the others, so the output does not depend on them)."""
 
-    def __init__(self, model: Path):
+    def __init__(self, model: Path, threads: int = 1):
         self.processor = spm.SentencePieceProcessor(model_file=str(model))
+        self.threads = threads
 
     def encode(self, lines: list[str]) -> list[str]:
-        return [" ".join(p) for p in self.processor.encode(lines, out_type=str)]
+        pieces = self.processor.encode(lines, out_type=str, num_threads=self.threads)
+        return [" ".join(p) for p in pieces]
 
     def decode(self, pieces: list[str]) -> list[str]:
         return [self.processor.decode(p.split()) for p in pieces]

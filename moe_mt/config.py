@@ -188,6 +188,15 @@ class DataConfig:
             "help": "one fairseq dictionary for both sides (needed by model.share_all_embeddings)"
         },
     )
+    workers: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": (
+                "processes for the dictionary and binarisation, threads for encoding (null: the "
+                "machine's cores); the prepared data are the same whatever the number"
+            )
+        },
+    )
     clean: CleanConfig = field(
         default_factory=CleanConfig, metadata={"help": "training-split filters"}
     )

@@ -266,3 +266,40 @@ def test_run_directory_as_config_is_that_directory(tmp_path, corpus):
     shutil.move(tmp_path / "run", moved)
     assert load_config(moved).run_dir == str(moved.resolve())
     assert load_config(moved, [f"run_dir={tmp_path / 'x'}"]).run_dir == str(tmp_path / "x")
+
+
+def test_the_prepared_data_do_not_depend_on_the_number_of_workers(tmp_path, corpus):
+    """data.workers parallelises encoding, dictionary and binarisation; the files are the same
+    byte for byte, and the manifests differ only in their timings."""
+    run = [f"run_dir={tmp_path / 'run'}"]
+    data = RunDir(prep(_load(tmp_path, corpus, *run, "data.workers=1")).run_dir).data
+    one = tmp_path / "one"
+    data.rename(one)
+    again = prep(_load(tmp_path, corpus, *run, "data.workers=3"))
+    assert not again.up_to_date  # built anew, on three workers
+    three = RunDir(again.run_dir).data
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(three) for p in three.rglob("*") if p.is_file())
+    for name in files:
+        if name.suffix == ".model":  # it records its inputs' (temporary) paths: compare pieces
+            assert _pieces(one / name) == _pieces(three / name)
+        elif name.name != "manifest.json":
+            assert (one / name).read_bytes() == (three / name).read_bytes(), name
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (one, three)]
+    for manifest in manifests:
+        for timing in ("created", "seconds", "stage_seconds"):
+            manifest.pop(timing)
+    assert manifests[0] == manifests[1]
+    assert "workers" not in manifests[0]["config"]  # how prep ran, not what it wrote
+
+    # Same data config but for the workers: up to date, nothing is rebuilt.
+    assert prep(_load(tmp_path, corpus, *run, "data.workers=2")).up_to_date
+    with pytest.raises(MoeMtError, match="data.workers=0: must be at least 1"):
+        prep(_load(tmp_path, corpus, f"run_dir={tmp_path / 'w0'}", "data.workers=0"))
+
+
+def _pieces(model: Path) -> list[tuple[str, float]]:
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(model))
+    return [(processor.id_to_piece(i), processor.get_score(i)) for i in range(len(processor))]

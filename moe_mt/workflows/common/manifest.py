@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from moe_mt.errors import MoeMtError
 
 MANIFEST_FORMAT = 2
@@ -49,6 +51,17 @@ def parse_direction(text: str, key: str) -> Direction:
     if src == tgt:
         raise MoeMtError(f"{key}: '{text}' translates a language into itself")
     return Direction(src, tgt)
+
+
+#: ``data.*`` keys that change how prep runs, never what it writes: left out of the data config
+#: a manifest records and compares.
+RUN_ONLY_DATA_KEYS = ("workers",)
+
+
+def prepared_data_config(data_cfg: DictConfig) -> dict:
+    """The ``data`` section as the prepared data depend on it (its manifest's ``config``)."""
+    container = OmegaConf.to_container(data_cfg)
+    return {key: value for key, value in container.items() if key not in RUN_ONLY_DATA_KEYS}
 
 
 def read_manifest(path: Path) -> dict:

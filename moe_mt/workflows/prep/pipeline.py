@@ -30,6 +30,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections import Counter
@@ -37,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import Progress
 
@@ -46,7 +47,7 @@ from moe_mt.data_prep import binarize, clean, spm, validate
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
-from moe_mt.workflows.common.manifest import MANIFEST_FORMAT
+from moe_mt.workflows.common.manifest import MANIFEST_FORMAT, prepared_data_config
 from moe_mt.workflows.common.progress import progress_bar
 from moe_mt.workflows.common.rundir import (
     RunDir,
@@ -99,7 +100,7 @@ def _fingerprint(data_cfg: DictConfig, inputs: dict) -> str:
     versions = package_versions()
     payload = {
         "format": MANIFEST_FORMAT,
-        "data": OmegaConf.to_container(data_cfg),
+        "data": prepared_data_config(data_cfg),
         "inputs": {
             s: {lang: v["sha256"] for lang, v in langs.items()} for s, langs in inputs.items()
         },
@@ -126,6 +127,7 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
     splits: dict[str, dict[str, dict]] = {}
     seconds: dict[str, float] = {}  # per stage, so that a slow one shows in the manifest
     stage = functools.partial(_stage, seconds)
+    workers = _workers(data_cfg)
     # valid/test of every corpus first: small, and any problem there is fatal.
     with stage("validate_clean"):
         _check_and_clean(data_cfg, files, names, splits, text_dir, work_dir, progress)
@@ -133,7 +135,9 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
     with stage("spm"):
         spm_models = _train_spm(data_cfg, _train_files(text_dir, names), out, langs)
     with stage("encode"):
-        encoders = {model: spm.Encoder(out / model) for model in set(spm_models.values())}
+        encoders = {
+            model: spm.Encoder(out / model, threads=workers) for model in set(spm_models.values())
+        }
         for name, pair in names.items():
             for split, info in splits[name].items():
                 for lang in pair:
@@ -148,7 +152,9 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
                     )
 
     with stage("dictionary"):
-        dictionaries = _dictionaries(data_cfg, _train_files(work_dir, names), bin_dir, langs)
+        dictionaries = _dictionaries(
+            data_cfg, _train_files(work_dir, names), bin_dir, langs, workers
+        )
     with stage("binarise"):
         for name, pair in names.items():
             for split, info in splits[name].items():
@@ -157,7 +163,7 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
                         work_dir / name / f"{split}.{lang}",
                         dictionaries[lang],
                         bin_dir / f"{split}.{name}.{lang}",
-                        info["lines"]["kept"],
+                        workers,
                         progress,
                         f"binarise {name} {split}.{lang}",
                     )
@@ -213,7 +219,7 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
         "dictionary_size": {lang: len(d) for lang, d in dictionaries.items()},
         "stage_seconds": seconds,
         "joined_dictionary": bool(data_cfg.joined_dictionary),
-        "config": OmegaConf.to_container(data_cfg),
+        "config": prepared_data_config(data_cfg),
         "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -348,25 +354,34 @@ def encode_file(encoder: spm.Encoder, source: Path, dest: Path, total: int, prog
     progress.remove_task(task)
 
 
-def binarise_file(pieces: Path, dictionary, out_prefix: Path, total: int, progress, label) -> dict:
-    """fairseq's binary ``<out_prefix>.{bin,idx}`` of a piece file; its token counts."""
-    task = progress.add_task(label, total=total)
-    stats = binarize.binarize_file(
-        pieces, dictionary, out_prefix, on_line=lambda n: progress.advance(task, n)
-    )
+def binarise_file(pieces: Path, dictionary, out_prefix: Path, workers: int, progress, label):
+    """fairseq's binary ``<out_prefix>.{bin,idx}`` of a piece file; its token counts. The
+    workers report when done, so progress is per file."""
+    task = progress.add_task(label, total=1)
+    stats = binarize.binarize_file(pieces, dictionary, out_prefix, workers)
     progress.remove_task(task)
     return {"tokens": stats.tokens, "unknown": stats.unknown}
 
 
-def _dictionaries(data_cfg, train_pieces: list[tuple[str, Path]], bin_dir: Path, langs) -> dict:
-    """``{lang: fairseq dictionary}``, each saved as ``bin/dict.<lang>.txt``."""
+def _workers(data_cfg) -> int:
+    """``data.workers``, or the machine's cores."""
+    if data_cfg.workers is None:
+        return os.cpu_count() or 1
+    if data_cfg.workers < 1:
+        raise MoeMtError(f"data.workers={data_cfg.workers}: must be at least 1 (null: the cores)")
+    return int(data_cfg.workers)
+
+
+def _dictionaries(data_cfg, train_pieces, bin_dir: Path, langs, workers: int) -> dict:
+    """``{lang: fairseq dictionary}`` (from ``(lang, piece file)`` pairs), each saved as
+    ``bin/dict.<lang>.txt``."""
     if data_cfg.joined_dictionary:
-        joined = binarize.build_dictionary([path for _, path in train_pieces])
+        joined = binarize.build_dictionary([path for _, path in train_pieces], workers)
         dictionaries = dict.fromkeys(langs, joined)
     else:
         dictionaries = {
             lang: binarize.build_dictionary(
-                [p for file_lang, p in train_pieces if file_lang == lang]
+                [p for file_lang, p in train_pieces if file_lang == lang], workers
             )
             for lang in langs
         }
