@@ -268,15 +268,28 @@ def test_run_directory_as_config_is_that_directory(tmp_path, corpus):
     assert load_config(moved, [f"run_dir={tmp_path / 'x'}"]).run_dir == str(tmp_path / "x")
 
 
-def test_the_prepared_data_do_not_depend_on_the_number_of_workers(tmp_path, corpus):
+def test_the_prepared_data_do_not_depend_on_the_number_of_workers(tmp_path, corpus, monkeypatch):
     """data.workers parallelises encoding, dictionary and binarisation; the files are the same
     byte for byte, and the manifests differ only in their timings."""
+    from fairseq import file_chunker_utils
+
+    from moe_mt.data_prep import binarize
+
     run = [f"run_dir={tmp_path / 'run'}"]
     data = RunDir(prep(_load(tmp_path, corpus, *run, "data.workers=1")).run_dir).data
     one = tmp_path / "one"
     data.rename(one)
+    # These files are small: binarise them on three processes all the same.
+    monkeypatch.setattr(binarize, "MIN_BYTES_PER_WORKER", 0)
+    used, find_offsets = [], file_chunker_utils.find_offsets
+
+    def counted(path, chunks):
+        used.append(chunks)
+        return find_offsets(path, chunks)
+
+    monkeypatch.setattr(file_chunker_utils, "find_offsets", counted)
     again = prep(_load(tmp_path, corpus, *run, "data.workers=3"))
-    assert not again.up_to_date  # built anew, on three workers
+    assert not again.up_to_date and set(used) == {3}  # built anew, on three workers
     three = RunDir(again.run_dir).data
     files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(three) for p in three.rglob("*") if p.is_file())
@@ -303,3 +316,34 @@ def _pieces(model: Path) -> list[tuple[str, float]]:
 
     processor = sentencepiece.SentencePieceProcessor(model_file=str(model))
     return [(processor.id_to_piece(i), processor.get_score(i)) for i in range(len(processor))]
+
+
+def test_binarised_ids_are_fairseqs_encode_line(tmp_path, monkeypatch):
+    """The fast binariser writes the ids (and dtype) of fairseq's Dictionary.encode_line with its
+    tokenize_line, in line order on any number of workers, and counts the <unk> tokens."""
+    from fairseq.data import Dictionary, indexed_dataset
+    from fairseq.tokenizer import tokenize_line
+
+    from moe_mt.data_prep import binarize
+
+    dictionary = Dictionary()
+    for piece in ("▁a", "▁b", "c", "d", "▁the"):
+        dictionary.add_symbol(piece)
+    lines = ["▁a ▁b c", "  ▁the   zz\t d ", "", "<unk> ▁a", "x\u00a0y ▁a", "d"] * 50
+    pieces = tmp_path / "pieces.txt"
+    pieces.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    expected = [
+        dictionary.encode_line(line, tokenize_line, add_if_not_exist=False, append_eos=True)
+        for line in lines
+    ]
+    unknown = sum(ids.tolist().count(dictionary.unk()) for ids in expected)
+    monkeypatch.setattr(binarize, "MIN_BYTES_PER_WORKER", 0)  # a small file, 3 processes
+    for workers in (1, 3):
+        stats = binarize.binarize_file(pieces, dictionary, tmp_path / f"w{workers}", workers)
+        written = indexed_dataset.MMapIndexedDataset(str(tmp_path / f"w{workers}"))
+        assert [written[i].tolist() for i in range(len(written))] == [e.tolist() for e in expected]
+        assert (stats.sentences, stats.unknown) == (len(lines), unknown)
+        assert stats.tokens == sum(len(e) for e in expected)
+        assert not list(tmp_path.glob("*.part*"))  # the parts are merged and removed
+    assert (tmp_path / "w1.bin").read_bytes() == (tmp_path / "w3.bin").read_bytes()
+    assert (tmp_path / "w1.idx").read_bytes() == (tmp_path / "w3.idx").read_bytes()
