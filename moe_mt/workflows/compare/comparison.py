@@ -36,7 +36,7 @@ from pathlib import Path
 from moe_mt.errors import MoeMtError
 from moe_mt.workflows.common.rundir import atomic_write_json, atomic_write_text
 from moe_mt.workflows.common.text import read_lines
-from moe_mt.workflows.evaluate.report import REPORT, hypotheses_file, read_report
+from moe_mt.workflows.evaluate.report import REPORT, decoding_speed, hypotheses_file, read_report
 from moe_mt.workflows.evaluate.scoring import METRICS, paired_bootstrap
 
 SIGNIFICANCE = 0.05
@@ -176,7 +176,7 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         "epochs": train.get("epoch"),
         "train_wall_seconds": train.get("wall_seconds"),
         "train_cpu_seconds": train.get("cpu_seconds"),
-        "sentences_per_second": _sentences_per_second(report),
+        "sentences_per_second": decoding_speed(report)["sentences_per_second"],
         "activation_rate": _float(valid.get("moe_active")),
         "dropped_fraction": _float(valid.get("moe_dropped")),
         "checkpoint": report.get("checkpoint"),
@@ -189,12 +189,6 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         row["active_parameters"] = summary.get("active_parameters")
         row["flops_per_token"] = summary.get("flops_per_token")
     return row
-
-
-def _sentences_per_second(report: dict) -> float | None:
-    """Decoding speed over every direction: lines over their summed translation time."""
-    seconds = sum(d["timing"].get("translate_seconds") or 0 for d in report["directions"].values())
-    return round(report["lines"] / seconds, 2) if seconds else None
 
 
 def _float(value) -> float | None:

@@ -57,6 +57,7 @@ from moe_mt.workflows.common.rundir import (
     building_dir,
 )
 from moe_mt.workflows.common.text import read_lines
+from moe_mt.workflows.evaluate.report import decoding_speed
 
 MODES = ("word", "sequence")
 REPORT_FORMAT = 1
@@ -430,9 +431,6 @@ def _evaluated(run_cfg: DictConfig, console: Console) -> dict:
 def _summary(report: dict) -> dict:
     """A run's row of the distillation report: its scores (the macro average over its trained
     directions; a single pair's score), size and speed."""
-    directions = report["directions"].values()
-    seconds = sum(d["timing"]["translate_seconds"] for d in directions)
-    tokens = sum(d["timing"]["generated_tokens"] for d in directions)
     return {
         "run_dir": report["run_dir"],
         "arch": report["model"]["arch"],
@@ -441,8 +439,7 @@ def _summary(report: dict) -> dict:
         "bleu": report["average"]["BLEU"]["score"],
         "chrf2": report["average"]["chrF2"]["score"],
         "parameters": report["parameters"],
-        "sentences_per_second": round(report["lines"] / seconds, 2) if seconds else None,
-        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        **decoding_speed(report),
         "reference_sha256": {
             name: d["files"]["reference"]["sha256"] for name, d in report["directions"].items()
         },

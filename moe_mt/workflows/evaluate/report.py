@@ -82,3 +82,17 @@ def _direction_of(report: dict) -> str:
 def hypotheses_file(report_path: Path, report: dict, direction: str) -> Path:
     """The hypothesis file of ``direction`` in the report at ``report_path``."""
     return Path(report_path).parent / report["directions"][direction]["files"]["hypotheses"]
+
+
+def decoding_speed(report: dict) -> dict:
+    """Sentences and generated tokens per second over every direction of a report: their sums
+    over the summed translation time (None when nothing was timed)."""
+    directions = report["directions"].values()
+    seconds = sum(d["timing"].get("translate_seconds") or 0 for d in directions)
+    tokens = sum(d["timing"].get("generated_tokens") or 0 for d in directions)
+    if not seconds:
+        return {"sentences_per_second": None, "tokens_per_second": None}
+    return {
+        "sentences_per_second": round(report["lines"] / seconds, 2),
+        "tokens_per_second": round(tokens / seconds, 1),
+    }

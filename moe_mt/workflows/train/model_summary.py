@@ -58,7 +58,12 @@ SENTENCE_TOKENS = 32
 
 
 def build_model(cfg: DictConfig):
-    """The fairseq model ``moemt train`` would train for ``cfg`` (randomly initialised)."""
+    """The fairseq model ``moemt train`` would train for ``cfg`` (randomly initialised).
+
+    Raises:
+        MoeMtError: ``model: ...``, an option the layers refuse when built (moemt's
+            ``ValueError``, fairseq's ``assert``: attention heads not dividing the width).
+    """
     import moe_mt
 
     moe_mt.register()
@@ -69,7 +74,12 @@ def build_model(cfg: DictConfig):
     args = options.parse_args_and_arch(options.get_training_parser(), train_args(cfg, run_dir))
     src_dict, tgt_dict = _dictionaries(cfg, Path(run_dir.data) / "bin")
     task = _DictTask(src_dict, tgt_dict)
-    return ARCH_MODEL_REGISTRY[args.arch].build_model(args, task)
+    try:
+        return ARCH_MODEL_REGISTRY[args.arch].build_model(args, task)
+    except ValueError as exc:
+        raise MoeMtError(f"model: {exc}") from exc
+    except AssertionError as exc:  # fairseq's modules check their options with assert
+        raise MoeMtError(f"model: {exc or 'an option fairseq refuses (assertion)'}") from exc
 
 
 class _DictTask:
@@ -100,11 +110,7 @@ def _dictionaries(cfg: DictConfig, bin_dir: Path):
 
 def model_summary(cfg: DictConfig, sentence_tokens: int = SENTENCE_TOKENS) -> dict:
     """Parameters and forward FLOPs per token of ``cfg``'s model (see the module docstring)."""
-    try:
-        model = build_model(cfg)
-    except ValueError as exc:  # an option the architecture refuses (e.g. heads not dividing d)
-        raise MoeMtError(f"model: {exc}") from exc
-    return summarize(model, cfg.model.arch, sentence_tokens)
+    return summarize(build_model(cfg), cfg.model.arch, sentence_tokens)
 
 
 def summarize(model: nn.Module, arch: str, sentence_tokens: int = SENTENCE_TOKENS) -> dict:
