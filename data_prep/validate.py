@@ -47,25 +47,38 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` of a UTF-8 file, newline removed; fatal problems raise."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            if raw.endswith(b"\n"):
-                raw = raw[:-1]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise MoeMtError(
-                    f"{path}:{number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
-                    f"{exc.start + 1})"
-                ) from None
-            if "\r" in text:
-                raise MoeMtError(
-                    f"{path}:{number}: carriage return (\\r) in line (CRLF line endings?)"
-                )
-            yield number, text
+            yield number, decode_line(path, number, raw)
+
+
+def decode_line(path: Path, number: int, raw: bytes) -> str:
+    """Line ``number`` of ``path`` as text, newline removed; fatal problems raise."""
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MoeMtError(
+            f"{path}:{number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+            f"{exc.start + 1})"
+        ) from None
+    if "\r" in text:
+        raise MoeMtError(f"{path}:{number}: carriage return (\\r) in line (CRLF line endings?)")
+    return text
 
 
 def count_lines(path: Path) -> int:
     with open(path, "rb") as handle:
         return sum(1 for _ in handle)
+
+
+def count_pair_lines(src: Path, tgt: Path) -> int:
+    """The number of lines of two aligned files; different counts are fatal."""
+    n_src, n_tgt = count_lines(src), count_lines(tgt)
+    if n_src != n_tgt:
+        raise MoeMtError(
+            f"{src}: {n_src} lines but {tgt}: {n_tgt} lines (line counts must be equal)"
+        )
+    return n_src
 
 
 def iter_valid_pairs(
@@ -76,14 +89,10 @@ def iter_valid_pairs(
     With ``drop_recoverable`` (train) empty and over-long pairs are skipped and counted in
     ``counts.dropped``; otherwise they are fatal. ``counts.raw`` is the number of lines read.
     """
-    n_src, n_tgt = count_lines(src), count_lines(tgt)
-    if n_src != n_tgt:
-        raise MoeMtError(
-            f"{src}: {n_src} lines but {tgt}: {n_tgt} lines (line counts must be equal)"
-        )
+    count_pair_lines(src, tgt)
     for (number, s), (_, t) in zip(iter_lines(src), iter_lines(tgt), strict=True):
         counts.raw += 1
-        problem = _recoverable_problem(s, t, max_line_chars)
+        problem = recoverable_problem(s, t, max_line_chars)
         if problem is None:
             yield s, t
             continue
@@ -94,7 +103,8 @@ def iter_valid_pairs(
         raise MoeMtError(f"{where}:{number}: {problem[2]}")
 
 
-def _recoverable_problem(s: str, t: str, max_line_chars: int):
+def recoverable_problem(s: str, t: str, max_line_chars: int):
+    """``(reason, side, message)`` of the first recoverable problem of a pair, else None."""
     for side, text in (("src", s), ("tgt", t)):
         if not text.strip():
             return "empty", side, "empty line"

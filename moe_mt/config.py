@@ -192,8 +192,9 @@ class DataConfig:
         default=None,
         metadata={
             "help": (
-                "processes for the dictionary and binarisation, threads for encoding (null: the "
-                "machine's cores); the prepared data are the same whatever the number"
+                "processes for validation + cleaning, the dictionary and binarisation, threads "
+                "for encoding (null: the machine's cores); the prepared data are the same "
+                "whatever the number"
             )
         },
     )

@@ -269,11 +269,13 @@ def test_run_directory_as_config_is_that_directory(tmp_path, corpus):
 
 
 def test_the_prepared_data_do_not_depend_on_the_number_of_workers(tmp_path, corpus, monkeypatch):
-    """data.workers parallelises encoding, dictionary and binarisation; the files are the same
-    byte for byte, and the manifests differ only in their timings."""
+    """data.workers parallelises validation + cleaning, encoding, dictionary and binarisation;
+    the files are the same byte for byte, and the manifests differ only in their timings."""
     from fairseq import file_chunker_utils
 
-    from moe_mt.data_prep import binarize
+    from moe_mt.data_prep import binarize, clean_files
+
+    monkeypatch.setattr(clean_files, "CHUNK_LINES", 32)  # cleaning in 10 chunks
 
     run = [f"run_dir={tmp_path / 'run'}"]
     data = RunDir(prep(_load(tmp_path, corpus, *run, "data.workers=1")).run_dir).data

@@ -3,8 +3,9 @@
 One build for one direction or many (:mod:`.corpora` says which corpora serve the run's
 directions; a single pair is one corpus). Order of work (cheap checks first, so that bad input
 fails before compute is spent): line counts and validation of every valid/test split, then
-validation and cleaning of every training split in one pass, sentencepiece on the cleaned
-training text, encoding, dictionary, binarisation, and the manifest. Everything is built in a
+validation and cleaning of every training split (chunks of lines on ``data.workers``
+processes, :mod:`moe_mt.data_prep.clean_files`), sentencepiece on the cleaned training text,
+encoding, dictionary, binarisation, and the manifest. Everything is built in a
 temporary sibling of ``data/`` and renamed into place at the end.
 
 Vocabulary: ``data.spm.joint`` trains one sentencepiece model on all cleaned training text (else
@@ -33,7 +34,6 @@ import json
 import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from moe_mt.config import to_yaml
-from moe_mt.data_prep import binarize, clean, spm, validate
+from moe_mt.data_prep import binarize, clean, clean_files, spm, validate
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
@@ -287,27 +287,21 @@ def check_and_copy_split(
 def clean_train(
     data_cfg, inputs: dict[str, Path], dests: dict[str, Path], langs: tuple[str, str], progress
 ) -> dict:
-    """Validate and clean a training pair of files into ``dests``; returns its manifest entry
-    (line counts after each filter, drops by reason). No surviving pair is an error."""
+    """Validate and clean a training pair of files into ``dests`` on ``data.workers`` processes;
+    returns its manifest entry (line counts after each filter, drops by reason). No surviving
+    pair is an error."""
     src, tgt = langs
-    counts = validate.PairCounts()
-    cleaned = Counter()
-    total = validate.count_lines(inputs[src])
-    task = progress.add_task(f"validate + clean train {src}-{tgt}", total=total)
-    kept = 0
-    pairs = validate.iter_valid_pairs(
-        inputs[src], inputs[tgt], data_cfg.max_line_chars, True, counts
+    task = progress.add_task(
+        f"validate + clean train {src}-{tgt}", total=validate.count_lines(inputs[src])
     )
-    with (
-        open(dests[src], "w", encoding="utf-8") as out_src,
-        open(dests[tgt], "w", encoding="utf-8") as out_tgt,
-    ):
-        for s, t in clean.clean_pairs(pairs, data_cfg.clean, cleaned):
-            out_src.write(s + "\n")
-            out_tgt.write(t + "\n")
-            kept += 1
-            if kept % 1000 == 0:
-                progress.update(task, completed=counts.raw)
+    counts, cleaned, kept = clean_files.clean_files(
+        (inputs[src], inputs[tgt]),
+        (dests[src], dests[tgt]),
+        data_cfg.max_line_chars,
+        clean.Filters.from_config(data_cfg.clean),
+        _workers(data_cfg),
+        lambda lines: progress.advance(task, lines),
+    )
     progress.remove_task(task)
 
     lines = {"raw": counts.raw}
