@@ -18,6 +18,8 @@ def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
         raise MoeMtError(
             f"data.spm.model_type: '{cfg.model_type}' is not one of {', '.join(MODEL_TYPES)}"
         )
+    if cfg.threads < 1:
+        raise MoeMtError(f"data.spm.threads={cfg.threads}: must be at least 1")
     # The seed of spm's sentence sampling is process-global in sentencepiece's API.
     spm.set_random_generator_seed(cfg.seed)
     try:
@@ -33,10 +35,9 @@ def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
             bos_id=-1,
             eos_id=-1,
             unk_id=0,
-            # One thread: sentencepiece's multi-threaded training gives another model (its
-            # expected counts are summed in another order), and prep's output must not depend on
-            # data.workers.
-            num_threads=1,
+            # The same number of threads trains the same model on any machine; another number
+            # trains another one (the threads' expected counts are summed in another order).
+            num_threads=cfg.threads,
             minloglevel=1,  # warnings and errors only
         )
     except RuntimeError as exc:

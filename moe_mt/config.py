@@ -98,6 +98,15 @@ class SpmConfig:
         metadata={"help": "training sentences sampled to train sentencepiece (0: all)"},
     )
     seed: int = field(default=1, metadata={"help": "seed of that sample"})
+    threads: int = field(
+        default=4,
+        metadata={
+            "help": (
+                "threads of sentencepiece training: the model depends on their number (not on "
+                "the machine's cores), so it is a data setting, not data.workers"
+            )
+        },
+    )
 
 
 @dataclass

@@ -313,6 +313,26 @@ def test_the_prepared_data_do_not_depend_on_the_number_of_workers(tmp_path, corp
         prep(_load(tmp_path, corpus, f"run_dir={tmp_path / 'w0'}", "data.workers=0"))
 
 
+def test_data_prepared_before_a_data_key_existed_still_fit_their_runs(tmp_path, corpus):
+    """A manifest written before ``data.spm.threads`` existed records no such key: it compares
+    at its default, so the runs trained on those data go on; a key set otherwise still differs."""
+    from omegaconf import OmegaConf
+
+    from moe_mt.workflows.common.manifest import prepared_data_config, recorded_data_config
+
+    cfg = _load(tmp_path, corpus)
+    manifest = prep(cfg).manifest
+    assert recorded_data_config(manifest) == prepared_data_config(cfg.data)
+    del manifest["config"]["spm"]["threads"]
+    assert recorded_data_config(manifest) == prepared_data_config(cfg.data)
+    other = OmegaConf.merge(cfg, {"data": {"spm": {"threads": 1}}})
+    assert recorded_data_config(manifest) != prepared_data_config(other.data)
+    manifest["config"]["no_such_key"] = 1
+    assert recorded_data_config(manifest) is None
+    with pytest.raises(MoeMtError, match="data.spm.threads=0: must be at least 1"):
+        prep(_load(tmp_path, corpus, f"run_dir={tmp_path / 't0'}", "data.spm.threads=0"))
+
+
 def _pieces(model: Path) -> list[tuple[str, float]]:
     import sentencepiece
 

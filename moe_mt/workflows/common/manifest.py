@@ -64,6 +64,19 @@ def prepared_data_config(data_cfg: DictConfig) -> dict:
     return {key: value for key, value in container.items() if key not in RUN_ONLY_DATA_KEYS}
 
 
+def recorded_data_config(manifest: dict) -> dict | None:
+    """The data config a manifest records, in :func:`prepared_data_config`'s form, with the keys
+    added to the schema since it was written at their defaults: data prepared before a key
+    existed stay usable by the runs trained on them. None where it no longer fits the schema."""
+    from moe_mt.config import DataConfig
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(DataConfig), manifest.get("config") or {})
+    except Exception:  # noqa: BLE001 - omegaconf raises several types for a key it refuses
+        return None
+    return prepared_data_config(merged)
+
+
 def read_manifest(path: Path) -> dict:
     """The manifest at ``path`` in the format-2 form; a missing or unreadable one is an error
     that says to run prep."""

@@ -45,7 +45,7 @@ from moe_mt.checkpoints import read_num_updates
 from moe_mt.config import RUN_CONFIG, load_config, to_yaml
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
-from moe_mt.workflows.common.manifest import prepared_data_config
+from moe_mt.workflows.common.manifest import prepared_data_config, recorded_data_config
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.train import distributed
 from moe_mt.workflows.train.distributed import Launch
@@ -509,7 +509,7 @@ def _check_data(cfg: DictConfig, run_dir: RunDir) -> None:
     manifest = _read_json(run_dir.manifest)
     if not manifest:
         raise MoeMtError(f"{run_dir.data}: no prepared data; run `moemt prep` on this config first")
-    if manifest.get("config") != prepared_data_config(cfg.data):
+    if recorded_data_config(manifest) != prepared_data_config(cfg.data):
         raise MoeMtError(
             f"{run_dir.manifest}: data was prepared with another data config; "
             "run `moemt prep` with this config first"
