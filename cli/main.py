@@ -220,10 +220,17 @@ def _register(module) -> None:
 
 
 # Typer lists the commands in the order they are added: the pipeline's, then the helpers.
-from moe_mt.cli import config_command, distill_command, eval_commands, ls_command  # noqa: E402
+from moe_mt.cli import (  # noqa: E402
+    config_command,
+    distill_command,
+    eval_commands,
+    export_command,
+    ls_command,
+)
 
 _register(eval_commands)  # eval, translate
 _register(distill_command)
+_register(export_command)
 
 
 COMPARE_EXAMPLES = """Examples:
