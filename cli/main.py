@@ -242,7 +242,13 @@ COMPARE_EXAMPLES = """Examples:
 @app.command(epilog=COMPARE_EXAMPLES)
 @user_errors
 def compare(
-    run_dirs: Annotated[list[str], typer.Argument(help="Evaluated run directories.")],
+    run_dirs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Evaluated run directories, or a run's eval directory (RUN_DIR/eval/NAME: e.g. "
+            "its CTranslate2 export's report, eval/test-ct2-int8)."
+        ),
+    ],
     baseline: Annotated[
         str | None, typer.Option(help="Run directory of the baseline (default: the first run).")
     ] = None,

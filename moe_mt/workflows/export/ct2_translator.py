@@ -37,7 +37,6 @@ from moe_mt.workflows.translate.translator import DecodeOptions, Translations, c
 #: fairseq's default ``--seed``: its inference batches order equal lengths by a permutation
 #: drawn under this seed (``get_batch_iterator(seed=1)``).
 FAIRSEQ_SEED = 1
-EOS = "</s>"
 
 
 def max_decoding_length(width: int, options: DecodeOptions, max_target_positions: int) -> int:
