@@ -358,12 +358,12 @@ class _OracleTranslator:
 def test_each_direction_is_scored_against_its_target_language(
     trained, corpus, tmp_path, monkeypatch
 ):
-    from moe_mt.workflows.evaluate import evaluation as multilingual_eval
+    from moe_mt.workflows.translate.translator import Translator
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
     monkeypatch.setattr(
-        multilingual_eval.Translator,
+        Translator,
         "load",
         classmethod(lambda cls, *a, **k: _OracleTranslator(corpus)),
     )
