@@ -370,6 +370,7 @@ def test_fixed_expert_exports_as_the_dense_model_fairseq_runs(thor_run, tmp_path
         cfg = load_config(thor_run, ["eval.thor_inference=fixed", f"eval.thor_expert={expert}"])
         result = export(cfg, out=tmp_path / f"expert{expert}")
         assert result.info["architecture"]["family"] == "thor"
+        dense_parameters = result.info["architecture"]["parameters"]
         assert result.info["thor"] == {
             "inference": "fixed", "expert": expert,
             "expert_layers": ["decoder.layers.0", "encoder.layers.0"],
@@ -379,6 +380,8 @@ def test_fixed_expert_exports_as_the_dense_model_fairseq_runs(thor_run, tmp_path
             ct2 = Ct2Translator.load(result.out_dir, result.info, options, ("en", "de"), 1)
             assert ct2.translate(sources).hypotheses == fairseq.translate(sources).hypotheses
         assert_same_scores(fairseq, ct2, sources)
+        # the export holds one expert of the 2 in the expert layers: fewer parameters
+        assert dense_parameters < fairseq.num_parameters
         first_token[expert] = token_log_probs(fairseq, sources[2], ["▁Wo"])
     assert first_token[0] != first_token[1]  # each export holds its own expert
     for mode in ("random", "mean"):

@@ -35,7 +35,12 @@ from moe_mt.workflows.common.manifest import read_manifest, trained_directions
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, building_dir
 from moe_mt.workflows.export.ct2_spec import QUANTIZATIONS, save_spec, transformer_spec
 from moe_mt.workflows.export.dense_model import dense_model
-from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
+from moe_mt.workflows.translate.translator import (
+    DecodeOptions,
+    Translator,
+    count_parameters,
+    model_overrides,
+)
 
 EXPORT_FORMAT = 1
 EXPORT_JSON = "export.json"
@@ -161,7 +166,8 @@ def _build(cfg: DictConfig, chosen: ChosenCheckpoint, out_dir: Path, inputs: dic
                 "normalize_before": bool(args.encoder_normalize_before),
                 "max_source_positions": args.max_source_positions,
                 "max_target_positions": args.max_target_positions,
-                "parameters": translator.num_parameters,
+                # the exported (dense) model's: for THOR, one expert per expert layer
+                "parameters": count_parameters(dense.model),
             },
             "thor": dense.thor,
             "quantization": cfg.eval.quantization,
