@@ -16,7 +16,13 @@ from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.workflows.common.text import read_lines
 from moe_mt.workflows.evaluate.evaluation import evaluate
-from moe_mt.workflows.export.ct2_translator import Ct2Translator, fairseq_batches
+from moe_mt.workflows.export.ct2_translator import (
+    Ct2Translator,
+    ct2_options,
+    fairseq_batches,
+    max_decoding_length,
+)
+from moe_mt.workflows.export.engine import decoding_differences
 from moe_mt.workflows.export.exporter import EXPORT_JSON, default_export_dir, export
 from moe_mt.workflows.translate.translator import DecodeOptions, Translator
 from tests.conftest import SHIPPED, TINY_MODEL, demo_config
@@ -168,6 +174,30 @@ def test_beam_hypotheses_are_fairseq_s_below_the_length_limit(run_copy, exported
     ]  # fmt: skip
     assert len(below) >= 5
     assert [got[i] for i in below] == [expected[i] for i in below]
+
+
+@pytest.mark.parametrize(
+    ("width", "a", "b", "positions", "expected"),
+    [
+        (10, 1.2, 10, 1024, 22),  # int(1.2 * 10 + 10): fairseq's SequenceGenerator
+        (11, 1.2, 10, 1024, 23),  # int(23.2)
+        (7, 0.0, 8, 1024, 8),
+        (900, 1.2, 10, 1024, 1023),  # capped by the decoder's positions - 1
+    ],
+)
+def test_max_decoding_length_is_fairseq_s(width, a, b, positions, expected):
+    options = DecodeOptions(max_len_a=a, max_len_b=b)
+    assert max_decoding_length(width, options, positions) == expected
+
+
+def test_decoding_options_map_one_to_one():
+    options = DecodeOptions(beam=4, lenpen=0.6, no_repeat_ngram_size=3)
+    assert ct2_options(options) == {
+        "beam_size": 4, "length_penalty": 0.6, "no_repeat_ngram_size": 3,
+        "max_input_length": 0, "return_end_token": False,
+    }  # fmt: skip
+    assert decoding_differences(DecodeOptions(beam=1, no_repeat_ngram_size=3)) == []
+    assert len(decoding_differences(DecodeOptions(beam=5))) == 1
 
 
 def test_batches_are_fairseq_s(run_copy):
