@@ -145,12 +145,13 @@ def _write_stdout(lines: list[str]) -> None:
 EVAL_EXAMPLES = """Examples:
 
   moemt eval recipes/demo.yaml
-  moemt eval runs/demo eval.checkpoint=average eval.beam=4
+  moemt eval runs/demo eval.engine=ctranslate2 eval.quantization=int8   # eval/test-ct2-int8
   moemt eval recipes/demo_switch.yaml eval.bootstrap_baseline=runs/demo"""
 
 TRANSLATE_EXAMPLES = """Examples:
 
   echo "Where is the station?" | moemt translate runs/demo
+  moemt translate runs/demo --engine ctranslate2 eval.quantization=int8 < input.en
   moemt translate recipes/demo.yaml eval.beam=1 < input.en > output.de"""
 
 
@@ -184,6 +185,14 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         tgt: Annotated[
             str | None, typer.Option("--tgt", help="Multilingual runs: target language.")
         ] = None,
+        engine: Annotated[
+            str | None,
+            typer.Option(
+                "--engine",
+                help="fairseq | ctranslate2 (the run's export, made on demand; "
+                "eval.quantization sets its weight type). Default: eval.engine.",
+            ),
+        ] = None,
     ) -> None:
         """Translate the lines of stdin to stdout, one per line, with eval's checkpoint choice."""
         from moe_mt.config import load_config
@@ -193,14 +202,18 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         if (src is None) != (tgt is None):
             raise MoeMtError("--src and --tgt go together")
         direction = [f"eval.directions=[{src}-{tgt}]"] if src is not None else []
-        cfg = load_config(config, [*(overrides or []), *direction])
+        chosen_engine = [f"eval.engine={engine}"] if engine is not None else []
+        cfg = load_config(config, [*(overrides or []), *direction, *chosen_engine])
         # Interactive: answer each line at once; piped: batch up to 10,000 lines at a time.
         chunk = 1 if sys.stdin.isatty() else 10_000
         summary = translate_stream(cfg, _read_stdin_lines(), _write_stdout, chunk_lines=chunk)
-        chosen = summary.checkpoint
+        chosen, used = summary.checkpoint, summary.engine
+        how = used["name"]
+        if how != "fairseq":
+            how += f" {used['quantization']}"
         err_console.print(
             f"translated {summary.lines:,} lines in {summary.seconds:.1f} s with "
-            f"{chosen.path} ({chosen.num_updates:,} updates)"
+            f"{chosen.path} ({chosen.num_updates:,} updates, {how})"
             + (f"; {summary.truncated} over-long sources cut" if summary.truncated else ""),
             highlight=False,
         )

@@ -220,10 +220,17 @@ def _register(module) -> None:
 
 
 # Typer lists the commands in the order they are added: the pipeline's, then the helpers.
-from moe_mt.cli import config_command, distill_command, eval_commands, ls_command  # noqa: E402
+from moe_mt.cli import (  # noqa: E402
+    config_command,
+    distill_command,
+    eval_commands,
+    export_command,
+    ls_command,
+)
 
 _register(eval_commands)  # eval, translate
 _register(distill_command)
+_register(export_command)
 
 
 COMPARE_EXAMPLES = """Examples:
@@ -235,7 +242,13 @@ COMPARE_EXAMPLES = """Examples:
 @app.command(epilog=COMPARE_EXAMPLES)
 @user_errors
 def compare(
-    run_dirs: Annotated[list[str], typer.Argument(help="Evaluated run directories.")],
+    run_dirs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Evaluated run directories, or a run's eval directory (RUN_DIR/eval/NAME: e.g. "
+            "its CTranslate2 export's report, eval/test-ct2-int8)."
+        ),
+    ],
     baseline: Annotated[
         str | None, typer.Option(help="Run directory of the baseline (default: the first run).")
     ] = None,

@@ -575,6 +575,24 @@ class EvalConfig:
             "help": "THOR runs: random draws (seeds seed, seed+1, ...) of eval's consistency report"
         },
     )
+    engine: str = field(
+        default="fairseq",
+        metadata={
+            "help": (
+                "decoder: fairseq (the checkpoint) | ctranslate2 (its export, made on demand; "
+                "moemt export)"
+            )
+        },
+    )
+    quantization: str = field(
+        default="float32",
+        metadata={
+            "help": (
+                "engine=ctranslate2 and moemt export: weight type of the CTranslate2 model: int8 "
+                "| int8_float32 | int16 | float16 | bfloat16 | float32"
+            )
+        },
+    )
     legacy_bleu: bool = field(
         default=False,
         metadata={

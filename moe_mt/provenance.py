@@ -7,7 +7,16 @@ import platform
 import subprocess
 from pathlib import Path
 
-PACKAGES = ("moemt", "fairseq", "torch", "sentencepiece", "sacrebleu", "numpy", "omegaconf")
+PACKAGES = (
+    "moemt",
+    "fairseq",
+    "torch",
+    "sentencepiece",
+    "sacrebleu",
+    "numpy",
+    "omegaconf",
+    "ctranslate2",
+)
 
 
 def package_versions() -> dict[str, str]:

@@ -23,8 +23,8 @@ from moe_mt.config import (
 )
 from tests.conftest import REPO
 
-PIPELINE_ORDER = ["prep", "train", "eval", "translate", "distill", "compare", "config", "ls",
-                  "version"]  # fmt: skip
+PIPELINE_ORDER = ["prep", "train", "eval", "translate", "distill", "export", "compare", "config",
+                  "ls", "version"]  # fmt: skip
 RECIPES = REPO / "recipes"
 
 

@@ -74,6 +74,12 @@ def test_word_level_end_to_end_through_the_cli(teacher, tmp_path):
     teacher_state = load_state(teacher / "checkpoints" / "checkpoint_last.pt")["model"]
     assert all(torch.equal(init[k], teacher_state[k]) for k in init)
 
+    # The student is dense: it exports for deployment.
+    exported = CliRunner().invoke(app, ["export", str(student), "--quantization", "int8"])
+    assert exported.exit_code == 0, exported.stderr
+    info = json.loads((student / "export" / "ct2-int8" / "export.json").read_text())
+    assert info["architecture"]["family"] == "dense" and info["checkpoint"]["num_updates"] == 3
+
 
 def test_sequence_level_end_to_end_and_resume(teacher, tmp_path):
     student = tmp_path / "student"

@@ -233,6 +233,38 @@ def translator(trained):
     return Translator.load(trained, checkpoint, DecodeOptions(beam=2, max_len_a=0, max_len_b=8))
 
 
+def test_export_keeps_the_language_tokens_and_translates_with_a_target_prefix(
+    recipe, trained, tmp_path
+):
+    """The CTranslate2 export of a multilingual run: the source language token before the
+    source, the target's as target prefix; the same greedy translations as fairseq's in every
+    direction, language tokens stripped."""
+    from moe_mt.workflows.export.ct2_translator import Ct2Translator
+    from moe_mt.workflows.export.exporter import export
+    from moe_mt.workflows.translate.translator import DecodeOptions, Translator
+
+    result = export(_cfg(recipe, trained), out=tmp_path / "ct2")
+    languages = result.info["languages"]
+    assert languages["multilingual"] and languages["directions"] == list(PAIRS)
+    assert languages["tokens"] == {lang: f"__{lang}__" for lang in ("de", "en", "es", "fr")}
+    assert (languages["encoder_langtok"], languages["decoder_langtok"]) == ("src", "tgt")
+    options = DecodeOptions(beam=1, max_len_a=0, max_len_b=12)
+    checkpoint = trained / "checkpoints" / "checkpoint_last.pt"
+    fairseq = Translator.load(trained, checkpoint, options)
+    ct2 = Ct2Translator.load(result.out_dir, result.info, options, ("en", "de"), threads=1)
+    sentences = ["Where is the station?", "I like tea.", "Tom is here."]
+    for src, tgt in (("en", "de"), ("de", "en"), ("en", "fr"), ("es", "en")):
+        expected = fairseq.for_direction(src, tgt).translate(sentences).hypotheses
+        got = ct2.for_direction(src, tgt).translate(sentences).hypotheses
+        assert got == expected and not any("__" in h for h in got)
+    # the decoder starts with the target language's token (CTranslate2 returns the prefix)
+    pieces = ct2.spm["en"].encode(sentences[0], out_type=str)
+    (out,) = ct2.translator.translate_batch([["__en__", *pieces]], target_prefix=[["__fr__"]])
+    assert out.hypotheses[0][0] == "__fr__"
+    with pytest.raises(MoeMtError, match="language 'it' is not one of the run's"):
+        ct2.for_direction("en", "it")
+
+
 def test_source_carries_its_language_token_and_decoder_starts_with_the_target_one(translator):
     dictionary = translator.task.source_dictionary
     sentences = ["Where is the station?", "I like tea."]
@@ -326,12 +358,12 @@ class _OracleTranslator:
 def test_each_direction_is_scored_against_its_target_language(
     trained, corpus, tmp_path, monkeypatch
 ):
-    from moe_mt.workflows.evaluate import evaluation as multilingual_eval
+    from moe_mt.workflows.translate.translator import Translator
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
     monkeypatch.setattr(
-        multilingual_eval.Translator,
+        Translator,
         "load",
         classmethod(lambda cls, *a, **k: _OracleTranslator(corpus)),
     )

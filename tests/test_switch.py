@@ -298,6 +298,20 @@ def switch_run(prepped_demo, tmp_path_factory) -> Path:
     return run_dir
 
 
+def test_export_refuses_a_routed_model_with_the_way_out(switch_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from moe_mt.cli.main import app
+
+    out = tmp_path / "ct2"
+    result = CliRunner().invoke(app, ["export", str(switch_run), "--out", str(out)])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "switch_transformer" in line
+    assert "routes each token to experts" in line and "moemt distill" in line
+    assert not out.exists()
+
+
 def test_recipes_load_and_pass_the_moe_keys(tmp_path):
     from moe_mt.config import load_config
     from moe_mt.workflows.train.fairseq_args import model_args

@@ -353,6 +353,44 @@ def test_checkpoint_reloads_with_the_eval_inference_mode(thor_run):
     assert len(translator.translate(["Hello.", "", "How are you?"]).hypotheses) == 3
 
 
+def test_fixed_expert_exports_as_the_dense_model_fairseq_runs(thor_run, tmp_path):
+    """THOR with eval.thor_inference=fixed exported to CTranslate2: each expert's export scores
+    and translates as fairseq's THOR with that fixed expert; random and mean are refused."""
+    from moe_mt.config import load_config
+    from moe_mt.errors import MoeMtError
+    from moe_mt.workflows.export.ct2_translator import Ct2Translator
+    from moe_mt.workflows.export.exporter import export
+    from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
+    from tests.test_export import assert_same_scores, token_log_probs
+
+    sources = ["Hello.", "I like tea.", "Where is the station?", "Tom is here today."]
+    checkpoint = thor_run / "checkpoints" / "checkpoint_last.pt"
+    first_token = {}
+    for expert in (0, 1):
+        cfg = load_config(thor_run, ["eval.thor_inference=fixed", f"eval.thor_expert={expert}"])
+        result = export(cfg, out=tmp_path / f"expert{expert}")
+        assert result.info["architecture"]["family"] == "thor"
+        dense_parameters = result.info["architecture"]["parameters"]
+        assert result.info["thor"] == {
+            "inference": "fixed", "expert": expert,
+            "expert_layers": ["decoder.layers.0", "encoder.layers.0"],
+        }  # fmt: skip
+        for options in (DecodeOptions(beam=1), DecodeOptions(beam=1, no_repeat_ngram_size=2)):
+            fairseq = Translator.load(thor_run, checkpoint, options, model_overrides(cfg.eval))
+            ct2 = Ct2Translator.load(result.out_dir, result.info, options, ("en", "de"), 1)
+            assert ct2.translate(sources).hypotheses == fairseq.translate(sources).hypotheses
+        assert_same_scores(fairseq, ct2, sources)
+        # the export holds one expert of the 2 in the expert layers: fewer parameters
+        assert dense_parameters < fairseq.num_parameters
+        first_token[expert] = token_log_probs(fairseq, sources[2], ["▁Wo"])
+    assert first_token[0] != first_token[1]  # each export holds its own expert
+    for mode in ("random", "mean"):
+        with pytest.raises(MoeMtError, match=f"eval.thor_inference={mode} .*eval.thor_inference"
+                           "=fixed .*moemt distill"):  # fmt: skip
+            export(load_config(thor_run, [f"eval.thor_inference={mode}"]), out=tmp_path / mode)
+        assert not (tmp_path / mode).exists()
+
+
 def test_consistency_report_over_random_draws(thor_run):
     from moe_mt.config import load_config
     from moe_mt.workflows.evaluate.thor_consistency import thor_consistency

@@ -9,6 +9,8 @@ directory. One subpackage per command, in pipeline order, each holding its own h
     evaluate/   translate a test set and score it (sacreBLEU, bootstrap, expert usage, THOR)
     distill/    a dense student from an MoE teacher (initialisation, teacher outputs, report)
     compare/    evaluated runs side by side, paired bootstrap against a baseline
+    export/     a run as a CTranslate2 model (deployment), and eval.engine: the decoder of
+                eval and translate (fairseq, or CTranslate2 on the export)
     common/     what several commands share: the run directory (locks, atomic writes), the
                 prepared data's manifest and directions, line-aligned text, progress bars
 
@@ -16,6 +18,8 @@ A single-pair run is the one-direction case of a multilingual one: every command
 manifest schema (``common/manifest.py``) and one report schema (``evaluate/report.py``).
 
 Imports go one way: compare -> evaluate, train; distill -> evaluate, train, translate;
-evaluate -> translate; translate, train -> prep (the run's directions); every command -> common.
+evaluate -> export -> translate; translate, train -> prep (the run's directions); every command
+-> common. One exception, imported when called: ``translate_stream`` (``moemt translate``) asks
+``export.engine`` for the translator of ``eval.engine``.
 Nothing here imports ``moe_mt.cli``.
 """

@@ -10,6 +10,11 @@ directory of the caller's choice::
     valid_loss_wall.png       validation loss against training wall-clock time, a line per run
     valid_loss_updates.png    validation loss against updates, a line per run
 
+A run is a run directory (its report ``eval/<split>/``, or ``eval/<eval_name>/``) or one of its
+eval directories (``runs/demo/eval/test-ct2-int8``): so the same run decoded by fairseq and by
+CTranslate2 (``eval.engine``) compare side by side, the engine, its quantization and threads in
+the run's name.
+
 Runs of one direction or many compare alike: every run must have been scored on the same
 directions. Columns: BLEU, chrF2, TER (sacreBLEU, signatures in the table's caption; with several
 directions their macro average, and a table of every direction's BLEU below); parameters in total
@@ -48,16 +53,26 @@ class RunRecord:
 
     name: str
     run_dir: Path
+    report_path: Path
     report: dict  # in the format-2 form
     hypotheses: dict[str, list[str]]  # per direction
     train: dict  # logs/train_summary.json, {} when absent
 
 
 def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> RunRecord:
-    """The run's report of ``split`` in ``eval/<eval_name or split>/`` and its train summary."""
+    """The run's report of ``split`` in ``eval/<eval_name or split>/`` and its train summary;
+    ``run_dir`` may also be an eval directory of a run (``RUN_DIR/eval/<name>``)."""
     run_dir = Path(run_dir).resolve()
-    report_path = run_dir / "eval" / (eval_name or split) / REPORT
+    name = run_dir.name
+    if (run_dir / REPORT).is_file() and run_dir.parent.name == "eval":
+        report_path, run_dir = run_dir / REPORT, run_dir.parent.parent
+        name = f"{run_dir.name}/{report_path.parent.name}"
+    else:
+        report_path = run_dir / "eval" / (eval_name or split) / REPORT
     report = read_report(report_path)
+    engine = report.get("engine") or {"name": "fairseq"}
+    if engine["name"] != "fairseq":
+        name += f" ({engine['name']} {engine.get('quantization')}, {engine.get('threads')} threads)"
     if report.get("split") != split:
         raise MoeMtError(
             f"{report_path}: hypotheses of split {report.get('split')!r}, not {split!r}"
@@ -67,7 +82,7 @@ def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> R
     }
     summary_path = run_dir / "logs" / "train_summary.json"
     train = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    return RunRecord(run_dir.name, run_dir, report, hypotheses, train)
+    return RunRecord(name, run_dir, report_path.resolve(), report, hypotheses, train)
 
 
 def check_comparable(runs: list[RunRecord]) -> None:
@@ -116,9 +131,8 @@ def compare(
     if not run_dirs:
         raise MoeMtError("compare needs at least one run directory")
     base = load_run(baseline if baseline is not None else run_dirs[0], split, eval_name)
-    runs = [base] + [
-        load_run(d, split, eval_name) for d in run_dirs if Path(d).resolve() != base.run_dir
-    ]
+    others = [load_run(d, split, eval_name) for d in run_dirs]
+    runs = [base] + [run for run in others if run.report_path != base.report_path]
     check_comparable(runs)
     directions = base.report["directions"]
     references = {
@@ -162,6 +176,7 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         "name": run.name,
         "run_dir": str(run.run_dir),
         "arch": (report.get("model") or {}).get("arch"),
+        "engine": report.get("engine") or {"name": "fairseq"},  # reports before engines: fairseq
         # The macro average over the trained directions (a single pair's: its score).
         "scores": {m: report["average"][m]["score"] for m in METRICS},
         "directions": {

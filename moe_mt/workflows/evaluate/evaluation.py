@@ -7,7 +7,9 @@ English reference), or any line-aligned file pair (``eval.source`` + ``eval.refe
 direction). Which directions: ``eval.directions``, else every trained direction and every
 zero-shot one (``data.zero_shot``: prepared for testing, never trained) with that split. Which
 model: ``eval.checkpoint`` (last | best | average of the last ``eval.average_last`` | a path, see
-:mod:`moe_mt.checkpoints`).
+:mod:`moe_mt.checkpoints`). Which decoder: ``eval.engine`` (fairseq, or CTranslate2 on the run's
+export with ``eval.quantization``, :mod:`moe_mt.workflows.export.engine`; its report goes to
+``eval/<split>-ct2-<quantization>/`` unless ``eval.name`` says otherwise).
 
 Per direction: BLEU, chrF2 and TER with sacreBLEU's defaults and signatures
 (:mod:`.scoring`); tokenised BLEU with ``eval.legacy_bleu`` (:mod:`.legacy_bleu`, the target
@@ -59,7 +61,9 @@ from moe_mt.workflows.evaluate.report import (
 )
 from moe_mt.workflows.evaluate.scoring import macro_average, paired_bootstrap, score
 from moe_mt.workflows.evaluate.thor_consistency import eval_thor_consistency
-from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
+from moe_mt.workflows.export.engine import check_engine, open_translator
+from moe_mt.workflows.export.exporter import check_quantization
+from moe_mt.workflows.translate.translator import DecodeOptions
 
 
 @dataclass
@@ -188,9 +192,14 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
     options = DecodeOptions.from_config(cfg.eval)
     if cfg.eval.name is not None:
         _checked_name(cfg.eval.name)
+    if check_engine(cfg.eval.engine) != "fairseq":
+        check_quantization(cfg.eval.quantization)
     with run_dir.locked():
         manifest = read_manifest(run_dir.manifest)
         name, tests = test_sets(cfg, run_dir, manifest)
+        if cfg.eval.engine != "fairseq" and cfg.eval.name is None:
+            # Beside the fairseq report of the same split, not over it.
+            name = f"{name}-ct2-{cfg.eval.quantization}"
         texts, baselines = {}, {}
         for test in tests:
             sources, references = read_lines(test.source), read_lines(test.reference)
@@ -204,9 +213,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
         chosen = choose_checkpoint(run_dir.checkpoints, ev.checkpoint, ev.average_last)
         started = time.perf_counter()
         first = tests[0].direction
-        loaded = Translator.load(
-            run_dir.root, chosen.path, options, model_overrides(ev), (first.src, first.tgt)
-        )
+        loaded, engine = open_translator(cfg, chosen, options, (first.src, first.tgt))
         load_seconds = time.perf_counter() - started
         out_dir = run_dir.eval / name
         what = (
@@ -214,7 +221,8 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
         )
         console.print(
             f"eval {name}: {what}, checkpoint {chosen.path.name} "
-            f"({chosen.num_updates:,} updates), beam {options.beam}",
+            f"({chosen.num_updates:,} updates), beam {options.beam}, {engine['name']}"
+            + (f" {engine['quantization']}" if engine["name"] != "fairseq" else ""),
             highlight=False,
         )
         results, hypotheses = {}, {}
@@ -236,7 +244,8 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             "zero_shot_average": _average(results, zero_shot=True),
             "checkpoint": chosen.as_dict(),
             "decoding": options.as_dict(),
-            "timing": {"load_seconds": round(load_seconds, 3), "threads": _threads()},
+            "engine": engine,
+            "timing": {"load_seconds": round(load_seconds, 3), "threads": engine["threads"]},
             "parameters": loaded.num_parameters,
             "model": {"arch": loaded.arch},
             "eval_config": OmegaConf.to_container(ev),
@@ -256,7 +265,8 @@ def _evaluate_direction(
 ) -> tuple[dict, list[str]]:
     """Translate and score one test set: its report entry and its hypotheses."""
     sources, references, reference_sha256 = text
-    with progress_bar(console) as progress, track_expert_usage(translator.models[0]) as usage:
+    model = next(iter(translator.models), None)  # None: CTranslate2 (no torch module)
+    with progress_bar(console) as progress, track_expert_usage(model) as usage:
         task = progress.add_task(f"translate {test.direction}", total=len(sources))
         translations = translator.translate(sources, on_batch=lambda n: progress.advance(task, n))
     hypotheses = translations.hypotheses
@@ -309,9 +319,3 @@ def _average(results: dict[str, dict], zero_shot: bool) -> dict | None:
     """The macro average over the trained (or the zero-shot) directions; None if none."""
     chosen = {k: r["scores"] for k, r in results.items() if r["zero_shot"] is zero_shot}
     return macro_average(chosen) if chosen else None
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()

@@ -8,7 +8,9 @@ Format 2, in ``RUN_DIR/eval/<name>/``::
                   sha256), hypotheses (relative to the report)}, scores, legacy_bleu,
                   bootstrap, timing, truncated_sources, expert_usage, thor}},
                   average (macro over the trained directions), zero_shot_average,
-                  checkpoint, decoding, timing {load_seconds, threads}, parameters, model,
+                  checkpoint, decoding, engine {name (fairseq | ctranslate2), quantization,
+                  threads; ctranslate2: version, compute_type, export, export_reused,
+                  decoding_differences}, timing {load_seconds, threads}, parameters, model,
                   eval_config, versions, git commit, created
     <s>-<t>/hyp.txt           one detokenised hypothesis per source line
     <s>-<t>/expert_usage.png  MoE models: tokens per expert per MoE layer

@@ -148,7 +148,7 @@ class Translator:
         first = trained_directions(manifest)[0]
         src, tgt = direction or (first.src, first.tgt)
         if manifest.get("multilingual"):
-            _check_languages(manifest["languages"]["langs"], src, tgt)
+            check_languages(manifest["languages"]["langs"], src, tgt)
             # A source and target language set the task up for inference in that direction.
             overrides.update(source_lang=src, target_lang=tgt)
         elif (src, tgt) != (first.src, first.tgt):
@@ -199,7 +199,7 @@ class Translator:
             raise MoeMtError(f"{src}-{tgt}: this run translates {here} only (no data.pairs)")
         from fairseq import tasks
 
-        _check_languages(self.task.langs, src, tgt)
+        check_languages(self.task.langs, src, tgt)
         args = copy.deepcopy(self.task.args)  # the task keeps (and reads) its own Namespace
         args.source_lang, args.target_lang = src, tgt
         return Translator(
@@ -300,7 +300,7 @@ class Translator:
         return ids, tokens, truncated
 
 
-def _check_languages(known, src: str, tgt: str) -> None:
+def check_languages(known, src: str, tgt: str) -> None:
     for lang in (src, tgt):
         if lang not in known:
             raise MoeMtError(
@@ -341,6 +341,7 @@ class StreamSummary:
     seconds: float
     generated_tokens: int
     truncated: int
+    engine: dict  # the eval report's engine entry: name, quantization, threads, ...
 
 
 def translate_stream(
@@ -367,10 +368,12 @@ def translate_stream(
             chosen = choose()
     else:
         chosen = choose()
-    translator = Translator.load(
-        run_dir.root, chosen.path, options, model_overrides(cfg.eval), stream_direction(cfg)
-    )
-    summary = StreamSummary(chosen, 0, 0.0, 0, 0)
+    # The engine (eval.engine) is chosen one level up, where the export lives; imported here
+    # when called, since export builds on this module.
+    from moe_mt.workflows.export.engine import open_translator
+
+    translator, engine = open_translator(cfg, chosen, options, stream_direction(cfg))
+    summary = StreamSummary(chosen, 0, 0.0, 0, 0, engine)
     for chunk in _chunks(lines, chunk_lines):
         result = translator.translate(chunk)
         write(result.hypotheses)
