@@ -91,7 +91,9 @@ def route_top_k(
     """Top-k routing from router logits ``[t, e]`` (call with autocast disabled, fp32 or wider).
 
     Combine weights are the chosen softmax probabilities; with ``k > 1`` and ``normalize_top_k``
-    they are renormalised to sum to 1 per token (GShard). Aux losses: ``"balance"``
+    they are renormalised to sum to 1 per token here, before capacity drops any (fairseq's
+    ``--moe-normalize-gate-prob-before-dropping``; fairseq's GShard default renormalises after
+    dropping, over the kept choices). Aux losses: ``"balance"``
     (:func:`~moe_mt.moe.losses.load_balance_loss`) and ``"z"``
     (:func:`~moe_mt.moe.losses.router_z_loss`), both over non-pad tokens.
     """
