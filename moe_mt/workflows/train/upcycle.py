@@ -2,7 +2,8 @@
 
 ``moemt train RECIPE train.upcycle_from=RUN_DIR_OR_CHECKPOINT`` (a run directory: its
 ``checkpoint_best.pt``, else its last), before the first update of a Switch, X-MoE or THOR run
-(Soft MoE too: its experts have the dense FFN's shape):
+(Soft MoE too: its experts have the dense FFN's shape, but its slots mix tokens, so it does not
+start from the dense function):
 
 - every expert of every MoE layer is a copy of that layer's dense FFN, transposed into the
   expert bank's layout (``w1[e] = fc1.weight.T``, ``b1[e] = fc1.bias``, ``w2[e] = fc2.weight.T``,
