@@ -39,6 +39,7 @@ PATH_KEYS = (
     "data.test",
     "data.cache_dir",
     "train.tensorboard_logdir",
+    "train.upcycle_from",
     "eval.source",
     "eval.reference",
     "eval.bootstrap_baseline",
@@ -423,6 +424,21 @@ class TrainConfig:
     )
     seed: int = field(
         default=1, metadata={"help": "random seed of initialisation, batching and dropout"}
+    )
+    upcycle_from: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "sparse upcycling: a dense run directory or checkpoint whose weights start this "
+                "MoE run (every expert a copy of the dense FFN, fresh routers; docs/upcycling.md)"
+            )
+        },
+    )
+    upcycle_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "upcycling: each expert weight times 1 + noise * N(0, 1) (0: exact copies)"
+        },
     )
     validate_interval: int = field(default=1, metadata={"help": "validate every N epochs"})
     validate_interval_updates: int = field(

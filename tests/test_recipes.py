@@ -38,10 +38,12 @@ def _composed(recipe: str, family: str, *overrides: str):
 
 
 def test_recipe_count():
-    # One per family plus distillation and multilingual; update when a recipe is added or removed.
+    # One per family plus distillation, multilingual, upcycling and Switch with EOM / CMR;
+    # update when a recipe is added or removed.
     assert [p.name for p in RECIPES] == [
         "demo.yaml", "demo_distill.yaml", "demo_mhmoe.yaml", "demo_multilingual.yaml",
-        "demo_soft_moe.yaml", "demo_switch.yaml", "demo_thor.yaml", "demo_xmoe.yaml",
+        "demo_soft_moe.yaml", "demo_switch.yaml", "demo_switch_cmr.yaml", "demo_switch_eom.yaml",
+        "demo_thor.yaml", "demo_upcycle.yaml", "demo_xmoe.yaml",
     ]  # fmt: skip
     # Full-size recipes: one per data set (the family is a piece given beside it): every
     # IWSLT-sized corpus of THOR's study (+ IWSLT'14), both WMT corpora, IWSLT'17 multilingual.
@@ -301,3 +303,30 @@ def test_ci_family_runs_script_on_the_multilingual_data(tmp_path):
     assert line[0] == "ci_multilingual_switch" and float(line[5]) == pytest.approx(
         report["average"]["BLEU"]["score"], abs=0.01
     )
+
+
+def test_regulariser_and_upcycling_demos_compose_the_switch_demo():
+    eom = load_config(REPO / "recipes" / "demo_switch_eom.yaml")
+    cmr = load_config(REPO / "recipes" / "demo_switch_cmr.yaml")
+    upcycle = load_config(REPO / "recipes" / "demo_upcycle.yaml")
+    for cfg in (eom, cmr, upcycle):
+        assert cfg.model.arch == "switch_transformer_demo" and cfg.model.moe.num_experts == 8
+    assert (eom.model.moe.eom, eom.model.moe.cmr) == (0.2, None)
+    assert (cmr.model.moe.cmr, cmr.model.moe.cmr_gate_dropout, cmr.model.moe.eom) == (
+        True,
+        0.2,
+        None,
+    )
+    # Resolved relative to the recipe, whatever the working directory.
+    assert upcycle.train.upcycle_from == str(REPO / "runs/demo/checkpoints/checkpoint_last.pt")
+    fairseq = load_config(
+        REPO / "recipes" / "demo_switch.yaml",
+        [str(REPO / "recipes" / "pieces" / "moe" / "fairseq_conventions.yaml")],
+    )
+    assert (fairseq.model.moe.capacity_formula, fairseq.model.moe.second_expert_policy) == (
+        "fairseq",
+        "sampling",
+    )
+    args = train_args(fairseq, RunDir(fairseq.run_dir))
+    assert "--moe-capacity-formula" in args and "--moe-balance-choices" in args
+    parse_fairseq_args(args)

@@ -267,8 +267,22 @@ def test_expert_usage_over_a_decode(switch_run, tmp_path):
     [
         ("switch_transformer_demo", ("model.moe.top_k=2", "model.moe.z_loss=true")),
         ("xmoe_transformer_demo", ()),
+        (
+            "switch_transformer_demo",
+            (
+                "model.moe.top_k=2",
+                "model.moe.cmr=true",
+                "model.moe.cmr_gate_dropout=0.2",
+                "model.moe.eom=0.2",
+                "model.moe.second_expert_policy=sampling",
+                "model.moe.renormalize=after",
+                "model.moe.balance_choices=first",
+                "model.moe.capacity_formula=fairseq",
+                "model.moe.eval_capacity_token_fraction=0.25",
+            ),
+        ),
     ],
-    ids=["switch-top2", "xmoe"],
+    ids=["switch-top2", "xmoe", "switch-nllb-fairseq-conventions"],
 )
 def test_variants_train_reload_and_generate(prepped_demo, tmp_path, arch, overrides):
     run_dir = tmp_path / "run"
@@ -281,6 +295,10 @@ def test_variants_train_reload_and_generate(prepped_demo, tmp_path, arch, overri
     models, loaded_cfg, task = _load(run_dir / "checkpoints" / "checkpoint_last.pt")
     assert loaded_cfg.model.arch == arch and loaded_cfg.model.moe_num_experts == 4
     block = models[0].moe_layers()[0][1]
+    if "model.moe.cmr=true" in overrides:  # the checkpoint alone rebuilds CMR and the options
+        assert type(block).__name__ == "ConditionalMoE" and block.moe.eom == 0.2
+        assert block.moe.conventions.capacity_formula == "fairseq"
+        block = block.moe
     assert block.router.k == (2 if "model.moe.top_k=2" in overrides else 1)
     models[0].eval()
     assert len(_translate(task, models, batch(task, n=3, split="test"))) == 3

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import NamedTuple
 
 import torch.distributed as dist
@@ -45,7 +45,15 @@ from moe_mt.models.transformer import (
     MoeMtEncoderLayer,
     MoeMtTransformerModel,
 )
-from moe_mt.moe import CosineRouter, ExpertBank, MoEFeedForward, MoEOutput, TopKRouter
+from moe_mt.moe import (
+    ConditionalMoE,
+    CosineRouter,
+    ExpertBank,
+    MoEFeedForward,
+    MoEOutput,
+    RoutingConventions,
+    TopKRouter,
+)
 from moe_mt.moe.expert_parallel import (
     SOFT_MOE_REFUSAL,
     ExpertParallelMoE,
@@ -111,11 +119,27 @@ class MoEOptions:
     capacity_factor: float | None
     eval_capacity_factor: float | None
     expert_dropout: float | None  # None: the model's activation dropout
+    # Reference conventions and NLLB-MoE's regularisers (Switch, X-MoE); their defaults also
+    # stand for checkpoints written before they existed.
+    balance_choices: str = "all"
+    renormalize: str = "before"
+    second_expert_policy: str = "all"
+    capacity_formula: str = "moemt"
+    eval_capacity_token_fraction: float | None = None
+    eom: float = 0.0
+    cmr: bool = False
+    cmr_gate_dropout: float = 0.0
 
     @classmethod
     def from_cfg(cls, cfg) -> MoEOptions:
         """Read ``cfg.moe_<field>`` (fairseq's TransformerConfig keeps the legacy args)."""
-        values = {name: getattr(cfg, f"moe_{name}") for name in cls.__dataclass_fields__}
+        values = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            if spec.default is MISSING:
+                values[name] = getattr(cfg, f"moe_{name}")
+            else:  # a newer option: absent (or unset) in older checkpoints' args
+                value = getattr(cfg, f"moe_{name}", None)
+                values[name] = spec.default if value is None else value
         options = cls(**values)
         options.check()
         return options
@@ -129,14 +153,27 @@ class MoEOptions:
             raise ValueError(f"moe_freq={self.freq} must be >= 1")
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"moe_top_k={self.top_k} must be in [1, {self.num_experts}]")
+        self.conventions().check(self.top_k)
+        if not 0 <= self.eom < 1:
+            raise ValueError(f"moe_eom={self.eom} must be in [0, 1)")
+        if not 0 <= self.cmr_gate_dropout < 1:
+            raise ValueError(f"moe_cmr_gate_dropout={self.cmr_gate_dropout} must be in [0, 1)")
+
+    def conventions(self) -> RoutingConventions:
+        return RoutingConventions(
+            self.balance_choices, self.renormalize, self.second_expert_policy,
+            self.capacity_formula, self.eval_capacity_token_fraction,
+        )  # fmt: skip
 
     def is_moe_layer(self, side: str, index: int) -> bool:
         return self.sides in (side, "both") and index % self.freq == self.offset % self.freq
 
     def build_block(
         self, d_model: int, d_ff: int, activation_fn: str, activation_dropout: float
-    ) -> MoEFeedForward:
-        """The MoE FFN: router, ``num_experts`` experts of width ``d_ff``, capacity factors."""
+    ) -> MoEFeedForward | ConditionalMoE:
+        """The MoE FFN: router, ``num_experts`` experts of width ``d_ff``, capacity factors,
+        conventions and EOM; with ``cmr``, inside :class:`~moe_mt.moe.ConditionalMoE` with a
+        shared FFN of the same width (hidden dropout: the model's activation dropout)."""
         if activation_fn not in EXPERT_ACTIVATIONS:
             raise ValueError(
                 f"--activation-fn {activation_fn} has no MoE expert equivalent; "
@@ -153,7 +190,27 @@ class MoEOptions:
             self.num_experts, d_model, d_ff, activation=EXPERT_ACTIVATIONS[activation_fn],
             dropout=dropout,
         )  # fmt: skip
-        return MoEFeedForward(router, experts, self.capacity_factor, self.eval_capacity_factor)
+        block = MoEFeedForward(
+            router, experts, self.capacity_factor, self.eval_capacity_factor,
+            self.conventions(), self.eom,
+        )  # fmt: skip
+        if not self.cmr:
+            return block
+        activation = EXPERT_ACTIVATIONS[activation_fn]
+        shared = ExpertBank(1, d_model, d_ff, activation=activation, dropout=activation_dropout)
+        return ConditionalMoE(block, shared, self.cmr_gate_dropout)
+
+
+def count_cmr_block(block: ConditionalMoE, sentence_tokens: int) -> BlockCount:
+    """:func:`count_routed_block` of the MoE block plus the shared FFN and the gate per token."""
+    inner = count_routed_block(block.moe, sentence_tokens)
+    shared = block.shared
+    dense = shared.d_model * shared.d_ff + shared.d_ff * shared.d_out + shared.d_model
+    return BlockCount(
+        macs=inner.macs + dense,
+        expert_parameters=inner.expert_parameters,
+        inactive_parameters=inner.inactive_parameters,
+    )
 
 
 def count_routed_block(

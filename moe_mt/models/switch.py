@@ -36,6 +36,13 @@ moe_expert_parallel_size   None        experts spread over this many ranks (expe
                                        set, even to 1, routers draw from shared generators)
 =========================  ==========  ===================================================
 
+Reference conventions (:mod:`moe_mt.moe.conventions`; moemt's own by default):
+``moe_balance_choices`` all | first, ``moe_renormalize`` before | after,
+``moe_second_expert_policy`` all | sampling | random, ``moe_capacity_formula`` moemt | fairseq
+with ``moe_eval_capacity_token_fraction``. NLLB-MoE's regularisers (off by default):
+``moe_eom`` (Expert Output Masking, :mod:`moe_mt.moe.eom`), ``moe_cmr`` and
+``moe_cmr_gate_dropout`` (Conditional MoE Routing, :mod:`moe_mt.moe.cmr`).
+
 The auxiliary-loss weights are the criterion's (``moe_label_smoothed_cross_entropy``).
 fairseq saves these args in every checkpoint, so a model reloads from its checkpoint alone.
 """
@@ -43,7 +50,13 @@ fairseq saves these args in every checkpoint, so a model reloads from its checkp
 from __future__ import annotations
 
 from moe_mt.models.families import Family, register_family
-from moe_mt.models.moe_layers import ROUTERS, SIDES, MoETransformerModel, count_routed_block
+from moe_mt.models.moe_layers import (
+    ROUTERS,
+    SIDES,
+    MoETransformerModel,
+    count_cmr_block,
+    count_routed_block,
+)
 from moe_mt.models.switch_options import (
     MOE_DEFAULTS,
     SWITCH_OPTIONS,
@@ -51,7 +64,13 @@ from moe_mt.models.switch_options import (
     XMOE_OPTIONS,
 )
 from moe_mt.models.transformer import register_model_again, register_sizes
-from moe_mt.moe import MoEFeedForward
+from moe_mt.moe import ConditionalMoE, MoEFeedForward
+from moe_mt.moe.conventions import (
+    BALANCE_CHOICES,
+    CAPACITY_FORMULAS,
+    RENORMALIZE,
+    SECOND_EXPERT_POLICIES,
+)
 
 MODEL_NAME = "moemt_moe_transformer"
 CRITERION = "moe_label_smoothed_cross_entropy"
@@ -78,6 +97,16 @@ class SwitchTransformerModel(MoETransformerModel):
         add("--moe-capacity-factor", type=float, help="training capacity factor (<=0: none)")
         add("--moe-eval-capacity-factor", type=float, help="eval capacity factor (<=0: none)")
         add("--moe-expert-dropout", type=float, help="dropout inside the experts")
+        add("--moe-balance-choices", choices=BALANCE_CHOICES, help="balance loss over all|first")
+        add("--moe-renormalize", choices=RENORMALIZE, help="top-k renormalised before|after drops")
+        add("--moe-second-expert-policy", choices=SECOND_EXPERT_POLICIES, help="top-2's 2nd expert")
+        add("--moe-capacity-formula", choices=CAPACITY_FORMULAS, help="moemt | fairseq")
+        add(
+            "--moe-eval-capacity-token-fraction", type=float, help="fairseq formula: eval ceil(f S)"
+        )
+        add("--moe-eom", type=float, help="Expert Output Masking probability")
+        add("--moe-cmr", action="store_true", default=None, help="Conditional MoE Routing")
+        add("--moe-cmr-gate-dropout", type=float, help="dropout on the CMR gate")
         add(
             "--moe-expert-parallel-size", type=int, metavar="P",
             help="experts of every MoE layer spread over P ranks (model.expert_parallel_size)",
@@ -101,12 +130,12 @@ ARCHITECTURES = register_sizes(MODEL_NAME, "switch_transformer", extra=moe_defau
 SWITCH = register_family(
     Family(
         "switch", ("switch_transformer",), SWITCH_OPTIONS, CRITERION,
-        {MoEFeedForward: count_routed_block},
+        {MoEFeedForward: count_routed_block, ConditionalMoE: count_cmr_block},
     )
 )  # fmt: skip
 XMOE = register_family(
     Family(
         "xmoe", ("xmoe_transformer",), XMOE_OPTIONS, CRITERION,
-        {MoEFeedForward: count_routed_block},
+        {MoEFeedForward: count_routed_block, ConditionalMoE: count_cmr_block},
     )
 )  # fmt: skip

@@ -16,7 +16,10 @@ families) hold ``moe_num_experts`` FFN experts and no gate. Architectures
     layer's name and a hash of the sentence's non-pad source tokens (:func:`source_keys`). The
     key travels with the sentence (``encoder_out["thor_sentence_key"]``, reordered with the
     beams), so a sentence gets the same experts at every beam step, for every hypothesis, alone
-    or in any batch. The authors' code re-draws at every step and per hypothesis instead.
+    or in any batch. The authors' script (``--inference-level 1``, their "sentence level")
+    draws instead one expert per time step, shared by every sentence of the batch (and so by
+    every hypothesis of a beam): a fresh draw at each decoding step and at each source position,
+    not one per sentence or per hypothesis (``--inference-level 0`` draws per token).
   - ``fixed``: expert ``moe_inference_expert`` in every expert layer (the dense model's cost);
   - ``mean``: the average of all experts' outputs (``E`` times the FFN cost of those layers).
 

@@ -17,9 +17,13 @@ via ``forward_tbd``). Soft MoE (per sentence, no discrete choice) uses
 Files, one concept each: ``routing`` (Routing, Router base, top-k selection, layout helpers),
 ``router_topk`` / ``router_cosine`` / ``router_random`` / ``soft`` (routers), ``dispatch``
 (capacity, priority rule, plan, gathers), ``experts`` and ``grouped_ffn`` (expert bank),
-``losses`` (balance, z-loss, combination across layers), ``stats``, ``layer``.
+``losses`` (balance, z-loss, combination across layers), ``stats``, ``layer``; ``conventions``
+(reference conventions of the balance loss, top-k weights, second expert and capacity),
+``eom`` (Expert Output Masking) and ``cmr`` (Conditional MoE Routing), NLLB-MoE's regularisers.
 """
 
+from moe_mt.moe.cmr import ConditionalMoE
+from moe_mt.moe.conventions import RoutingConventions
 from moe_mt.moe.dispatch import (
     DispatchPlan,
     combine,
@@ -38,6 +42,7 @@ from moe_mt.moe.soft import SoftRouting, SoftSlotRouter, soft_combine, soft_coun
 from moe_mt.moe.stats import MoEStats, dispatch_stats, mean_stats, router_entropy
 
 __all__ = [
+    "ConditionalMoE",
     "CosineRouter",
     "DispatchPlan",
     "ExpertBank",
@@ -47,6 +52,7 @@ __all__ = [
     "RandomRouter",
     "Router",
     "Routing",
+    "RoutingConventions",
     "SoftRouting",
     "SoftSlotRouter",
     "TopKRouter",

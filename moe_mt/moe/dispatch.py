@@ -40,6 +40,11 @@ def expert_capacity(
     return math.ceil(capacity_factor * k * num_tokens / num_experts)
 
 
+def choice_major(mask: Tensor, k: int) -> Tensor:
+    """``[k * t]`` bool in choice-major order from a token mask ``[t]`` or ``[t, k]``."""
+    return mask.repeat(k) if mask.dim() == 1 else mask.t().reshape(-1)
+
+
 @dataclass
 class DispatchPlan:
     """Where every kept assignment goes.
@@ -74,7 +79,9 @@ def plan_dispatch(
 ) -> DispatchPlan:
     """Group the assignments of ``expert_index`` ``[t, k]`` by expert, applying ``capacity``.
 
-    Pads (``pad_mask`` ``[t]`` True) get no row and take no capacity. ``queue_ahead`` ``[k, e]``
+    Pads (``pad_mask`` ``[t]`` True) get no row and take no capacity; a ``[t, k]`` mask does
+    the same per assignment (choices not made, :attr:`~moe_mt.moe.routing.Routing.active`).
+    ``queue_ahead`` ``[k, e]``
     (expert parallelism, :mod:`moe_mt.moe.expert_parallel`): how many assignments of *other*
     ranks come before this rank's choice-``j`` assignments to expert ``e`` in the priority order
     of the layer's global batch; they take capacity first, so the assignments kept here are
@@ -84,7 +91,7 @@ def plan_dispatch(
     # Choice-major order [k * t]: all first choices (in sequence order), then all second choices.
     flat_expert = expert_index.t().reshape(k * t)
     if pad_mask is not None:
-        flat_expert = flat_expert.masked_fill(pad_mask.repeat(k), num_experts)  # pads sort last
+        flat_expert = flat_expert.masked_fill(choice_major(pad_mask, k), num_experts)  # sort last
     # A stable sort keeps the priority order inside each expert's group.
     sorted_expert, order = torch.sort(flat_expert, stable=True)
     counts_all = torch.bincount(flat_expert, minlength=num_experts + 1)

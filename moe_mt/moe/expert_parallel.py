@@ -71,7 +71,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from moe_mt.moe.batch_scope import BatchScope, batch_scope
-from moe_mt.moe.dispatch import combine, dispatch, plan_dispatch
+from moe_mt.moe.dispatch import choice_major, combine, dispatch, plan_dispatch
 from moe_mt.moe.experts import ExpertBank
 from moe_mt.moe.layer import MoEFeedForward, MoEOutput
 from moe_mt.moe.routing import Router
@@ -216,12 +216,14 @@ class _Permute(torch.autograd.Function):
 
 
 def choice_counts(expert_index: Tensor, num_experts: int, pad_mask: Tensor | None) -> Tensor:
-    """``[k, e]`` long: non-pad assignments per (choice column, expert)."""
+    """``[k, e]`` long: non-pad assignments per (choice column, expert); ``pad_mask`` ``[t]``
+    or ``[t, k]`` (per assignment, see :func:`~moe_mt.moe.dispatch.plan_dispatch`)."""
     t, k = expert_index.shape
     index = expert_index.t() + torch.arange(k, device=expert_index.device)[:, None] * num_experts
+    index = index.reshape(-1)
     if pad_mask is not None:
-        index = index[:, ~pad_mask]
-    counts = torch.bincount(index.reshape(-1), minlength=k * num_experts)
+        index = index[~choice_major(pad_mask, k)]
+    counts = torch.bincount(index, minlength=k * num_experts)
     return counts.view(k, num_experts)
 
 
@@ -398,15 +400,20 @@ class ExpertParallelMoE(MoEFeedForward):
         experts: ShardedExpertBank,
         capacity_factor: float | None = 1.25,
         eval_capacity_factor: float | None = None,
+        conventions=None,
+        eom: float = 0.0,
     ) -> None:
-        super().__init__(router, experts, capacity_factor, eval_capacity_factor)
+        super().__init__(router, experts, capacity_factor, eval_capacity_factor, conventions, eom)
         self.groups = experts.groups
 
     @classmethod
     def from_layer(cls, layer: MoEFeedForward, groups: ExpertParallelGroups) -> ExpertParallelMoE:
         """The same layer (router, capacity factors), keeping only this rank's experts."""
         experts = ShardedExpertBank.from_bank(layer.experts, groups)
-        return cls(layer.router, experts, layer.capacity_factor, layer.eval_capacity_factor)
+        return cls(
+            layer.router, experts, layer.capacity_factor, layer.eval_capacity_factor,
+            layer.conventions, layer.eom,
+        )  # fmt: skip
 
     def forward(
         self, x: Tensor, pad_mask: Tensor | None = None, sentence_index: Tensor | None = None
@@ -428,12 +435,13 @@ class ExpertParallelMoE(MoEFeedForward):
             sum_fn=partial(all_reduce_sum, group=g.ep_group),
         )
         with batch_scope(scope):
-            routing = self.router(x, pad_mask, sentence_index=sentence_index)
-        capacity = self.capacity(int(sizes[:, 1].sum()), routing.k)
-        local_counts = choice_counts(routing.expert_index, e, pad_mask)
+            routing = self.route(x, pad_mask, sentence_index)
+        capacity = self.capacity(int(sizes[:, 1].sum()), routing.k, int(sizes[:, 0].sum()))
+        skip = routing.skip_mask(pad_mask)
+        local_counts = choice_counts(routing.expert_index, e, skip)
         counts = _all_gather(local_counts, p, g.ep_group).cpu()  # [P, k, e]
         ahead = None if capacity is None else queue_ahead(counts, r).to(x.device)
-        plan = plan_dispatch(routing.expert_index, e, capacity, pad_mask, ahead)
+        plan = plan_dispatch(routing.expert_index, e, capacity, skip, ahead)
         kept = kept_counts(counts, capacity)  # [P, e]
         send = kept[r].view(p, local).sum(1).tolist()  # rows to each rank of the group
         incoming = kept[:, r * local : (r + 1) * local]  # [P, L] rows from each rank
@@ -444,7 +452,7 @@ class ExpertParallelMoE(MoEFeedForward):
         inverse[order] = torch.arange(order.shape[0], device=x.device)
         out = self.experts(_Permute.apply(rows, order, inverse), incoming.sum(0))
         back = all_to_all(_Permute.apply(out, inverse, order), send, recv, g.ep_group)
-        y = combine(back, plan, routing.combine_weight, t)
+        y = combine(back, plan, self.combine_weight(routing, plan), t)
         stats = dispatch_stats(
             plan.counts, plan.num_assignments, routing.stats.get("router_entropy")
         )

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from moe_mt.moe.conventions import RoutingConventions, fairseq_capacity, renormalize_kept
+from moe_mt.moe.conventions import apply_routing_conventions as _apply_conventions
 from moe_mt.moe.dispatch import DispatchPlan, combine, dispatch, expert_capacity, plan_dispatch
+from moe_mt.moe.eom import expert_output_mask
 from moe_mt.moe.experts import ExpertBank
 from moe_mt.moe.routing import Router, Routing, flatten_tbd, sentence_index_tbd
 from moe_mt.moe.stats import MoEStats, dispatch_stats
@@ -46,6 +49,9 @@ class MoEFeedForward(nn.Module):
         capacity_factor: training capacity factor; capacity per expert is
             ``ceil(factor * k * T / E)`` over the ``T`` non-pad tokens. ``None`` = no dropping.
         eval_capacity_factor: the same in eval mode; default ``None`` (keep every token).
+        conventions: :class:`~moe_mt.moe.conventions.RoutingConventions` (reference conventions
+            of the balance loss, top-k weights, second expert and capacity); default moemt's.
+        eom: Expert Output Masking probability (:mod:`moe_mt.moe.eom`); 0 disables it.
 
     Dropped assignments contribute zero output (the residual around the layer carries the
     token); see :mod:`moe_mt.moe.dispatch` for the token priority rule.
@@ -57,6 +63,8 @@ class MoEFeedForward(nn.Module):
         experts: ExpertBank,
         capacity_factor: float | None = 1.25,
         eval_capacity_factor: float | None = None,
+        conventions: RoutingConventions | None = None,
+        eom: float = 0.0,
     ) -> None:
         super().__init__()
         # A shard of an expert-parallel bank holds fewer experts than the layer routes to.
@@ -65,15 +73,39 @@ class MoEFeedForward(nn.Module):
             raise ValueError(f"router has {router.num_experts} experts, bank {num_experts}")
         self.router, self.experts = router, experts
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        self.conventions = conventions or RoutingConventions()
+        self.conventions.check(router.k)
+        self.eom = eom
 
     @property
     def num_experts(self) -> int:
         return getattr(self.experts, "num_global_experts", self.experts.num_experts)
 
-    def capacity(self, num_tokens: int, k: int) -> int | None:
-        """Per-expert capacity for ``num_tokens`` non-pad tokens in the current mode."""
+    def capacity(self, num_tokens: int, k: int, total_tokens: int | None = None) -> int | None:
+        """Per-expert capacity for ``num_tokens`` non-pad tokens (``total_tokens`` with pads,
+        which fairseq's formula counts) in the current mode."""
+        if self.conventions.capacity_formula == "fairseq":
+            return fairseq_capacity(
+                num_tokens if total_tokens is None else total_tokens, self.num_experts, k,
+                self.capacity_factor, self.conventions.eval_capacity_token_fraction,
+                self.training,
+            )  # fmt: skip
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
         return expert_capacity(num_tokens, self.num_experts, k, factor)
+
+    def route(self, x: Tensor, pad_mask: Tensor | None, sentence_index: Tensor | None) -> Routing:
+        """The router's decision under this layer's conventions."""
+        routing = self.router(x, pad_mask, sentence_index=sentence_index)
+        generator = getattr(self.router, "generator", None)
+        return _apply_conventions(routing, self.conventions, pad_mask, generator)
+
+    def combine_weight(self, routing: Routing, plan: DispatchPlan) -> Tensor:
+        """``[t, k]`` weights of the kept outputs: renormalised over the kept choices with
+        ``renormalize=after`` (k > 1), then Expert Output Masking."""
+        weight = routing.combine_weight
+        if self.conventions.renormalize == "after" and routing.k > 1:
+            weight = renormalize_kept(weight, plan.kept)
+        return expert_output_mask(weight, self.eom, self.training)
 
     def forward(
         self, x: Tensor, pad_mask: Tensor | None = None, sentence_index: Tensor | None = None
@@ -89,13 +121,14 @@ class MoEFeedForward(nn.Module):
             :class:`MoEOutput` with ``y`` ``[t, o]``.
         """
         t = x.shape[0]
-        routing = self.router(x, pad_mask, sentence_index=sentence_index)
+        routing = self.route(x, pad_mask, sentence_index)
         num_real = t if pad_mask is None else t - int(pad_mask.sum())
+        capacity = self.capacity(num_real, routing.k, t)
         plan = plan_dispatch(
-            routing.expert_index, self.num_experts, self.capacity(num_real, routing.k), pad_mask
+            routing.expert_index, self.num_experts, capacity, routing.skip_mask(pad_mask)
         )
         grouped = self.experts(dispatch(x, plan), plan.counts)
-        y = combine(grouped, plan, routing.combine_weight, t)
+        y = combine(grouped, plan, self.combine_weight(routing, plan), t)
         stats = dispatch_stats(
             plan.counts, plan.num_assignments, routing.stats.get("router_entropy")
         )

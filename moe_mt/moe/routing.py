@@ -29,6 +29,9 @@ class Routing:
         aux_losses: named scalar auxiliary losses of this layer (e.g. ``"balance"``, ``"z"``),
             unweighted; coefficients are applied by :func:`~moe_mt.moe.losses.combine_aux_losses`.
         stats: named router statistics (detached scalars), e.g. ``"router_entropy"``.
+        active: ``[t, k]`` bool, False where a choice was not made (GShard's ``random``
+            second-expert policy, :mod:`moe_mt.moe.conventions`), or ``None``: every choice
+            was made. An inactive choice takes no capacity and has combine weight 0.
     """
 
     expert_index: Tensor
@@ -36,10 +39,20 @@ class Routing:
     probs: Tensor | None = None
     aux_losses: dict[str, Tensor] = field(default_factory=dict)
     stats: dict[str, Tensor] = field(default_factory=dict)
+    active: Tensor | None = None
 
     @property
     def k(self) -> int:
         return self.expert_index.shape[1]
+
+    def skip_mask(self, pad_mask: Tensor | None) -> Tensor | None:
+        """Assignments that take no capacity: ``pad_mask`` ``[t]`` itself when every choice
+        was made, else ``[t, k]`` (pads or inactive choices), for
+        :func:`~moe_mt.moe.dispatch.plan_dispatch`."""
+        if self.active is None:
+            return pad_mask
+        skip = ~self.active
+        return skip if pad_mask is None else skip | pad_mask[:, None]
 
 
 def router_dtype(x: Tensor) -> torch.dtype:
@@ -91,7 +104,9 @@ def route_top_k(
     """Top-k routing from router logits ``[t, e]`` (call with autocast disabled, fp32 or wider).
 
     Combine weights are the chosen softmax probabilities; with ``k > 1`` and ``normalize_top_k``
-    they are renormalised to sum to 1 per token (GShard). Aux losses: ``"balance"``
+    they are renormalised to sum to 1 per token here, before capacity drops any (fairseq's
+    ``--moe-normalize-gate-prob-before-dropping``; fairseq's GShard default renormalises after
+    dropping, over the kept choices). Aux losses: ``"balance"``
     (:func:`~moe_mt.moe.losses.load_balance_loss`) and ``"z"``
     (:func:`~moe_mt.moe.losses.router_z_loss`), both over non-pad tokens.
     """

@@ -7,4 +7,6 @@
   it (format 2; format 1 upgraded on reading).
 - :mod:`.text`: line-aligned UTF-8 files, read and checked (``file:line`` errors).
 - :mod:`.progress`: the rich progress bar every long step shows.
+- :mod:`.model_init`: a model's initial weights from another model, tensor by tensor, with a
+  report (distillation's student, sparse upcycling).
 """

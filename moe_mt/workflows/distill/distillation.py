@@ -38,7 +38,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from moe_mt.checkpoints import LAST, atomic_torch_save, choose_checkpoint, load_state
+from moe_mt.checkpoints import LAST, choose_checkpoint, load_state
 from moe_mt.config import load_config
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
@@ -339,31 +339,12 @@ def prepare_student_data(cfg, teacher_cfg, student_dir: RunDir, outputs: dict | 
 # -- student initialisation --------------------------------------------------------------------
 
 
-def build_student_state(student_cfg: DictConfig, student_dir: RunDir) -> dict:
-    """A freshly initialised student's state dict, built as ``moemt train`` builds it."""
-    import torch
-
-    import moe_mt
-
-    moe_mt.register()
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    from moe_mt.workflows.train.fairseq_args import train_args
-
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, train_args(student_cfg, student_dir))
-    fairseq_cfg = convert_namespace_to_omegaconf(args)
-    torch.manual_seed(student_cfg.train.seed)
-    task = tasks.setup_task(fairseq_cfg.task)
-    return task.build_model(fairseq_cfg.model).state_dict()
-
-
 def write_init_checkpoint(cfg, student_cfg, chosen, student_dir: RunDir, console) -> Path:
     """``STUDENT/distill/init.pt``: the student with the teacher's tensors copied in."""
+    from moe_mt.workflows.common.model_init import build_model_state, save_init_checkpoint
     from moe_mt.workflows.distill.student_init import student_state_from_teacher
 
-    student = build_student_state(student_cfg, student_dir)
+    student = build_model_state(student_cfg, student_dir)
     teacher = load_state(chosen.path)["model"]
     state, report = student_state_from_teacher(
         student, teacher, cfg.distill.init, cfg.distill.init_expert
@@ -375,25 +356,7 @@ def write_init_checkpoint(cfg, student_cfg, chosen, student_dir: RunDir, console
     for line in report.lines():
         _log(student_dir, console, "  " + line, quiet=True)
     atomic_write_json(student_dir.root / "distill" / "init.json", report.as_dict())
-    path = student_dir.root / "distill" / INIT_CHECKPOINT
-    atomic_torch_save(
-        {
-            "args": None,
-            "cfg": None,
-            "model": state,
-            "optimizer_history": [
-                {
-                    "criterion_name": "",
-                    "optimizer_name": "",
-                    "lr_scheduler_state": {},
-                    "num_updates": 0,
-                }
-            ],  # fmt: skip
-            "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
-        },
-        path,
-    )
-    return path
+    return save_init_checkpoint(state, student_dir.root / "distill" / INIT_CHECKPOINT)
 
 
 # -- evaluation and report ---------------------------------------------------------------------

@@ -11,16 +11,26 @@ one expert (``moe_init="expert"``, expert ``expert``) or the element-wise mean o
 
 Nothing else is copied: routers have no student counterpart, and a tensor whose shape differs
 (another width, another vocabulary) keeps the student's own initialisation. The returned
-:class:`InitReport` lists exactly what was copied, from where, and what was not.
+:class:`~moe_mt.workflows.common.model_init.InitReport` lists exactly what was copied, from
+where, and what was not. The copying and the report are the shared ones of
+:mod:`moe_mt.workflows.common.model_init` (sparse upcycling runs the other direction).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
+
+from moe_mt.workflows.common.model_init import (
+    FROM_EXPERTS,
+    InitReport,
+    Source,
+    init_state,
+    same_name_rule,
+)
 
 MOE_INITS = ("mean", "expert", "none")
 #: student FFN tensor -> (teacher expert-bank tensor, transpose to nn.Linear's [out, in])
@@ -31,33 +41,7 @@ EXPERT_SOURCES = {
     "fc2.bias": ("moe.experts.b2", False),
 }
 
-
-@dataclass
-class InitReport:
-    """What :func:`student_state_from_teacher` did, tensor by tensor."""
-
-    copied: dict[str, str] = field(default_factory=dict)  # student name -> source description
-    from_experts: dict[str, str] = field(default_factory=dict)  # student name -> source
-    kept: dict[str, str] = field(default_factory=dict)  # student name -> why not copied
-
-    def as_dict(self) -> dict:
-        return {
-            "copied": len(self.copied),
-            "from_experts": len(self.from_experts),
-            "kept": len(self.kept),
-            "tensors": {
-                "copied": self.copied,
-                "from_experts": self.from_experts,
-                "kept": self.kept,
-            },
-        }
-
-    def lines(self) -> list[str]:
-        """One log line per student tensor."""
-        out = [f"copied {name} <- {src}" for name, src in self.copied.items()]
-        out += [f"from experts {name} <- {src}" for name, src in self.from_experts.items()]
-        out += [f"kept student init {name}: {why}" for name, why in self.kept.items()]
-        return out
+__all__ = ["MOE_INITS", "InitReport", "expert_tensor", "student_state_from_teacher"]
 
 
 def expert_tensor(bank: Tensor, moe_init: str, expert: int, transpose: bool) -> Tensor:
@@ -94,29 +78,14 @@ def student_state_from_teacher(
     """
     if moe_init not in MOE_INITS:
         raise ValueError(f"moe_init={moe_init!r}: expected one of {MOE_INITS}")
-    state, report = dict(student), InitReport()
-    for name, target in student.items():
-        source, description = _source(name, teacher, moe_init, expert)
-        if source is None:
-            report.kept[name] = description
-            continue
-        if tuple(source.shape) != tuple(target.shape):
-            report.kept[name] = (
-                f"shape {tuple(target.shape)} vs teacher {description} {tuple(source.shape)}"
-            )
-            continue
-        state[name] = source.detach().to(target.dtype).clone()
-        if "moe.experts" in description:
-            report.from_experts[name] = description
-        else:
-            report.copied[name] = description
-    return state, report
+    rule = partial(_teacher_rule, moe_init=moe_init, expert=expert)
+    return init_state(student, teacher, rule, source_name="teacher")
 
 
-def _source(name: str, teacher: Mapping[str, Tensor], moe_init: str, expert: int):
-    """``(tensor or None, description)`` of the teacher's counterpart of ``name``."""
+def _teacher_rule(name: str, teacher: Mapping[str, Tensor], moe_init: str, expert: int) -> Source:
+    """The teacher's counterpart of the student tensor ``name``."""
     if name in teacher:
-        return teacher[name], name
+        return same_name_rule(name, teacher)
     layer, _, leaf = name.rpartition(".fc")
     leaf = "fc" + leaf
     if layer and leaf in EXPERT_SOURCES:
@@ -124,10 +93,9 @@ def _source(name: str, teacher: Mapping[str, Tensor], moe_init: str, expert: int
         bank_key = f"{layer}.{bank_name}"
         if bank_key in teacher:
             if moe_init == "none":
-                return None, f"teacher has experts {bank_key} (distill.moe_init=none)"
+                return Source(None, f"teacher has experts {bank_key} (distill.moe_init=none)")
             which = f"[{expert}]" if moe_init == "expert" else " mean over experts"
             t = ".T" if transpose else ""
-            return expert_tensor(teacher[bank_key], moe_init, expert, transpose), (
-                f"{bank_key}{which}{t}"
-            )
-    return None, "no teacher tensor of that name"
+            tensor = expert_tensor(teacher[bank_key], moe_init, expert, transpose)
+            return Source(tensor, f"{bank_key}{which}{t}", FROM_EXPERTS)
+    return Source(None, "no teacher tensor of that name")

@@ -12,6 +12,9 @@ Run directory contract:
 - ``logs/train.log``: every log line; ``logs/train_summary.json``: updates, epochs, wall-clock and
   CPU seconds (cumulative over resumes), last validation.
 - Ctrl-C stops training; the last checkpoint stays, and the same command resumes from it.
+- ``train.upcycle_from`` (sparse upcycling, :mod:`.upcycle`): before the first update the MoE
+  model is built from a dense run's weights into ``upcycle/init.pt`` and training starts from it
+  (as ``finetune_from``); a resumed run continues from its own checkpoints.
 
 Data parallel (``train.distributed_world_size=N``, or started by torchrun / srun, see
 :mod:`moe_mt.workflows.train.distributed`): one process owns the run directory. Spawned, it is the
@@ -76,6 +79,7 @@ RESUMABLE_KEYS = (
     "train.tensorboard_logdir",
     "train.distributed_timeout_minutes",
     "model.moe.eval_capacity_factor",  # used at evaluation only
+    "model.moe.eval_capacity_token_fraction",  # the same, fairseq's capacity formula
     "model.expert_parallel_size",  # checkpoints hold all experts whatever it is
     # Checked as their product, the global batch (see GLOBAL_BATCH_KEYS).
     "train.distributed_world_size",
@@ -174,7 +178,10 @@ def train(
     args = train_args(cfg, run_dir)
     start_from = _finetune_checkpoint(finetune_from) if finetune_from is not None else None
     if start_from is not None:
+        if cfg.train.upcycle_from is not None:
+            raise MoeMtError("train.upcycle_from and --finetune-from both name a start: use one")
         args += ["--finetune-from-model", str(start_from)]
+    upcycle_source = _upcycle_source(cfg)
     # Every error fairseq or an architecture finds in the arguments (an unknown option, Soft MoE
     # in a decoder) or the model's layers find in their options (top_k > num_experts, MH-MoE
     # heads not dividing the width) surfaces here, before anything is written.
@@ -183,10 +190,12 @@ def train(
     if dry_run:
         return TrainResult(run_dir.root, args, dry_run=True)
     if launch is not None and not launch.spawn:
-        return _train_as_rank(cfg, launch, run_dir, args, start_from, overwrite, console)
+        return _train_as_rank(
+            cfg, launch, run_dir, args, start_from, overwrite, console, upcycle_source
+        )
 
     with run_dir.locked():
-        prepared, resumed_from = _prepare(cfg, run_dir, args, start_from, overwrite)
+        prepared, resumed_from = _prepare(cfg, run_dir, args, start_from, overwrite, upcycle_source)
         if launch is None:
             if prepared != args:
                 fairseq_cfg = parse_fairseq_args(prepared)
@@ -213,12 +222,19 @@ def train(
 
 
 def _prepare(
-    cfg: DictConfig, run_dir: RunDir, args: list[str], start_from: Path | None, overwrite: bool
+    cfg: DictConfig,
+    run_dir: RunDir,
+    args: list[str],
+    start_from: Path | None,
+    overwrite: bool,
+    upcycle_source: Path | None = None,
 ) -> tuple[list[str], int]:
-    """Check the data, apply --overwrite / --finetune-from / the resume guard, write the config.
+    """Check the data, apply --overwrite / --finetune-from / the resume guard, write the config;
+    upcycle (``upcycle_source``) when training starts from scratch.
 
     Runs in the one process that holds the run directory's lock. Returns fairseq's arguments
-    (the fine-tuning checkpoint may have moved aside) and the update training resumes from.
+    (the fine-tuning checkpoint may have moved aside, the upcycled one added) and the update
+    training resumes from.
     """
     _check_data(cfg, run_dir)
     last = run_dir.checkpoints / LAST_CHECKPOINT
@@ -235,6 +251,11 @@ def _prepare(
     elif overwrite:
         _remove_training(run_dir)
     resumed_from = checkpoint_update(last) if last.exists() else 0
+    if upcycle_source is not None and not last.exists():
+        from moe_mt.workflows.train.upcycle import write_upcycled_checkpoint
+
+        init = write_upcycled_checkpoint(cfg, run_dir, upcycle_source)
+        args = [*args, "--finetune-from-model", str(init)]
 
     meta = {**provenance(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     text = to_yaml(cfg) + to_yaml(OmegaConf.create({"meta": meta}))
@@ -258,7 +279,14 @@ def _job(cfg, launch: Launch, run_dir: RunDir, args: list[str], resumed_from: in
 
 
 def _train_as_rank(
-    cfg, launch: Launch, run_dir: RunDir, args, start_from, overwrite, console
+    cfg,
+    launch: Launch,
+    run_dir: RunDir,
+    args,
+    start_from,
+    overwrite,
+    console,
+    upcycle_source: Path | None = None,
 ) -> TrainResult:
     """One rank started by torchrun/srun: rank 0 prepares the run directory, then all train.
 
@@ -279,7 +307,9 @@ def _train_as_rank(
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(run_dir.locked())
-                prepared, resumed_from = _prepare(cfg, run_dir, args, start_from, overwrite)
+                prepared, resumed_from = _prepare(
+                    cfg, run_dir, args, start_from, overwrite, upcycle_source
+                )
             except BaseException as exc:
                 distributed.broadcast_from_rank0({"error": str(exc) or type(exc).__name__})
                 raise
@@ -558,6 +588,19 @@ def _set_aside_checkpoints(run_dir: RunDir) -> Path:
     if run_dir.logs.exists():
         run_dir.logs.rename(run_dir.root / f"logs.before-finetune.{n}")
     return aside.resolve()
+
+
+def _upcycle_source(cfg: DictConfig) -> Path | None:
+    """``train.upcycle_from``'s checkpoint (checked before anything is written), or None."""
+    if cfg.train.upcycle_from is None:
+        return None
+    from moe_mt.workflows.train.upcycle import check_upcyclable
+
+    check_upcyclable(cfg)
+    try:
+        return _finetune_checkpoint(cfg.train.upcycle_from)
+    except MoeMtError as exc:
+        raise MoeMtError(f"train.upcycle_from: {exc}") from None
 
 
 def _finetune_checkpoint(source: str | Path) -> Path:
