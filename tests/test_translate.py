@@ -126,8 +126,11 @@ def test_decode_options_from_config(run_copy):
     cfg = _cfg(run_copy, "eval.beam=3", "eval.lenpen=0.6", "eval.batch_size=8")
     options = DecodeOptions.from_config(cfg.eval)
     assert (options.beam, options.lenpen, options.batch_size) == (3, 0.6, 8)
+    with pytest.raises(MoeMtError, match="eval.beam=0: must be at least 1"):  # on loading
+        _cfg(run_copy, "eval.beam=0")
+    cfg.eval.beam = 0  # a config built in code is checked where it is used
     with pytest.raises(MoeMtError, match="eval.beam must be at least 1"):
-        DecodeOptions.from_config(_cfg(run_copy, "eval.beam=0").eval)
+        DecodeOptions.from_config(cfg.eval)
 
 
 def test_parameter_count_skips_bettertransformer_copies(translator):
