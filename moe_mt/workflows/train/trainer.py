@@ -510,18 +510,22 @@ def _valid_history(previous: dict, validations: list[dict]) -> list[dict]:
 
 
 def _recorded_progress(run_dir: RunDir) -> dict:
-    """Wall-clock and CPU seconds and validations of the training up to the last checkpoint, as
-    that checkpoint records them (``extra_state``, :data:`PROGRESS_KEY`): a process killed after
-    it (kill -9: no summary written) loses nothing of them, and validations after it are not
-    counted (the resumed run repeats them). Checkpoints written before this record: the last
-    summary's."""
-    from moe_mt.checkpoints import load_state
+    """Wall-clock and CPU seconds and validations of the training up to the last checkpoint.
+
+    The summary of the process that saved that checkpoint, when there is one (it also counts
+    the CPU of every rank); else what the checkpoint records (``extra_state``,
+    :data:`PROGRESS_KEY`): a process killed after it (kill -9: no summary written) loses
+    nothing of its time and validations, and validations after it are not counted (the resumed
+    run repeats them). Checkpoints written before this record: the last summary as it is.
+    """
+    from moe_mt.checkpoints import load_state, state_num_updates
 
     state = load_state(run_dir.checkpoints / LAST_CHECKPOINT)
     recorded = (state.get("extra_state") or {}).get(PROGRESS_KEY)
-    if isinstance(recorded, dict):
+    summary = _read_json(run_dir.logs / "train_summary.json")
+    if isinstance(recorded, dict) and summary.get("num_updates") != state_num_updates(state):
         return recorded
-    return _read_json(run_dir.logs / "train_summary.json")
+    return summary
 
 
 def _resume_point(run_dir: RunDir) -> str:
