@@ -180,10 +180,18 @@ def test_data_of_a_trained_run_are_not_replaced(tmp_path, corpus):
     assert json.loads(run.manifest.read_text())["config"]["spm"]["vocab_size"] == 250
 
 
-def test_same_data_of_a_trained_run_is_still_a_noop(tmp_path, corpus):
+def test_a_trained_run_may_change_its_test_set(tmp_path, corpus):
+    """The same data are nothing to do; another test set is not what the checkpoints were
+    trained on (nor another data.test or data.zero_shot: tests/test_multilingual.py)."""
     run = _trained(tmp_path, corpus)
     assert prep(_load(tmp_path, corpus)).up_to_date
-    assert run.manifest.is_file()
+    for lang, line in (("en", "One more test."), ("de", "Noch ein Test.")):
+        with open(corpus / f"test.{lang}", "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+    result = prep(_load(tmp_path, corpus))
+    assert not result.up_to_date
+    assert result.manifest["corpora"]["en-de"]["splits"]["test"]["lines"]["raw"] == SMALL + 1
+    assert (run.checkpoints / "checkpoint_last.pt").is_file()
 
 
 def test_run_dir_that_is_a_file(tmp_path, corpus):

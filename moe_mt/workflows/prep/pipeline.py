@@ -103,23 +103,41 @@ def prep(cfg: DictConfig, console: Console | None = None, overwrite: bool = Fals
         return PrepResult(run_dir.root, manifest, up_to_date=False)
 
 
+#: What prep may change in a run with checkpoints: the test sets (and the zero-shot directions
+#: tested on them) are not part of what the model was trained or validated on.
+TEST_ONLY_DATA_KEYS = ("data.test", "data.zero_shot")
+TRAINED_SPLITS = ("train", "valid")
+
+
 def _guard_trained_data(run_dir: RunDir, existing: dict, data_cfg, inputs: dict) -> None:
-    """Refuse to replace prepared data that the run's checkpoints were trained on; say what
-    changed (as train's resume guard does: ``key: old -> new``)."""
+    """Refuse to replace prepared data that the run's checkpoints were trained on (another
+    vocabulary would no longer fit them); say what changed, as train's resume guard does
+    (``key: old -> new``). Test sets may change."""
     if not run_dir.checkpoints.is_dir() or not any(run_dir.checkpoints.glob("*.pt")):
         return
-    changes = differences(existing.get("config", {}), prepared_data_config(data_cfg), "data.")
-    if not changes:
-        changes = _changed_inputs(existing, inputs) or ["the tools (fairseq, sentencepiece)"]
-    raise MoeMtError(
-        f"{run_dir.data}: the checkpoints in {run_dir.checkpoints} were trained on these data, "
-        f"and prep would replace them ({'; '.join(changes)}); use --overwrite to prepare them "
-        "anyway, or another run_dir"
+    changes = differences(
+        existing.get("config", {}),
+        prepared_data_config(data_cfg),
+        "data.",
+        skip=lambda key: any(key == k or key.startswith(k + ".") for k in TEST_ONLY_DATA_KEYS),
     )
+    changes += _changed_inputs(existing, inputs)
+    tools = ("fairseq", "sentencepiece")
+    before, now = existing.get("versions", {}), package_versions()
+    changes += [
+        f"{t}: {before[t]!r} -> {now[t]!r}" for t in tools if t in before and before[t] != now[t]
+    ]
+    if changes:
+        raise MoeMtError(
+            f"{run_dir.data}: the checkpoints in {run_dir.checkpoints} were trained on these "
+            f"data, and prep would replace them ({'; '.join(changes)}); use --overwrite to "
+            "prepare them anyway, or another run_dir"
+        )
 
 
 def _changed_inputs(existing: dict, inputs: dict) -> list[str]:
-    """``PATH: changed (sha256)`` for each input file whose checksum is not the manifest's."""
+    """``PATH: changed (sha256)`` for each train or valid input file whose checksum is not the
+    manifest's."""
     before = {}
     for corpus_name, corpus in upgraded(existing).get("corpora", {}).items():
         for split, langs in corpus.get("inputs", {}).items():
@@ -127,6 +145,8 @@ def _changed_inputs(existing: dict, inputs: dict) -> list[str]:
                 before[f"{corpus_name}/{split}", lang] = info.get("sha256")
     changed = []
     for split, langs in inputs.items():
+        if split.rpartition("/")[2] not in TRAINED_SPLITS:
+            continue
         for lang, info in langs.items():
             if before.get((split, lang)) != info["sha256"]:
                 changed.append(f"{info['path']}: changed (sha256)")
