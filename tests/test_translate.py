@@ -68,8 +68,10 @@ def test_translate_cli_matches_eval(run_copy, tmp_path):
     source.write_text("".join(s + "\n" for s in lines), encoding="utf-8")
     reference.write_text("".join(f"ref {i}\n" for i in range(len(lines))), encoding="utf-8")
     common = (f"eval.checkpoint={CHECKPOINT}", "eval.no_repeat_ngram_size=0")
-    evaluate(_cfg(run_copy, *common, f"eval.source={source}", f"eval.reference={reference}"))
-    expected = read_lines(run_copy / "eval" / "mixed.en" / "en-de" / "hyp.txt")
+    result = evaluate(
+        _cfg(run_copy, *common, f"eval.source={source}", f"eval.reference={reference}")
+    )
+    expected = read_lines(result.out_dir / "en-de" / "hyp.txt")
     assert len(set(expected)) == len(lines)  # distinct: a misplaced line would show
 
     # With a blank line in the middle and a last line without a newline.
