@@ -2,7 +2,8 @@
 
 No logic lives here beyond turning arguments into a config and results into tables; the
 workflows in :mod:`moe_mt.workflows` are what tests call directly. A :class:`MoeMtError` becomes
-one line on stderr and exit code 1.
+one line on stderr and exit code 1; so does any other exception, its traceback saved to a file
+that the line names (:mod:`moe_mt.cli.unexpected`; ``MOEMT_DEBUG=1`` shows it instead).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import typer.core
 from rich.console import Console
 
 import moe_mt
-from moe_mt.cli import report
+from moe_mt.cli import report, unexpected
 from moe_mt.errors import MoeMtError
 
 console = Console()
@@ -63,6 +64,11 @@ class OneLineUsageErrors(typer.core.TyperGroup):
         except _ABORTS:
             err_console.print("[yellow]interrupted[/]")
             sys.exit(130)
+        except Exception as exc:  # outside any command (the commands have user_errors)
+            if unexpected.debugging():
+                raise
+            print_error(unexpected.one_line(exc, "command"))
+            sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -88,7 +94,9 @@ OverridesArg = Annotated[
 
 
 def user_errors(fn):
-    """Report a MoeMtError as one line on stderr and exit non-zero."""
+    """The CLI's guard around every command: a MoeMtError is its one line on stderr and exit 1;
+    any other exception one line naming the file that holds its traceback, and exit 1
+    (:mod:`moe_mt.cli.unexpected`); ``MOEMT_DEBUG=1`` lets the traceback through."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -100,6 +108,13 @@ def user_errors(fn):
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             sys.exit(130)
+        except (typer.Exit, typer.Abort, _click_errors.ClickException):
+            raise  # click's own control flow: --help, usage errors
+        except Exception as exc:
+            if unexpected.debugging():
+                raise
+            print_error(unexpected.one_line(exc, fn.__name__.removesuffix("_command")))
+            sys.exit(1)
 
     return wrapper
 
@@ -128,6 +143,13 @@ def prep(
             help="Print what would be downloaded (URLs, sizes, checksums, cache) and written.",
         ),
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace data that this run's checkpoints were trained on (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """Validate, clean, tokenise (sentencepiece) and binarise a parallel corpus.
 
@@ -143,7 +165,7 @@ def prep(
         for line in prep_plan(cfg).lines:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
-    result = run_prep(cfg, console=err_console)
+    result = run_prep(cfg, console=err_console, overwrite=overwrite)
     if result.up_to_date:
         console.print(
             f"data in {result.run_dir}/data is up to date (same inputs and config): nothing to do"
@@ -278,6 +300,7 @@ _register(ls_command)
 
 
 @app.command(epilog="Examples:\n\n  moemt version\n  moemt version | grep fairseq")
+@user_errors
 def version() -> None:
     """Print the moemt version and the versions it runs with."""
     from moe_mt.provenance import provenance

@@ -69,7 +69,7 @@ def compare_table(result: dict) -> Table:
     what = f"{result['lines']} lines"
     if len(directions) > 1:
         what += f", mean of {len(directions)} directions"
-    table = Table(title=f"compare {result['split']} ({what}, eval/{where})")
+    table = Table(title=f"compare {result['split'] or 'files'} ({what}, eval/{where})")
     columns = ("run", "BLEU", "chrF2", "TER", "params", "active/token", "ckpt updates", "updates",
                "train wall s", "sent/s", "act. rate", "dropped")  # fmt: skip
     for column in columns:

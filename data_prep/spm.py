@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import sentencepiece as spm
@@ -13,7 +14,14 @@ MODEL_TYPES = ("unigram", "bpe", "char", "word")
 
 
 def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
-    """Train one model on the concatenated ``inputs``; return the ``.model`` path."""
+    """Train one model on the concatenated ``inputs``; return the ``.model`` path.
+
+    sentencepiece hands the model to Python (``model_writer``) and Python writes it, with the
+    ``.vocab`` beside it (``piece<TAB>score`` as sentencepiece writes it): sentencepiece's own
+    writer ignores a failed write, so a full disk left a truncated model that failed later as
+    "could not parse ModelProto"; Python's write fails where it happens (``OSError``, which
+    prep reports as one line naming the path).
+    """
     if cfg.model_type not in MODEL_TYPES:
         raise MoeMtError(
             f"data.spm.model_type: '{cfg.model_type}' is not one of {', '.join(MODEL_TYPES)}"
@@ -22,10 +30,11 @@ def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
         raise MoeMtError(f"data.spm.threads={cfg.threads}: must be at least 1")
     # The seed of spm's sentence sampling is process-global in sentencepiece's API.
     spm.set_random_generator_seed(cfg.seed)
+    model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             input=[str(p) for p in inputs],
-            model_prefix=str(model_prefix),
+            model_writer=model,
             vocab_size=cfg.vocab_size,
             model_type=cfg.model_type,
             character_coverage=cfg.character_coverage,
@@ -43,7 +52,15 @@ def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
     except RuntimeError as exc:
         # spm says e.g. "Vocabulary size too high (8000). Please set it to a value <= 3612."
         raise MoeMtError(f"data.spm: sentencepiece training failed: {str(exc).strip()}") from exc
-    return model_prefix.with_suffix(".model")
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = "".join(
+        f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
+        for i in range(processor.get_piece_size())
+    )
+    path = Path(f"{model_prefix}.model")  # spm.en -> spm.en.model (not with_suffix)
+    path.write_bytes(model.getvalue())
+    Path(f"{model_prefix}.vocab").write_text(vocab, encoding="utf-8")
+    return path
 
 
 class Encoder:

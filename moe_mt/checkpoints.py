@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from moe_mt.errors import MoeMtError
+from moe_mt.errors import MoeMtError, writing
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -82,8 +82,23 @@ def load_state(path: str | Path, arg_overrides: dict | None = None) -> dict:
     try:
         return checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides)
     except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MoeMtError(f"{path}: cannot read checkpoint: {message}") from exc
+        raise MoeMtError(f"{path}: not a loadable checkpoint: {_why_unloadable(exc)}") from exc
+
+
+def _why_unloadable(exc: BaseException) -> str:
+    """Why torch refused a file, without torch's advice to load it with ``weights_only=False``
+    (that runs whatever code the file holds: never the answer for a file one cannot read)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"unsupported GLOBAL (\S+)", str(exc))
+        if found:
+            what = f"it holds the global {found.group(1)}, which a safe load refuses"
+        else:
+            what = "a safe load refuses its content (damaged, or objects other than tensors)"
+        return f"{what} (nothing in the file was run)"
+    lines = [line for line in str(exc).strip().splitlines() if "weights_only" not in line]
+    first = lines[0].split(". ")[0] if lines else ""  # torch goes on with guesses and advice
+    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return f"truncated, damaged or not a torch file ({detail})"
 
 
 def state_num_updates(state: dict) -> int:
@@ -224,21 +239,54 @@ def average_checkpoints(inputs: Sequence[CheckpointInfo], output: Path, record: 
     atomic_torch_save(state, output)
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            torch.save(obj, out)
-            out.flush()
-            os.fsync(out.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then a rename: ``path`` is the old
+    file or the whole new one, never a part. On any failure the temporary file is removed; a
+    write that fails for a reason outside the program (disk full, read-only) is a
+    :class:`~moe_mt.errors.WriteError` naming ``path``, once (fairseq's own save retries three
+    times and logs each traceback). fairseq's checkpoints are written here too
+    (:mod:`moe_mt.compat`)."""
+    path = Path(path)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                writer = _FirstWriteError(out)
+                try:
+                    torch.save(obj, writer)
+                except RuntimeError:
+                    # torch's C++ writer reports a failed write() as "unexpected pos"; the
+                    # OSError the file raised is the cause worth reporting.
+                    if writer.error is not None:
+                        raise writer.error from None
+                    raise
+                out.flush()
+                os.fsync(out.fileno())
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+class _FirstWriteError:
+    """A binary file for ``torch.save`` that remembers the first OSError its ``write`` raised."""
+
+    def __init__(self, out):
+        self._out, self.error = out, None
+
+    def write(self, data) -> int:
+        try:
+            return self._out.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 def average_path(checkpoint_dir: Path, last: int) -> Path:

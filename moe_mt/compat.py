@@ -33,18 +33,29 @@ lazily or not. Each patch names the test that fails without it.
    patch of fairseq all the same, so it lives here.) We give ``checkpoint_utils`` a
    ``PathManager`` whose ``copy`` of local files goes through a temporary file and a rename.
    Test: ``tests/test_compat.py::test_checkpoint_copies_are_atomic`` and
-   ``tests/test_train.py::test_resume_after_kill``.
+   ``tests/test_train.py::test_resume_after_kill``. A copy that fails (disk full) removes its
+   temporary file and names the checkpoint it was writing.
 6. torch DDP on CPU. fairseq's ``DistributedFairseqModel`` builds torch's
    ``DistributedDataParallel`` with ``device_ids=[device_id]`` for ``--ddp-backend c10d``
    (``pytorch_ddp``); torch rejects ``device_ids`` for a CPU module, so c10d training on gloo
    fails at the first step. We give that module a ``DistributedDataParallel`` subclass that drops
    ``device_ids``/``output_device`` when every parameter is on the CPU (what torch wants there).
    Test: ``tests/test_distributed_train.py::test_two_ranks_equal_one_process``.
+7. Checkpoint writes on a full disk. ``torch_persistent_save`` writes ``<name>.tmp`` and retries
+   ``torch.save`` three times, logging each traceback, and leaves the partial ``.tmp`` behind
+   (a 36 MB ``checkpoint_best.pt.tmp`` on the full disk); torch reports the failed write as
+   "unexpected pos". A local checkpoint is written by :func:`moe_mt.checkpoints.atomic_torch_save`
+   instead: one try, the temporary file removed, one ``WriteError`` naming the checkpoint.
+   Training also records its cumulative time and validations in each checkpoint's
+   ``extra_state`` through :func:`checkpoint_extra_state` (what ``kill -9`` must not lose).
+   Tests: ``tests/test_faults_train.py::test_disk_full_while_saving_a_checkpoint`` and
+   ``::test_training_time_and_validations_survive_a_lost_summary``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.abc
 import importlib.machinery
@@ -77,6 +88,8 @@ def apply() -> None:
     _after_import("fairseq.ngram_repeat_block", _fix_ngram_repeat_block)
     _after_import("fairseq.checkpoint_utils", _atomic_checkpoint_copies)
     _after_import("fairseq.models.distributed_fairseq_model", _cpu_torch_ddp)
+    _after_import("fairseq.checkpoint_utils", _checkpoint_writes)
+    _after_import("fairseq.trainer", _checkpoint_extra_state)
     _applied = True
 
 
@@ -226,9 +239,17 @@ class _AtomicCopyPathManager:
             return self._path_manager.copy(src_path, dst_path, overwrite=overwrite)
         if os.path.exists(dst_path) and not overwrite:
             return False
+        from moe_mt.errors import writing
+
         tmp = f"{dst_path}.tmp-copy"
-        shutil.copyfile(src_path, tmp)
-        os.replace(tmp, dst_path)
+        with writing(dst_path):
+            try:
+                shutil.copyfile(src_path, tmp)
+                os.replace(tmp, dst_path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
         return True
 
 
@@ -251,3 +272,48 @@ def _cpu_torch_ddp(module) -> None:
             super().__init__(module, device_ids=device_ids, output_device=output_device, **kwargs)
 
     module.DistributedDataParallel = CpuAwareDistributedDataParallel
+
+
+# -- 7. checkpoint writes on a full disk; what training adds to a checkpoint ---------------------
+
+
+def _checkpoint_writes(module) -> None:
+    original = module.torch_persistent_save
+
+    def torch_persistent_save(obj, filename, async_write: bool = False):
+        if async_write or module.PathManager.path_requires_pathmanager(filename):
+            return original(obj, filename, async_write)
+        from moe_mt.checkpoints import atomic_torch_save
+
+        atomic_torch_save(obj, filename)
+
+    module.torch_persistent_save = torch_persistent_save
+
+
+#: Functions whose dicts are merged into the ``extra_state`` of every checkpoint this process
+#: saves (see :func:`checkpoint_extra_state`).
+_EXTRA_STATE: list[Callable[[], dict]] = []
+
+
+@contextlib.contextmanager
+def checkpoint_extra_state(provider: Callable[[], dict]):
+    """While in the block, every checkpoint fairseq's trainer saves holds ``provider()``'s
+    entries in its ``extra_state``: saved with the checkpoint, in the same file, so that they
+    are exactly as old as the model beside them."""
+    _EXTRA_STATE.append(provider)
+    try:
+        yield
+    finally:
+        _EXTRA_STATE.remove(provider)
+
+
+def _checkpoint_extra_state(module) -> None:
+    trainer_cls = module.Trainer
+    original = trainer_cls.save_checkpoint
+
+    def save_checkpoint(self, filename, extra_state):
+        for provider in _EXTRA_STATE:
+            extra_state = {**extra_state, **provider()}
+        return original(self, filename, extra_state)
+
+    trainer_cls.save_checkpoint = save_checkpoint

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional
 
+import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -741,6 +742,125 @@ class ExperimentConfig:
     )
 
 
+class Bound(NamedTuple):
+    """The values a numeric key accepts: ``low <= value <= high`` (``<`` where open), None for
+    no bound."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def refuses(self, value: float) -> bool:
+        below = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+        above = self.high is not None and (
+            value >= self.high if self.open_high else value > self.high
+        )
+        return below or above
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"must be {'>' if self.open_low else 'at least'} {self.low}"
+        left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+        return f"must be in {left}{self.low}, {self.high}{right}"
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Bound(0), Bound(1), Bound(0, open_low=True)
+ALL_OR_AT_LEAST_0 = Bound(-1)  # -1 means "all" / "never" where fairseq says so
+PROBABILITY = Bound(0.0, 1.0)
+
+#: The bounds of numeric keys, checked when a config is loaded (so `--dry-run` sees them too): a
+#: negative size or a probability above 1 is one line naming the key and where it was set, not
+#: a trainer's traceback after the model is built. A null value (where allowed) is not checked;
+#: a key only some model families declare is checked where it is declared. Bounds between keys
+#: (top_k <= num_experts) are the model layers' to check.
+BOUNDS: Dict[str, Bound] = {
+    "data.max_line_chars": AT_LEAST_1,
+    "data.workers": AT_LEAST_1,
+    "data.clean.min_words": AT_LEAST_0,
+    "data.clean.max_words": AT_LEAST_1,
+    "data.clean.max_length_ratio": Bound(1.0),
+    "data.spm.vocab_size": AT_LEAST_1,
+    "data.spm.character_coverage": Bound(0.0, 1.0, open_low=True),
+    "data.spm.input_sentence_size": AT_LEAST_0,
+    "model.encoder_layers": AT_LEAST_1,
+    "model.decoder_layers": AT_LEAST_1,
+    "model.embed_dim": AT_LEAST_1,
+    "model.ffn_embed_dim": AT_LEAST_1,
+    "model.attention_heads": AT_LEAST_1,
+    "model.dropout": PROBABILITY,
+    "model.attention_dropout": PROBABILITY,
+    "model.activation_dropout": PROBABILITY,
+    "model.expert_parallel_size": AT_LEAST_1,
+    "model.moe.num_experts": AT_LEAST_1,
+    "model.moe.top_k": AT_LEAST_1,
+    "model.moe.freq": AT_LEAST_1,
+    "model.moe.offset": AT_LEAST_0,
+    "model.moe.router_dim": AT_LEAST_1,
+    "model.moe.jitter": PROBABILITY,
+    "model.moe.expert_dropout": PROBABILITY,
+    "model.moe.balance_weight": AT_LEAST_0,
+    "model.moe.z_loss_weight": AT_LEAST_0,
+    "model.moe.heads": AT_LEAST_1,
+    "model.moe.slots_per_expert": AT_LEAST_1,
+    "model.moe.consistency_alpha": AT_LEAST_0,
+    "train.label_smoothing": Bound(0.0, 1.0, open_high=True),
+    "train.adam_eps": AT_LEAST_0,
+    "train.weight_decay": AT_LEAST_0,
+    "train.lr": POSITIVE,
+    "train.warmup_updates": AT_LEAST_0,
+    "train.warmup_init_lr": AT_LEAST_0,
+    "train.clip_norm": AT_LEAST_0,
+    "train.max_tokens": AT_LEAST_1,
+    "train.batch_size": AT_LEAST_1,
+    "train.update_freq": AT_LEAST_1,
+    "train.max_update": AT_LEAST_0,
+    "train.max_epoch": AT_LEAST_0,
+    "train.max_time_minutes": AT_LEAST_0,
+    "train.patience": ALL_OR_AT_LEAST_0,
+    "train.validate_interval": AT_LEAST_1,
+    "train.validate_interval_updates": AT_LEAST_0,
+    "train.save_interval_updates": AT_LEAST_0,
+    "train.keep_interval_updates": ALL_OR_AT_LEAST_0,
+    "train.keep_last_epochs": ALL_OR_AT_LEAST_0,
+    "train.keep_best_checkpoints": ALL_OR_AT_LEAST_0,
+    "train.eval_bleu_beam": AT_LEAST_1,
+    "train.distributed_world_size": AT_LEAST_1,
+    "train.distributed_timeout_minutes": POSITIVE,
+    "train.num_workers": AT_LEAST_0,
+    "train.log_interval": AT_LEAST_1,
+    "train.sampling_temperature": POSITIVE,
+    "eval.average_last": AT_LEAST_1,
+    "eval.beam": AT_LEAST_1,
+    "eval.max_len_a": AT_LEAST_0,
+    "eval.max_len_b": AT_LEAST_0,
+    "eval.no_repeat_ngram_size": AT_LEAST_0,
+    "eval.max_tokens": AT_LEAST_1,
+    "eval.batch_size": AT_LEAST_1,
+    "eval.bootstrap_resamples": AT_LEAST_1,
+    "eval.thor_expert": AT_LEAST_0,
+    "eval.thor_draws": AT_LEAST_1,
+    "distill.teacher_weight": PROBABILITY,
+    "distill.init_expert": AT_LEAST_0,
+    "distill.beam": AT_LEAST_1,
+    "distill.chunk_lines": AT_LEAST_1,
+    "distill.max_sentences": AT_LEAST_0,
+}
+
+
+def _check_bounds(cfg: DictConfig, origins: Dict[str, str], default_origin: str) -> None:
+    """Refuse the first value outside its :data:`BOUNDS`: ``ORIGIN: key=value: must be ...``."""
+    for key, bound in BOUNDS.items():
+        value = OmegaConf.select(cfg, key)  # None where a family does not declare it
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if bound.refuses(value):
+            origin = origins.get(key, default_origin)
+            if origin == DEFAULT_ORIGIN:
+                origin = default_origin
+            raise MoeMtError(f"{origin}: {key}={value}: {bound.describe()}")
+
+
 def schema() -> DictConfig:
     return OmegaConf.structured(ExperimentConfig)
 
@@ -799,6 +919,7 @@ def _documented_fields(cls, prefix: str):
 def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> DictConfig:
     """The one loading path of :func:`load_config`; records each value's origin in ``origins``
     when given (a later file or the overrides replace an earlier one's)."""
+    origins = {} if origins is None else origins  # bound errors name where a value was set
     source = Path(source)
     from_run_dir = source.is_dir()
     path = source / RUN_CONFIG if from_run_dir else source
@@ -819,10 +940,9 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
         nonlocal cfg
         cfg = _merge(cfg, piece, origin=origin)
         derived = _latest_names_architecture(cfg.model, piece)
-        if origins is not None:
-            origins.update(dict.fromkeys(_leaves_set(piece, sections), origin))
-            for key in derived:  # no longer what that file said, but what the others imply
-                origins.pop(f"model.{key}", None)
+        origins.update(dict.fromkeys(_leaves_set(piece, sections), origin))
+        for key in derived:  # no longer what that file said, but what the others imply
+            origins.pop(f"model.{key}", None)
 
     for piece_path, piece in _with_includes(path, loaded, chain=()):
         _resolve_paths(piece, base=piece_path.parent)  # relative to the file that says it
@@ -840,16 +960,17 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
         apply(override_cfg, OVERRIDE_ORIGIN)
 
     resolve_architecture(cfg.model, origin=str(path))
-    if origins is not None:  # what no source set was named by the others (or is a default)
-        if "model.arch" in origins:
-            origins.setdefault("model.family", NAMED_BY_ARCH)
-            origins.setdefault("model.size", NAMED_BY_ARCH)
-        origins.setdefault("model.arch", NAMED_BY_FAMILY_AND_SIZE)
+    # What no source set was named by the others (or is a default).
+    if "model.arch" in origins:
+        origins.setdefault("model.family", NAMED_BY_ARCH)
+        origins.setdefault("model.size", NAMED_BY_ARCH)
+    origins.setdefault("model.arch", NAMED_BY_FAMILY_AND_SIZE)
     if not OmegaConf.is_missing(cfg, "name"):
         cfg.name = cfg.name  # resolved: `europarl_en_ro_${model.family}` becomes the run's name
     if cfg.run_dir is None:
         cfg.run_dir = _default_run_dir(cfg)
     _check_mandatory(cfg, origin=str(path))
+    _check_bounds(cfg, origins, default_origin=str(path))
     return cfg
 
 
@@ -936,11 +1057,23 @@ def section_equal(a: DictConfig, b: DictConfig, key: str) -> bool:
 def _read_yaml(path: Path) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
-    except (OSError, UnicodeDecodeError, ValueError, OmegaConfBaseException) as exc:
+    except yaml.MarkedYAMLError as exc:  # a syntax error: PyYAML knows where (0-based)
+        raise MoeMtError(_yaml_syntax_error(path, exc)) from exc
+    except (OSError, UnicodeDecodeError, ValueError, OmegaConfBaseException, yaml.YAMLError) as exc:
         raise MoeMtError(f"{path}: cannot read YAML: {_first_line(exc)}") from exc
     if not isinstance(loaded, DictConfig):
         raise MoeMtError(f"{path}: a recipe must be a mapping of keys to values")
     return loaded
+
+
+def _yaml_syntax_error(path: Path, exc) -> str:
+    """``file:line:column: YAML syntax error: problem (context)``, 1-based as editors count."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = exc.problem or "invalid YAML"
+    if exc.context:
+        what += f" ({exc.context})"
+    return f"{where}: YAML syntax error: {what}"
 
 
 def _with_includes(path: Path, loaded: DictConfig, chain: tuple) -> list:

@@ -164,5 +164,5 @@ def test_average_model_states_tensor_kinds():
 def test_unreadable_checkpoint_is_a_user_error(tmp_path):
     bad = tmp_path / "checkpoint_1_5.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(MoeMtError, match="cannot read checkpoint"):
+    with pytest.raises(MoeMtError, match="not a loadable checkpoint"):
         load_state(bad)

@@ -93,7 +93,7 @@ def test_refusals_name_runs_and_field(two_runs, tmp_path):
         compare([early, other], tmp_path / "o2", summaries=False)
 
     _edit_report(other, lambda r: r.update(split="valid"))
-    with pytest.raises(MoeMtError, match="hypotheses of split 'valid', not 'test'"):
+    with pytest.raises(MoeMtError, match="eval 'test' translated split 'valid', not split 'test'"):
         compare([early, other], tmp_path / "o3", summaries=False)
 
     with pytest.raises(MoeMtError, match="no eval report"):

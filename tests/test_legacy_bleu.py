@@ -126,11 +126,12 @@ def test_eval_reports_legacy_bleu_only_when_asked(trained_demo, tmp_path):
     plain = evaluate(demo_config(run, *base, *files)).report["directions"]["en-de"]
     assert plain["legacy_bleu"] is None
 
-    asked = evaluate(demo_config(run, *base, *files, "eval.legacy_bleu=true")).report
-    report = json.loads((run / "eval" / "x.en" / "report.json").read_text())
-    assert report == asked
+    asked = evaluate(demo_config(run, *base, *files, "eval.legacy_bleu=true"))
+    assert asked.out_dir == run / "eval" / "pair_x.en"  # the source's folder and name
+    report = json.loads((asked.out_dir / "report.json").read_text())
+    assert report == asked.report
     direction = report["directions"]["en-de"]
-    hypotheses = read_lines(run / "eval" / "x.en" / direction["files"]["hypotheses"])
+    hypotheses = read_lines(asked.out_dir / direction["files"]["hypotheses"])
     references = read_lines(pair / "x.de")
     assert direction["legacy_bleu"] == legacy_bleu(hypotheses, references, "de")
     assert direction["scores"] == plain["scores"]  # sacreBLEU is still there, unchanged

@@ -68,8 +68,10 @@ def test_translate_cli_matches_eval(run_copy, tmp_path):
     source.write_text("".join(s + "\n" for s in lines), encoding="utf-8")
     reference.write_text("".join(f"ref {i}\n" for i in range(len(lines))), encoding="utf-8")
     common = (f"eval.checkpoint={CHECKPOINT}", "eval.no_repeat_ngram_size=0")
-    evaluate(_cfg(run_copy, *common, f"eval.source={source}", f"eval.reference={reference}"))
-    expected = read_lines(run_copy / "eval" / "mixed.en" / "en-de" / "hyp.txt")
+    result = evaluate(
+        _cfg(run_copy, *common, f"eval.source={source}", f"eval.reference={reference}")
+    )
+    expected = read_lines(result.out_dir / "en-de" / "hyp.txt")
     assert len(set(expected)) == len(lines)  # distinct: a misplaced line would show
 
     # With a blank line in the middle and a last line without a newline.
@@ -126,8 +128,11 @@ def test_decode_options_from_config(run_copy):
     cfg = _cfg(run_copy, "eval.beam=3", "eval.lenpen=0.6", "eval.batch_size=8")
     options = DecodeOptions.from_config(cfg.eval)
     assert (options.beam, options.lenpen, options.batch_size) == (3, 0.6, 8)
+    with pytest.raises(MoeMtError, match="eval.beam=0: must be at least 1"):  # on loading
+        _cfg(run_copy, "eval.beam=0")
+    cfg.eval.beam = 0  # a config built in code is checked where it is used
     with pytest.raises(MoeMtError, match="eval.beam must be at least 1"):
-        DecodeOptions.from_config(_cfg(run_copy, "eval.beam=0").eval)
+        DecodeOptions.from_config(cfg.eval)
 
 
 def test_parameter_count_skips_bettertransformer_copies(translator):

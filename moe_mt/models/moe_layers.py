@@ -151,6 +151,8 @@ class MoEOptions:
             raise ValueError(f"moe_router={self.router!r}: expected one of {ROUTERS}")
         if self.freq < 1:
             raise ValueError(f"moe_freq={self.freq} must be >= 1")
+        if self.num_experts < 1:  # before top_k, whose bound it is
+            raise ValueError(f"moe_num_experts={self.num_experts} must be >= 1")
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"moe_top_k={self.top_k} must be in [1, {self.num_experts}]")
         self.conventions().check(self.top_k)

@@ -5,6 +5,9 @@
 Every file a command leaves behind is written to a temporary name in the same directory and
 renamed into place, and whole directories (``data/``) are built under a temporary name and
 renamed when complete, so that an interrupted command never leaves something that looks done.
+A write that fails for a reason outside the program (disk full, read-only, no permission) is
+one line naming the path (:func:`moe_mt.errors.writing`), and its temporary file or directory
+is removed.
 """
 
 from __future__ import annotations
@@ -18,9 +21,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from moe_mt.errors import MoeMtError
+from moe_mt.errors import MoeMtError, is_write_error, write_error, writing
 
 LOCK_FILE = ".lock"
+
+#: The run directory this process locked last: where the CLI puts an unexpected error's
+#: traceback (its ``logs/``), also after the lock is released.
+_last_locked: Path | None = None
+
+
+def last_locked_run_dir() -> Path | None:
+    return _last_locked
 
 
 def _umask() -> int:
@@ -61,10 +72,19 @@ class RunDir:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[RunDir]:
-        """Hold the run directory for this process; a second process is refused at once."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Hold the run directory for this process; a second process is refused at once.
+
+        A ``run_dir`` that is a file, or one that cannot be written, is refused here, before
+        any command writes in it.
+        """
+        global _last_locked
+        if self.root.exists() and not self.root.is_dir():
+            raise MoeMtError(f"run_dir={self.root}: exists and is not a directory")
         path = self.root / LOCK_FILE
-        handle = open(path, "a+")
+        with writing(path):
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+        _last_locked = self.root
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -73,10 +93,11 @@ class RunDir:
             handle.close()
             raise MoeMtError(f"{self.root}: run directory is in use by {holder}") from None
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}\n")
-            handle.flush()
+            with writing(path):
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()}\n")
+                handle.flush()
             yield self
         finally:
             handle.seek(0)
@@ -88,19 +109,32 @@ class RunDir:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def check_writable(directory: str | Path) -> None:
+    """Create ``directory`` if needed and a file in it, then remove the file: a directory a
+    command will write to later (train's ``checkpoints/``, written by fairseq) is refused with
+    one line before any work, not in the middle of it."""
+    directory = Path(directory)
+    with writing(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".writable.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
@@ -112,21 +146,34 @@ def building_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``final``; on success it replaces ``final`` in one rename.
 
     On any exception (including Ctrl-C) the temporary directory is removed and ``final`` is left
-    as it was.
+    as it was; a write that failed inside (disk full, read-only) is one line naming ``final``,
+    whatever library was writing (a full disk can surface as an ``OSError`` from a file's
+    ``write``, with no file name).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building.", dir=final.parent))
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building.", dir=final.parent))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_error(exc):
+            raise write_error(exc, final, then=f"{final} is left as it was") from exc
         raise
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual mode
     old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old.{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual mode
+        if final.exists():
+            old = final.with_name(f".{final.name}.old.{os.getpid()}")
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not final.exists():
+            os.replace(old, final)
+        if is_write_error(exc):
+            raise write_error(exc, final) from exc
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

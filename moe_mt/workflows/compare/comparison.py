@@ -73,9 +73,13 @@ def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> R
     engine = report.get("engine") or {"name": "fairseq"}
     if engine["name"] != "fairseq":
         name += f" ({engine['name']} {engine.get('quantization')}, {engine.get('threads')} threads)"
-    if report.get("split") != split:
+    # A file pair's eval (eval.source, no split) is compared when named: the references are
+    # compared by checksum across the runs all the same (check_comparable).
+    named_file_pair = eval_name is not None and report.get("split") is None
+    if report.get("split") != split and not named_file_pair:
         raise MoeMtError(
-            f"{report_path}: hypotheses of split {report.get('split')!r}, not {split!r}"
+            f"{report_path}: eval {report.get('name', eval_name or split)!r} translated "
+            f"{_what_was_translated(report)}, not split {split!r}"
         )
     hypotheses = {
         d: read_lines(hypotheses_file(report_path, report, d)) for d in report["directions"]
@@ -83,6 +87,13 @@ def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> R
     summary_path = run_dir / "logs" / "train_summary.json"
     train = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     return RunRecord(name, run_dir, report_path.resolve(), report, hypotheses, train)
+
+
+def _what_was_translated(report: dict) -> str:
+    if report.get("split") is not None:
+        return f"split {report['split']!r}"
+    sources = [d["files"]["source"]["path"] for d in report["directions"].values()]
+    return f"{', '.join(sources)} (eval.source)"
 
 
 def check_comparable(runs: list[RunRecord]) -> None:
@@ -152,7 +163,7 @@ def compare(
         rows.append(row)
     first = next(iter(directions.values()))
     result = {
-        "split": split,
+        "split": base.report.get("split"),  # None: a file pair (eval.source)
         "eval_name": eval_name or split,
         "baseline": str(base.run_dir),
         "directions": list(directions),
@@ -222,7 +233,8 @@ def markdown_table(result: dict) -> str:
                "epochs", "train wall s", "train CPU s", "sent/s", "act. rate",
                "dropped"]  # fmt: skip
     lines = [
-        f"Split `{result['split']}` ({result['lines']} lines, reports "
+        (f"Split `{result['split']}`" if result["split"] else "Test files (eval.source)")
+        + f" ({result['lines']} lines, reports "
         f"`eval/{result['eval_name']}`); "
         f"baseline `{result['baseline']}`. `ckpt updates`: the evaluated checkpoint's; `updates`, "
         "`epochs`, `train wall s` and `train CPU s`: the whole training run's.",

@@ -57,6 +57,7 @@ from moe_mt.workflows.common.rundir import (
     building_dir,
 )
 from moe_mt.workflows.common.text import read_lines
+from moe_mt.workflows.common.vocabulary import check_fits_data
 from moe_mt.workflows.evaluate.report import decoding_speed
 
 MODES = ("word", "sequence")
@@ -462,14 +463,23 @@ def distill_report(cfg, teacher_cfg, student_cfg, console, extra: dict) -> dict:
 def distill(cfg: DictConfig, console: Console | None = None) -> DistillResult:
     """Distil the teacher ``cfg.distill.teacher`` into the student of ``cfg`` in ``cfg.run_dir``;
     rerunning resumes (teacher translation chunks, student training) and refreshes the report."""
-    from moe_mt.workflows.train.trainer import train
+    from moe_mt.workflows.train.fairseq_args import train_args
+    from moe_mt.workflows.train.trainer import check_model, parse_fairseq_args, train
 
     console = console or Console(stderr=True)
     check_distill_config(cfg)
     teacher_cfg = teacher_config(cfg)
     student_dir = RunDir(cfg.run_dir)
     chosen = _choose_teacher_checkpoint(cfg)
+    # Before the student's run directory is written: a teacher checkpoint that does not fit
+    # the teacher's data (prepared again since) would fail in the middle of the student's init.
+    teacher_bin = RunDir(teacher_cfg.run_dir).data / "bin"
+    check_fits_data(chosen.path, load_state(chosen.path)["model"], teacher_cfg.data, teacher_bin)
     student_cfg = student_config(cfg, teacher_cfg, chosen.path)
+    # The student's options too (fairseq's arguments, the model's layers): one line now rather
+    # than after the teacher's outputs, the data and the init checkpoint were written.
+    parse_fairseq_args(train_args(student_cfg, student_dir))
+    check_model(student_cfg)
     extra: dict = {"teacher_outputs": None, "init": None}
     with student_dir.locked():
         _log(student_dir, console, f"moemt distill ({cfg.distill.mode}-level): teacher "

@@ -19,10 +19,12 @@ THOR's consistency across random expert draws (:mod:`.thor_consistency`). Then t
 over the trained directions, and apart from it over the zero-shot ones (a zero-shot mean is a
 different quantity, never part of the supervised one).
 
-Output in ``RUN_DIR/eval/<name>/`` (``<name>``: ``eval.name``, else the split or the source
-file's name), schema in :mod:`.report`. The run directory is locked for the whole command (not
-only while writing), so that a busy run directory is refused before any decoding is spent; the
-report is written last, so a report means the hypotheses beside it are complete.
+Output in ``RUN_DIR/eval/<name>/`` (``<name>``: ``eval.name``, else the split, or the source
+file's folder and name: ``iwslt17_test.en``), schema in :mod:`.report`; a report made from other
+source files is replaced only when ``eval.name`` names it. The run directory is locked for the
+whole command (not only while writing), so that a busy run directory is refused before any
+decoding is spent; the report is written last, so a report means the hypotheses beside it are
+complete.
 """
 
 from __future__ import annotations
@@ -146,8 +148,32 @@ def _checked_name(name: str) -> str:
 
 
 def _name_for(source: Path) -> str:
-    name = re.sub(r"[^A-Za-z0-9._+-]", "_", source.name).lstrip(".")
+    """The default name of a file pair's eval: the source's folder and file name
+    (``iwslt17/test.en`` -> ``iwslt17_test.en``), so that two test sets whose files share a name
+    (``test.en``) do not land in one ``eval/`` directory; :func:`_check_same_source` refuses
+    what still collides."""
+    parts = [source.parent.name, source.name] if source.parent.name else [source.name]
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", "_".join(parts)).lstrip("._")
     return name or "source"
+
+
+def _check_same_source(report_path: Path, tests: list[TestSet], name_given: bool) -> None:
+    """Refuse to replace a report made from other source files (sha256 in the report) unless
+    ``eval.name`` names it: the first test set's scores would be lost without a word."""
+    if name_given or not report_path.is_file():
+        return
+    try:
+        directions = read_report(report_path)["directions"]
+    except (MoeMtError, KeyError, TypeError):
+        return  # not a report this can read: nothing of value to protect
+    for test in tests:
+        before = (directions.get(test.direction.name) or {}).get("files", {}).get("source", {})
+        if before.get("sha256") not in (None, file_sha256(test.source)):
+            raise MoeMtError(
+                f"{report_path}: made from another source ({before.get('path')}, sha256 "
+                f"{before['sha256'][:12]}...), not {test.source}; give eval.name=NAME to keep "
+                f"both, or eval.name={report_path.parent.name} to replace it"
+            )
 
 
 def _baseline(cfg: DictConfig, name: str, test: TestSet, reference_sha256: str) -> dict | None:
@@ -210,6 +236,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             baselines[test] = _baseline(cfg, name, test, texts[test][2])
 
         ev = cfg.eval
+        _check_same_source(run_dir.eval / name / REPORT, tests, name_given=ev.name is not None)
         chosen = choose_checkpoint(run_dir.checkpoints, ev.checkpoint, ev.average_last)
         started = time.perf_counter()
         first = tests[0].direction

@@ -47,7 +47,8 @@ from moe_mt.data_prep import binarize, clean, clean_files, spm, validate
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
-from moe_mt.workflows.common.manifest import MANIFEST_FORMAT, prepared_data_config
+from moe_mt.workflows.common.differences import differences
+from moe_mt.workflows.common.manifest import MANIFEST_FORMAT, prepared_data_config, upgraded
 from moe_mt.workflows.common.progress import progress_bar
 from moe_mt.workflows.common.rundir import (
     RunDir,
@@ -67,8 +68,12 @@ class PrepResult:
     up_to_date: bool  # True when nothing had to be done
 
 
-def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
-    """Run the data preparation of ``cfg`` into ``cfg.run_dir``; a no-op when up to date."""
+def prep(cfg: DictConfig, console: Console | None = None, overwrite: bool = False) -> PrepResult:
+    """Run the data preparation of ``cfg`` into ``cfg.run_dir``; a no-op when up to date.
+
+    Data that checkpoints were trained on are not replaced by other data (another config, other
+    inputs or tools) unless ``overwrite``: the checkpoints would no longer fit them.
+    """
     console = console or Console(stderr=True)
     run_dir = RunDir(cfg.run_dir)
     with run_dir.locked():
@@ -84,6 +89,8 @@ def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
         if existing is not None and existing.get("fingerprint") == fingerprint:
             atomic_write_text(run_dir.config, to_yaml(cfg))
             return PrepResult(run_dir.root, existing, up_to_date=True)
+        if existing is not None and not overwrite:
+            _guard_trained_data(run_dir, existing, cfg.data, inputs)
 
         started = time.time()
         with building_dir(run_dir.data) as tmp, progress_bar(console) as progress:
@@ -94,6 +101,56 @@ def prep(cfg: DictConfig, console: Console | None = None) -> PrepResult:
             atomic_write_json(tmp / "manifest.json", manifest)
         atomic_write_text(run_dir.config, to_yaml(cfg))
         return PrepResult(run_dir.root, manifest, up_to_date=False)
+
+
+#: What prep may change in a run with checkpoints: the test sets (and the zero-shot directions
+#: tested on them) are not part of what the model was trained or validated on.
+TEST_ONLY_DATA_KEYS = ("data.test", "data.zero_shot")
+TRAINED_SPLITS = ("train", "valid")
+
+
+def _guard_trained_data(run_dir: RunDir, existing: dict, data_cfg, inputs: dict) -> None:
+    """Refuse to replace prepared data that the run's checkpoints were trained on (another
+    vocabulary would no longer fit them); say what changed, as train's resume guard does
+    (``key: old -> new``). Test sets may change."""
+    if not run_dir.checkpoints.is_dir() or not any(run_dir.checkpoints.glob("*.pt")):
+        return
+    changes = differences(
+        existing.get("config", {}),
+        prepared_data_config(data_cfg),
+        "data.",
+        skip=lambda key: any(key == k or key.startswith(k + ".") for k in TEST_ONLY_DATA_KEYS),
+    )
+    changes += _changed_inputs(existing, inputs)
+    tools = ("fairseq", "sentencepiece")
+    before, now = existing.get("versions", {}), package_versions()
+    changes += [
+        f"{t}: {before[t]!r} -> {now[t]!r}" for t in tools if t in before and before[t] != now[t]
+    ]
+    if changes:
+        raise MoeMtError(
+            f"{run_dir.data}: the checkpoints in {run_dir.checkpoints} were trained on these "
+            f"data, and prep would replace them ({'; '.join(changes)}); use --overwrite to "
+            "prepare them anyway, or another run_dir"
+        )
+
+
+def _changed_inputs(existing: dict, inputs: dict) -> list[str]:
+    """``PATH: changed (sha256)`` for each train or valid input file whose checksum is not the
+    manifest's."""
+    before = {}
+    for corpus_name, corpus in upgraded(existing).get("corpora", {}).items():
+        for split, langs in corpus.get("inputs", {}).items():
+            for lang, info in langs.items():
+                before[f"{corpus_name}/{split}", lang] = info.get("sha256")
+    changed = []
+    for split, langs in inputs.items():
+        if split.rpartition("/")[2] not in TRAINED_SPLITS:
+            continue
+        for lang, info in langs.items():
+            if before.get((split, lang)) != info["sha256"]:
+                changed.append(f"{info['path']}: changed (sha256)")
+    return changed
 
 
 def _fingerprint(data_cfg: DictConfig, inputs: dict) -> str:
@@ -279,6 +336,10 @@ def check_and_copy_split(
     counts = validate.PairCounts()
     for _ in validate.iter_valid_pairs(inputs[src], inputs[tgt], max_line_chars, False, counts):
         pass
+    if counts.raw == 0:  # fairseq cannot validate on (or score) an empty split: say it now
+        raise MoeMtError(
+            f"{inputs[src]}: empty: a valid or test split needs at least one sentence pair"
+        )
     for lang in langs:
         shutil.copyfile(inputs[lang], dests[lang])
     return {"lines": {"raw": counts.raw, "kept": counts.raw}, "dropped": {}}

@@ -42,6 +42,7 @@ source token, ``decoder_flops`` per target token (with its output projection),
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -52,6 +53,7 @@ from moe_mt.errors import MoeMtError
 from moe_mt.models import families
 from moe_mt.models.families import parameter_count
 from moe_mt.workflows.common.rundir import RunDir
+from moe_mt.workflows.common.vocabulary import model_dictionaries
 from moe_mt.workflows.train.fairseq_args import train_args
 
 SENTENCE_TOKENS = 32
@@ -72,14 +74,20 @@ def build_model(cfg: DictConfig):
 
     run_dir = RunDir(cfg.run_dir)
     args = options.parse_args_and_arch(options.get_training_parser(), train_args(cfg, run_dir))
-    src_dict, tgt_dict = _dictionaries(cfg, Path(run_dir.data) / "bin")
+    src_dict, tgt_dict = model_dictionaries(cfg.data, Path(run_dir.data) / "bin")
     task = _DictTask(src_dict, tgt_dict)
     try:
         return ARCH_MODEL_REGISTRY[args.arch].build_model(args, task)
     except ValueError as exc:
-        raise MoeMtError(f"model: {exc}") from exc
+        raise MoeMtError(f"model: {_recipe_keys(str(exc))}") from exc
     except AssertionError as exc:  # fairseq's modules check their options with assert
         raise MoeMtError(f"model: {exc or 'an option fairseq refuses (assertion)'}") from exc
+
+
+def _recipe_keys(message: str) -> str:
+    """The layers name their options as fairseq does (``moe_top_k=9``); say the recipe's key
+    (``model.moe.top_k=9``), the one the user set."""
+    return re.sub(r"\bmoe_(\w+)=", r"model.moe.\1=", message)
 
 
 class _DictTask:
@@ -87,25 +95,6 @@ class _DictTask:
 
     def __init__(self, src_dict, tgt_dict) -> None:
         self.source_dictionary, self.target_dictionary = src_dict, tgt_dict
-
-
-def _dictionaries(cfg: DictConfig, bin_dir: Path):
-    from fairseq.data import Dictionary
-
-    if cfg.data.pairs:  # multilingual: one dictionary, with the task's language tokens
-        from moe_mt.workflows.prep.corpora import task_dictionary
-
-        joint = task_dictionary(cfg.data, bin_dir)
-        return joint, joint
-    paths = [bin_dir / f"dict.{cfg.data.src}.txt", bin_dir / f"dict.{cfg.data.tgt}.txt"]
-    if all(p.is_file() for p in paths):
-        src = Dictionary.load(str(paths[0]))
-        tgt = src if cfg.data.joined_dictionary else Dictionary.load(str(paths[1]))
-        return src, tgt
-    vocab = Dictionary()
-    for i in range(cfg.data.spm.vocab_size):
-        vocab.add_symbol(f"w{i}")
-    return vocab, vocab
 
 
 def model_summary(cfg: DictConfig, sentence_tokens: int = SENTENCE_TOKENS) -> dict:

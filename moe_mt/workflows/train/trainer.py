@@ -32,6 +32,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import resource
 import shutil
 import sys
@@ -46,10 +47,16 @@ from rich.console import Console
 
 from moe_mt.checkpoints import read_num_updates
 from moe_mt.config import RUN_CONFIG, load_config, to_yaml
-from moe_mt.errors import MoeMtError
+from moe_mt.errors import MoeMtError, WriteError
 from moe_mt.provenance import provenance
+from moe_mt.workflows.common.differences import differences as dict_differences
 from moe_mt.workflows.common.manifest import prepared_data_config, recorded_data_config
-from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
+from moe_mt.workflows.common.rundir import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+)
 from moe_mt.workflows.train import distributed
 from moe_mt.workflows.train.distributed import Launch
 from moe_mt.workflows.train.fairseq_args import train_args
@@ -104,17 +111,11 @@ class TrainResult:
 
 def config_differences(old: DictConfig, new: DictConfig) -> list[str]:
     """``key: old -> new`` for every key outside :data:`RESUMABLE_KEYS` whose value differs."""
-    flat_old, flat_new = (
-        _flatten(OmegaConf.to_container(old)),
-        _flatten(OmegaConf.to_container(new)),
+    differences = dict_differences(
+        OmegaConf.to_container(old),
+        OmegaConf.to_container(new),
+        skip=lambda key: any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS),
     )
-    differences = []
-    for key in sorted(set(flat_old) | set(flat_new)):
-        if any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS):
-            continue
-        a, b = flat_old.get(key, "<unset>"), flat_new.get(key, "<unset>")
-        if a != b:
-            differences.append(f"{key}: {a!r} -> {b!r}")
     before, after = (_batches_per_update(c) for c in (old, new))
     if before[0] != after[0]:
         keys = " x ".join(f"train.{k}" for k in GLOBAL_BATCH_KEYS)
@@ -125,15 +126,6 @@ def config_differences(old: DictConfig, new: DictConfig) -> list[str]:
 def _batches_per_update(cfg: DictConfig) -> tuple[int, str]:
     values = [int(OmegaConf.select(cfg, f"train.{k}") or 1) for k in GLOBAL_BATCH_KEYS]
     return values[0] * values[1], " x ".join(map(str, values))
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    if not isinstance(node, dict):
-        return {prefix[:-1]: node}
-    flat = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
 
 
 def checkpoint_update(path: Path) -> int:
@@ -259,8 +251,9 @@ def _prepare(
 
     meta = {**provenance(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     text = to_yaml(cfg) + to_yaml(OmegaConf.create({"meta": meta}))
+    for directory in (run_dir.checkpoints, run_dir.logs):  # fairseq and the log write there
+        check_writable(directory)
     atomic_write_text(run_dir.config, text)
-    run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
     if not (run_dir.checkpoints / RUN_CONFIG).exists() or resumed_from == 0:
         atomic_write_text(run_dir.checkpoints / RUN_CONFIG, text)
     return args, resumed_from
@@ -416,7 +409,7 @@ def _quiet_reinit_warning():
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[-1] if lines else "failed"
-    return line.removeprefix(f"{MoeMtError.__module__}.{MoeMtError.__name__}: ")
+    return re.sub(rf"^{re.escape(MoeMtError.__module__)}\.\w+: ", "", line)
 
 
 def parse_fairseq_args(args: list[str]):
@@ -469,7 +462,7 @@ def _run_logged(
     ``bounds`` holds ``max_update`` and ``max_time_minutes``. ``run`` returns the CPU seconds of
     all ranks, or None for this process's own.
     """
-    previous = _read_json(run_dir.logs / "train_summary.json") if resumed_from else {}
+    previous = _recorded_progress(run_dir) if resumed_from else {}
     started_wall, started_cpu = time.time(), _cpu_seconds()
     max_seconds = bounds["max_time_minutes"] * 60
     interrupted, cpu_seconds = False, None
@@ -478,6 +471,23 @@ def _run_logged(
     ) as monitor:
         import logging
 
+        from moe_mt.compat import checkpoint_extra_state
+
+        def progress() -> dict:
+            """What a checkpoint records of the training that led to it (see
+            :func:`_recorded_progress`): cumulative over the processes that trained it."""
+            return {
+                PROGRESS_KEY: {
+                    "wall_seconds": round(
+                        previous.get("wall_seconds", 0) + time.time() - started_wall, 1
+                    ),
+                    "cpu_seconds": round(
+                        previous.get("cpu_seconds", 0) + _cpu_seconds() - started_cpu, 1
+                    ),
+                    "valid_history": _valid_history(previous, monitor.valid_history),
+                }
+            }
+
         log = logging.getLogger("moe_mt.train")
         log.info("moemt train %s: fairseq-train %s", run_dir.root, " ".join(args))
         if launch is not None:
@@ -485,10 +495,13 @@ def _run_logged(
         if resumed_from:
             log.info("resuming from %s at update %d", LAST_CHECKPOINT, resumed_from)
         try:
-            cpu_seconds = run()
+            with checkpoint_extra_state(progress):
+                cpu_seconds = run()
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: rerun the same command to resume from %s", LAST_CHECKPOINT)
+        except WriteError as exc:  # a checkpoint on a full disk: say what is left to resume
+            raise WriteError(f"{exc}; {_resume_point(run_dir)}", exc.path, exc.errno) from exc
         if cpu_seconds is None:
             cpu_seconds = _cpu_seconds() - started_cpu
         summary = {
@@ -497,16 +510,7 @@ def _run_logged(
             "train_loss": monitor.epoch_end.get("loss", monitor.train.get("loss")),
             "last_valid": monitor.valid,
             # Each validation with its cumulative training wall-clock time (over resumes).
-            "valid_history": previous.get("valid_history", [])
-            + [
-                {
-                    **v,
-                    "wall_seconds": round(
-                        previous.get("wall_seconds", 0) + v["elapsed_seconds"], 1
-                    ),
-                }
-                for v in monitor.valid_history
-            ],
+            "valid_history": _valid_history(previous, monitor.valid_history),
             "wall_seconds": round(previous.get("wall_seconds", 0) + time.time() - started_wall, 1),
             # Of every rank of the latest run, cumulative over resumes.
             "cpu_seconds": round(previous.get("cpu_seconds", 0) + cpu_seconds, 1),
@@ -520,6 +524,47 @@ def _run_logged(
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+#: The key of a checkpoint's ``extra_state`` that holds moemt's record of the training so far.
+PROGRESS_KEY = "moemt_progress"
+
+
+def _valid_history(previous: dict, validations: list[dict]) -> list[dict]:
+    """The validations before this process (``previous``'s) and this process's, each with its
+    cumulative training wall-clock time."""
+    offset = previous.get("wall_seconds", 0)
+    return previous.get("valid_history", []) + [
+        {**v, "wall_seconds": round(offset + v["elapsed_seconds"], 1)} for v in validations
+    ]
+
+
+def _recorded_progress(run_dir: RunDir) -> dict:
+    """Wall-clock and CPU seconds and validations of the training up to the last checkpoint.
+
+    The summary of the process that saved that checkpoint, when there is one (it also counts
+    the CPU of every rank); else what the checkpoint records (``extra_state``,
+    :data:`PROGRESS_KEY`): a process killed after it (kill -9: no summary written) loses
+    nothing of its time and validations, and validations after it are not counted (the resumed
+    run repeats them). Checkpoints written before this record: the last summary as it is.
+    """
+    from moe_mt.checkpoints import load_state, state_num_updates
+
+    state = load_state(run_dir.checkpoints / LAST_CHECKPOINT)
+    recorded = (state.get("extra_state") or {}).get(PROGRESS_KEY)
+    summary = _read_json(run_dir.logs / "train_summary.json")
+    if isinstance(recorded, dict) and summary.get("num_updates") != state_num_updates(state):
+        return recorded
+    return summary
+
+
+def _resume_point(run_dir: RunDir) -> str:
+    last = run_dir.checkpoints / LAST_CHECKPOINT
+    try:
+        updates = checkpoint_update(last)
+    except MoeMtError:
+        return "no checkpoint was saved before; free space and rerun the same command"
+    return f"{last} (update {updates}) is intact: free space and rerun the same command to resume"
 
 
 def _cpu_seconds() -> float:

@@ -30,10 +30,12 @@ import torch
 from omegaconf import DictConfig
 
 from moe_mt.checkpoints import load_state, state_num_updates
+from moe_mt.config import load_config
 from moe_mt.errors import MoeMtError
 from moe_mt.models.transformer import BETTERTRANSFORMER_PARAMS
 from moe_mt.workflows.common.manifest import parse_direction, read_manifest, trained_directions
 from moe_mt.workflows.common.rundir import RunDir
+from moe_mt.workflows.common.vocabulary import check_fits_data
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class Translator:
         elif (src, tgt) != (first.src, first.tgt):
             raise MoeMtError(f"{src}-{tgt}: this run translates {first} only (no data.pairs)")
         state = load_state(checkpoint, overrides)
+        check_fits_data(Path(checkpoint), state["model"], load_config(run.root).data, bin_dir)
         try:
             models, model_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
                 [str(checkpoint)], arg_overrides=overrides, state=state

@@ -1,0 +1,91 @@
+"""The CLI's guard: an exception no workflow expected is one line naming the file that holds its
+traceback (the run's logs/ when a run directory is known, else a temporary file) and exit code
+1; MOEMT_DEBUG=1 lets it through. Expected errors keep their own line (the other catalogues);
+a failed write nobody named is still a one-line user error."""
+
+from __future__ import annotations
+
+import errno
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.faults import invoke, one_error_line
+from tests.test_prep import _recipe, _write_corpus
+
+_TRACEBACK_FILE = re.compile(r"full traceback in (\S+);")
+
+
+@pytest.fixture
+def recipe(tmp_path, shipped_corpus, monkeypatch) -> Path:
+    """A prep recipe whose preparation fails with a bug (a RuntimeError) inside the run dir."""
+    from moe_mt.workflows.prep import pipeline
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("something no workflow expected\nsecond line")
+
+    monkeypatch.setattr(pipeline, "build", bug)
+    return _recipe(tmp_path, _write_corpus(tmp_path / "corpus", shipped_corpus))
+
+
+def test_unexpected_error_is_one_line_with_the_traceback_in_logs(recipe, tmp_path, monkeypatch):
+    monkeypatch.delenv("MOEMT_DEBUG", raising=False)
+    line = one_error_line(invoke("prep", recipe))
+    assert line.startswith(
+        "unexpected error in moemt prep: RuntimeError: something no workflow expected (full "
+        f"traceback in {tmp_path / 'run' / 'logs'}/error-prep-"
+    )
+    assert line.endswith("; MOEMT_DEBUG=1 shows it here)")
+    saved = Path(_TRACEBACK_FILE.search(line).group(1))
+    text = saved.read_text()
+    assert text.startswith("Traceback") and "in bug" in text and "second line" in text
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_debug_lets_the_exception_through(recipe, monkeypatch):
+    monkeypatch.setenv("MOEMT_DEBUG", "1")
+    result = invoke("prep", recipe)
+    assert isinstance(result.exception, RuntimeError)
+    assert "something no workflow expected" in str(result.exception)
+
+
+def test_without_a_run_directory_the_traceback_goes_to_a_temporary_file(monkeypatch):
+    from moe_mt.cli import ls_command
+    from moe_mt.workflows.common import rundir
+
+    monkeypatch.delenv("MOEMT_DEBUG", raising=False)
+    monkeypatch.setattr(rundir, "_last_locked", None)
+
+    def bug():
+        raise KeyError("registry")
+
+    monkeypatch.setitem(ls_command.LISTINGS, "criteria", bug)
+    line = one_error_line(invoke("ls", "criteria"))
+    assert line.startswith("unexpected error in moemt ls: KeyError: 'registry' (full traceback in")
+    saved = Path(_TRACEBACK_FILE.search(line).group(1))
+    try:
+        assert saved.name.startswith("moemt-error-ls-") and "KeyError" in saved.read_text()
+    finally:
+        saved.unlink()
+
+
+def test_a_write_error_nobody_named_is_still_one_line(tmp_path, monkeypatch):
+    """An OSError of a full disk or a read-only file system that no workflow wrapped is the
+    user's to fix: one line naming the file, no traceback file."""
+    from moe_mt.cli import ls_command
+
+    path = tmp_path / "somewhere.txt"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setitem(ls_command.LISTINGS, "criteria", full)
+    assert one_error_line(invoke("ls", "criteria")) == (
+        f"no space left on device while writing {path}"
+    )
+
+
+def test_expected_errors_keep_their_line(tmp_path):
+    line = one_error_line(invoke("eval", tmp_path / "nope.yaml"))
+    assert line == f"{tmp_path / 'nope.yaml'}: no such recipe file"

@@ -1,0 +1,61 @@
+"""moemt compare: its bad inputs, each one line on stderr and exit code 1 (other refusals, of
+runs that cannot be compared, are in tests/test_compare.py::test_refusals_name_runs_and_field).
+
+Cases: a run without an eval report; an eval of a file pair (eval.source) where a split is
+asked for, which named neither ("hypotheses of split None"); the same eval named with
+--eval-name, which is compared.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from moe_mt.workflows.evaluate.evaluation import evaluate
+from tests.faults import invoke, one_error_line
+from tests.test_eval import _cfg, _pair
+
+
+@pytest.fixture(scope="module")
+def file_pair_runs(trained_demo, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """Two copies of the trained run, each evaluated on the same small file pair under the name
+    ``test`` (what a split's eval would be called); and the source file."""
+    root = tmp_path_factory.mktemp("compare_faults")
+    source, reference = _pair(root / "pair", 3)
+    runs = []
+    for name in ("a", "b"):
+        run_dir = root / name
+        shutil.copytree(trained_demo, run_dir)
+        shutil.rmtree(run_dir / "eval", ignore_errors=True)
+        evaluate(
+            _cfg(run_dir, "eval.beam=1", f"eval.source={source}", f"eval.reference={reference}",
+                 "eval.name=test")
+        )  # fmt: skip
+        runs.append(run_dir)
+    return runs[0], runs[1], source
+
+
+def test_a_file_pair_eval_is_not_a_split(file_pair_runs, tmp_path):
+    a, b, source = file_pair_runs
+    line = one_error_line(invoke("compare", a, b, "--out", tmp_path / "out"))
+    assert line == (
+        f"{a / 'eval' / 'test' / 'report.json'}: eval 'test' translated {source} "
+        "(eval.source), not split 'test'"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_named_file_pair_eval_is_compared(file_pair_runs, tmp_path):
+    a, b, _ = file_pair_runs
+    result = invoke("compare", a, b, "--eval-name", "test", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "Test files (eval.source)" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_a_run_without_report(file_pair_runs, tmp_path):
+    a, _, _ = file_pair_runs
+    line = one_error_line(invoke("compare", a, tmp_path, "--eval-name", "test"))
+    report = tmp_path / "eval" / "test" / "report.json"
+    assert line == f"{report}: no eval report; run `moemt eval` on its run first"

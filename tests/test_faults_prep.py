@@ -1,0 +1,235 @@
+"""moemt prep: its bad inputs and faults, each one line on stderr, exit code 1 and no data/ that
+looks complete (the good path is tests/test_prep.py).
+
+Cases: a fatal line in any split (file:line), unequal line counts, a missing file, config errors
+(unknown key, wrong type, out of range, YAML syntax), an empty valid/test split, sentencepiece
+refusing the vocabulary, a second process, data that checkpoints were trained on (refused
+unless --overwrite), a run_dir that is a file, a read-only run directory, a full disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from moe_mt.errors import MoeMtError
+from moe_mt.workflows.common.rundir import RunDir
+from moe_mt.workflows.prep.pipeline import prep
+from tests.faults import fail_writes, invoke, leftovers, one_error_line, small_tmpfs
+from tests.test_prep import SMALL, _load, _recipe, _set_line, _write_corpus
+
+
+@pytest.fixture
+def corpus(tmp_path, shipped_corpus):
+    return _write_corpus(tmp_path / "corpus", shipped_corpus)
+
+
+def _run(*args: str) -> tuple[int, str]:
+    """Exit code and, on failure, the one line (``error: ...``) that ``moemt prep`` printed."""
+    result = invoke("prep", *args)
+    if result.exit_code == 0:
+        return 0, ""
+    return result.exit_code, "error: " + one_error_line(result)
+
+
+# (file, line number, replacement bytes, expected message) — each fatal for the given split.
+FATAL_LINES = [
+    ("valid.en", 7, b"caf\xe9 au lait", "valid.en:7: invalid UTF-8"),
+    ("test.de", 12, b"Hallo\x07 Welt", "test.de:12: control character U+0007"),
+    ("valid.en", 5, "a\u2028b".encode(), "valid.en:5: control character U+2028 at column 2"),
+    ("train.de", 3, b"Windows line\r", "train.de:3: carriage return"),
+    ("valid.de", 9, b"   ", "valid.de:9: empty line"),
+    ("test.en", 4, b"x" * 3000, "test.en:4: line of 3000 characters exceeds max_line_chars=2000"),
+]
+
+
+@pytest.mark.parametrize(("name", "number", "content", "expected"), FATAL_LINES)
+def test_fatal_line_problems_name_file_and_line(tmp_path, corpus, name, number, content, expected):
+    _set_line(corpus / name, number, content)
+    code, message = _run(str(_recipe(tmp_path, corpus)))
+    assert code == 1
+    assert message.startswith("error: ")
+    assert f"{corpus}/{expected}" in message
+    assert not (tmp_path / "run" / "data").exists()  # nothing half-written
+
+
+def test_line_count_mismatch_names_both_files(tmp_path, corpus):
+    path = corpus / "test.de"
+    path.write_bytes(path.read_bytes() + b"one more line\n")
+    code, message = _run(str(_recipe(tmp_path, corpus)))
+    assert code == 1
+    assert f"{corpus}/test.en: {SMALL} lines but {corpus}/test.de: {SMALL + 1} lines" in message
+
+
+def test_missing_file(tmp_path, corpus):
+    (corpus / "valid.de").unlink()
+    code, message = _run(str(_recipe(tmp_path, corpus)))
+    assert code == 1
+    assert f"{corpus}/valid.de: no such file" in message
+
+
+def test_config_errors_name_key_and_origin(tmp_path, corpus):
+    recipe = _recipe(tmp_path, corpus, extra="  clean: {max_wrds: 3}\n")
+    code, message = _run(str(recipe))
+    assert code == 1 and f"{recipe}: unknown key 'data.clean.max_wrds'" in message
+
+    recipe = _recipe(tmp_path, corpus)
+    code, message = _run(str(recipe), "data.spm.vocab=10")
+    assert code == 1 and "override: unknown key 'data.spm.vocab'" in message
+    code, message = _run(str(recipe), "data.spm.vocab_size=many")
+    assert code == 1 and "override: data.spm.vocab_size:" in message
+    code, message = _run(str(recipe), "data.spm.vocab_size")
+    assert code == 1 and "override 'data.spm.vocab_size' is not of the form key=value" in message
+
+    recipe.write_text("name: t\ndata: {src: en}\n", encoding="utf-8")
+    code, message = _run(str(recipe))
+    assert code == 1 and "missing mandatory key(s): data.tgt, data.train, data.valid" in message
+
+
+def test_failure_after_cleaning_leaves_no_data_dir(tmp_path, corpus):
+    with pytest.raises(MoeMtError, match="Vocabulary size too high"):
+        prep(_load(tmp_path, corpus, "data.spm.vocab_size=100000"))
+    run = tmp_path / "run"
+    assert not (run / "data").exists()
+    assert [p.name for p in run.iterdir() if p.name.startswith(".data")] == []
+
+
+def test_second_process_is_refused(tmp_path, corpus):
+    cfg = _load(tmp_path, corpus)
+    with RunDir(cfg.run_dir).locked():
+        with pytest.raises(MoeMtError, match="run directory is in use by pid"):
+            prep(cfg)
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path, corpus):
+    recipe = _recipe(tmp_path, corpus)
+    recipe.write_text(recipe.read_text() + "  clean: {max_words: [3\n", encoding="utf-8")
+    code, message = _run(str(recipe))
+    assert code == 1
+    assert message.startswith(f"error: {recipe}:")
+    assert "YAML syntax error: expected ',' or ']'" in message
+    line = int(message.split(f"{recipe}:")[1].split(":")[0])
+    assert line == len(recipe.read_text().splitlines()) + 1  # where the parser gave up
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "bound"),
+    [
+        ("data.spm.vocab_size", "0", "must be at least 1"),
+        ("data.clean.max_length_ratio", "0.5", "must be at least 1.0"),
+        ("data.spm.character_coverage", "1.5", "must be in (0.0, 1.0]"),
+        ("data.workers", "0", "must be at least 1"),
+    ],
+)
+def test_out_of_range_values_name_the_key(tmp_path, corpus, key, value, bound):
+    recipe = str(_recipe(tmp_path, corpus))
+    for dry_run in ([], ["--dry-run"]):  # the plan too: the check is the config's
+        code, line = _run(recipe, f"{key}={value}", *dry_run)
+        assert (code, line) == (1, f"error: override: {key}={value}: {bound}")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_empty_valid_or_test_split_is_refused(tmp_path, corpus, split):
+    for lang in ("en", "de"):
+        (corpus / f"{split}.{lang}").write_bytes(b"")
+    code, message = _run(str(_recipe(tmp_path, corpus)))
+    assert code == 1
+    assert message == (
+        f"error: {corpus}/{split}.en: empty: a valid or test split needs at least one sentence pair"
+    )
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def _trained(tmp_path, corpus) -> RunDir:
+    """A prepared run with a checkpoint (its content does not matter to prep)."""
+    prep(_load(tmp_path, corpus))
+    run = RunDir(tmp_path / "run")
+    run.checkpoints.mkdir()
+    (run.checkpoints / "checkpoint_last.pt").write_bytes(b"trained on data/")
+    return run
+
+
+def test_data_of_a_trained_run_are_not_replaced(tmp_path, corpus):
+    """Prep again with another vocabulary would make the checkpoints unloadable: refused with
+    the keys that changed, unless --overwrite."""
+    run = _trained(tmp_path, corpus)
+    manifest = run.manifest.read_bytes()
+    recipe = str(_recipe(tmp_path, corpus))
+    code, message = _run(recipe, "data.spm.vocab_size=250")
+    assert code == 1
+    assert message.startswith(f"error: {run.data}: the checkpoints in {run.checkpoints} were")
+    assert "(data.spm.vocab_size: 300 -> 250)" in message and "--overwrite" in message
+    assert run.manifest.read_bytes() == manifest
+
+    # Another input file is another change (the same config).
+    with (
+        open(corpus / "train.en", "a", encoding="utf-8") as out,
+        open(corpus / "train.de", "a", encoding="utf-8") as out_de,
+    ):
+        out.write("one more sentence\n")
+        out_de.write("noch ein Satz\n")
+    code, message = _run(recipe)
+    assert code == 1 and f"{corpus}/train.en: changed (sha256)" in message
+    assert run.manifest.read_bytes() == manifest
+
+    code, _ = _run(recipe, "data.spm.vocab_size=250", "--overwrite")
+    assert code == 0
+    assert json.loads(run.manifest.read_text())["config"]["spm"]["vocab_size"] == 250
+
+
+def test_a_trained_run_may_change_its_test_set(tmp_path, corpus):
+    """The same data are nothing to do; another test set is not what the checkpoints were
+    trained on (nor another data.test or data.zero_shot: tests/test_multilingual.py)."""
+    run = _trained(tmp_path, corpus)
+    assert prep(_load(tmp_path, corpus)).up_to_date
+    for lang, line in (("en", "One more test."), ("de", "Noch ein Test.")):
+        with open(corpus / f"test.{lang}", "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+    result = prep(_load(tmp_path, corpus))
+    assert not result.up_to_date
+    assert result.manifest["corpora"]["en-de"]["splits"]["test"]["lines"]["raw"] == SMALL + 1
+    assert (run.checkpoints / "checkpoint_last.pt").is_file()
+
+
+def test_run_dir_that_is_a_file(tmp_path, corpus):
+    (tmp_path / "run").write_text("not a directory")
+    code, message = _run(str(_recipe(tmp_path, corpus)))
+    assert code == 1
+    assert message == f"error: run_dir={tmp_path / 'run'}: exists and is not a directory"
+
+
+def test_read_only_run_directory(tmp_path, corpus, monkeypatch):
+    (tmp_path / "run").mkdir()
+    fail_writes(monkeypatch, tmp_path / "run", errno.EROFS)
+    code, message = _run(str(_recipe(tmp_path, corpus)))
+    assert code == 1
+    assert message == f"error: read-only file system while writing {tmp_path / 'run' / '.lock'}"
+
+
+@pytest.mark.parametrize("file", ["spm.model", "train.de"])
+def test_full_disk_keeps_the_previous_data(tmp_path, corpus, monkeypatch, file):
+    """A full disk while writing sentencepiece's model (it used to surface as "could not parse
+    ModelProto") or the cleaned text: one line naming data/, no temporary directory left, the
+    previous data/ as it was."""
+    prep(_load(tmp_path, corpus))
+    run = RunDir(tmp_path / "run")
+    manifest = run.manifest.read_bytes()
+    fail_writes(monkeypatch, run.root, errno.ENOSPC, only=lambda path: path.name == file)
+    code, message = _run(str(_recipe(tmp_path, corpus)), "data.spm.vocab_size=250")
+    assert code == 1
+    assert message == (
+        f"error: no space left on device while writing {run.data}; {run.data} is left as it was"
+    )
+    assert run.manifest.read_bytes() == manifest
+    assert leftovers(run.root) == []
+
+
+def test_full_tmpfs(tmp_path, corpus):
+    """The same on a real full file system, where a tmpfs can be mounted (else skipped)."""
+    with small_tmpfs(tmp_path, size="64k") as disk:
+        code, message = _run(str(_recipe(tmp_path, corpus)), f"run_dir={disk / 'run'}")
+        assert code == 1 and "no space left on device while writing" in message
+        assert leftovers(disk) == [] and not (disk / "run" / "data").exists()

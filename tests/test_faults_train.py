@@ -1,0 +1,205 @@
+"""moemt train: its bad inputs and faults, each one line on stderr, exit code 1, nothing written
+that looks complete (the good path, resume and kill -9 are in tests/test_train.py).
+
+Cases: a config the checkpoints were not trained with, no prepared data, a second process, an
+architecture or option fairseq refuses, an option the model's layers refuse (before anything is
+written), out-of-range values, a run_dir that is a file, a read-only run directory or
+checkpoints/, a full disk while saving a checkpoint; and the training time and validations a
+lost summary (kill -9) used to take with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from moe_mt.errors import MoeMtError
+from moe_mt.workflows.common.rundir import RunDir
+from moe_mt.workflows.train.trainer import PROGRESS_KEY, checkpoint_update, train
+from tests.conftest import REPO, TINY_MODEL
+from tests.faults import fail_writes, invoke, leftovers, one_error_line
+from tests.test_train import _cfg, _cli_overrides, _copy
+
+RECIPE = str(REPO / "recipes" / "demo.yaml")
+
+
+def _train_cli(run_dir: Path, *extra: str):
+    args = [f"run_dir={run_dir}", "data.spm.vocab_size=2000", *TINY_MODEL, *extra]
+    return invoke("train", RECIPE, *args)
+
+
+def test_guard_refuses_a_changed_model(trained_demo, tmp_path):
+    run_dir = _copy(trained_demo, tmp_path)
+    cfg = _cfg(
+        run_dir, "train.max_update=40", "train.save_interval_updates=10", "model.dropout=0.3"
+    )
+    with pytest.raises(MoeMtError, match=r"model\.dropout: 0\.1 -> 0\.3"):
+        train(cfg)
+    assert checkpoint_update(run_dir / "checkpoints" / "checkpoint_last.pt") == 30
+
+    line = one_error_line(invoke("train", RECIPE, *_cli_overrides(run_dir, "model.dropout=0.3")))
+    assert "model.dropout: 0.1 -> 0.3" in line and "--overwrite" in line
+
+
+def test_train_needs_prepared_data(tmp_path):
+    with pytest.raises(MoeMtError, match="no prepared data"):
+        train(_cfg(tmp_path / "empty"))
+
+
+def test_second_process_is_refused(trained_demo, tmp_path):
+    run_dir = _copy(trained_demo, tmp_path)
+    with RunDir(run_dir).locked():
+        with pytest.raises(MoeMtError, match="in use by pid"):
+            train(_cfg(run_dir, "train.max_update=40"))
+
+
+def test_rejected_model_config_writes_nothing(trained_demo, tmp_path):
+    run_dir = _copy(trained_demo, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")
+    before = (run_dir / "config.yaml").read_bytes()
+    with pytest.raises(MoeMtError, match="invalid choice: 'no_such_arch'"):
+        train(_cfg(run_dir, "model.arch=no_such_arch"))
+    cfg = _cfg(run_dir, "model.arch=soft_moe_transformer_demo", "model.moe.sides=decoder")
+    with pytest.raises(MoeMtError, match="decoder"):
+        train(cfg)
+    assert (run_dir / "config.yaml").read_bytes() == before
+    assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.arch=switch_transformer_demo", "model.moe.num_experts=8", "model.moe.top_k=9"],
+            "model: model.moe.top_k=9 must be in [1, 8]",
+        ),
+        (
+            [
+                "model.arch=mhmoe_transformer_demo",
+                "model.moe.num_experts=4",
+                "model.moe.offset=0",
+                "model.moe.heads=3",
+            ],  # fmt: skip
+            "model: --moe-heads 3 must divide the model width 64",
+        ),
+        (["model.attention_heads=3"], "model: embed_dim must be divisible by num_heads"),
+    ],
+)
+def test_model_option_error_is_one_line_and_writes_nothing(
+    prepped_demo, tmp_path, overrides, message
+):
+    """An option the model's layers refuse fails `moemt train` with one line, as --dry-run
+    does, before the run directory is written (no config, checkpoints or logs)."""
+    run_dir = _copy(prepped_demo, tmp_path)
+    before = (run_dir / "config.yaml").read_bytes()
+    # One update at most, should the option get past the check.
+    assert one_error_line(_train_cli(run_dir, "train.max_update=1", *overrides)) == message
+    assert (run_dir / "config.yaml").read_bytes() == before
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("train.max_tokens=-1", "override: train.max_tokens=-1: must be at least 1"),
+        ("model.dropout=1.5", "override: model.dropout=1.5: must be in [0.0, 1.0]"),
+        ("train.lr=0", "override: train.lr=0.0: must be > 0"),
+        # The key the user set, not the top_k bound it breaks.
+        ("model.moe.num_experts=0", "override: model.moe.num_experts=0: must be at least 1"),
+    ],
+)
+def test_out_of_range_values_name_the_key(tmp_path, override, line):
+    run_dir = tmp_path / "run"
+    for dry_run in ([], ["--dry-run"]):  # --dry-run used to pass a negative max_tokens
+        result = _train_cli(run_dir, "model.family=switch", override, *dry_run)
+        assert one_error_line(result) == line
+    assert not run_dir.exists()
+
+
+def test_layers_name_num_experts_before_top_k():
+    from moe_mt.models.moe_layers import MoEOptions
+
+    options = MoEOptions(
+        num_experts=0, top_k=1, freq=2, offset=1, sides="both", router="topk", router_dim=16,
+        router_init_scale=0.1, jitter=0.0, capacity_factor=1.25, eval_capacity_factor=None,
+        expert_dropout=None,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"^moe_num_experts=0 must be >= 1$"):
+        options.check()
+
+
+def test_run_dir_that_is_a_file(prepped_demo, tmp_path):
+    path = tmp_path / "run"
+    path.write_text("not a directory")
+    line = one_error_line(_train_cli(path, "train.max_update=1"))
+    assert line == f"run_dir={path}: exists and is not a directory"
+
+
+def test_read_only_run_directory(prepped_demo, tmp_path, monkeypatch):
+    run_dir = _copy(prepped_demo, tmp_path)
+    config = (run_dir / "config.yaml").read_bytes()
+    fail_writes(monkeypatch, run_dir, errno.EROFS)
+    line = one_error_line(_train_cli(run_dir, "train.max_update=1"))
+    assert line == f"read-only file system while writing {run_dir / '.lock'}"
+    assert (run_dir / "config.yaml").read_bytes() == config
+
+
+def test_read_only_checkpoints_directory(prepped_demo, tmp_path, monkeypatch):
+    """Refused before training starts (it failed inside fairseq's verify_checkpoint_directory),
+    the run's config.yaml untouched."""
+    run_dir = _copy(prepped_demo, tmp_path)
+    config = (run_dir / "config.yaml").read_bytes()
+    fail_writes(monkeypatch, run_dir / "checkpoints", errno.EROFS)
+    line = one_error_line(_train_cli(run_dir, "train.max_update=1"))
+    assert line == f"read-only file system while writing {run_dir / 'checkpoints'}"
+    assert (run_dir / "config.yaml").read_bytes() == config
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_disk_full_while_saving_a_checkpoint(prepped_demo, tmp_path, monkeypatch):
+    """One line naming the checkpoint and the resume point; no partial file left; the last good
+    checkpoint intact (it used to be about 200 lines, five tracebacks and a .tmp on the disk)."""
+    run_dir = _copy(prepped_demo, tmp_path)
+    checkpoints = run_dir / "checkpoints"
+    fail_writes(monkeypatch, checkpoints, errno.ENOSPC, only=lambda p: "_1_10." in p.name)
+    result = _train_cli(run_dir, "train.max_update=10", "train.save_interval_updates=5")
+    assert one_error_line(result) == (
+        f"no space left on device while writing {checkpoints / 'checkpoint_1_10.pt'}; "
+        f"{checkpoints / 'checkpoint_last.pt'} (update 5) is intact: free space and rerun the "
+        "same command to resume"
+    )
+    assert leftovers(run_dir) == []
+    assert checkpoint_update(checkpoints / "checkpoint_last.pt") == 5
+    assert not (checkpoints / "checkpoint_1_10.pt").exists()
+
+
+def test_training_time_and_validations_survive_a_lost_summary(trained_demo, tmp_path):
+    """Each checkpoint records the training's cumulative time and validations, so a process
+    killed after it (kill -9 writes no summary) loses none of them: the resumed run's summary
+    counts the first process's time and keeps its validations (compare reads that total)."""
+    run_dir = _copy(trained_demo, tmp_path)
+    last = run_dir / "checkpoints" / "checkpoint_last.pt"
+    first = json.loads((run_dir / "logs" / "train_summary.json").read_text())
+    state = torch.load(last, weights_only=True)
+    recorded = state["extra_state"][PROGRESS_KEY]
+    assert [v["num_updates"] for v in recorded["valid_history"]] == ["10", "20", "30"]
+    assert 0 < recorded["wall_seconds"] <= first["wall_seconds"]
+    # As if the first process had been killed after its last checkpoint, having trained for an
+    # hour: no summary, only what the checkpoint holds.
+    (run_dir / "logs" / "train_summary.json").unlink()
+    state["extra_state"][PROGRESS_KEY] = {**recorded, "wall_seconds": 3600.0}
+    torch.save(state, last)
+
+    result = train(_cfg(run_dir, "train.max_update=35", "train.save_interval_updates=10"))
+    assert result.resumed_from_update == 30
+    summary = json.loads((run_dir / "logs" / "train_summary.json").read_text())
+    assert summary["wall_seconds"] > 3600
+    history = summary["valid_history"]
+    assert [v["num_updates"] for v in history] == ["10", "20", "30", "35"]
+    assert history[:3] == recorded["valid_history"] and history[3]["wall_seconds"] > 3600
+    assert summary["cpu_seconds"] > recorded["cpu_seconds"]
