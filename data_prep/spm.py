@@ -26,8 +26,6 @@ def train_spm(inputs: list[Path], model_prefix: Path, cfg: SpmConfig) -> Path:
         raise MoeMtError(
             f"data.spm.model_type: '{cfg.model_type}' is not one of {', '.join(MODEL_TYPES)}"
         )
-    if cfg.threads < 1:
-        raise MoeMtError(f"data.spm.threads={cfg.threads}: must be at least 1")
     # The seed of spm's sentence sampling is process-global in sentencepiece's API.
     spm.set_random_generator_seed(cfg.seed)
     model = io.BytesIO()
