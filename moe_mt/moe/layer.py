@@ -13,7 +13,13 @@ from torch import Tensor, nn
 
 from moe_mt.moe.dispatch import DispatchPlan, combine, dispatch, expert_capacity, plan_dispatch
 from moe_mt.moe.experts import ExpertBank
-from moe_mt.moe.routing import Router, Routing, flatten_tbd, sentence_index_tbd
+from moe_mt.moe.routing import (
+    Router,
+    Routing,
+    flatten_tbd,
+    sentence_index_tbd,
+    unflatten_tbd,
+)
 from moe_mt.moe.stats import MoEStats, dispatch_stats
 
 
@@ -112,7 +118,7 @@ class MoEFeedForward(nn.Module):
         n, b, _ = x.shape
         flat, flat_mask = flatten_tbd(x, padding_mask)
         out = self.forward(flat, flat_mask, sentence_index_tbd(n, b, x.device))
-        out.y = out.y.view(n, b, -1)
+        out.y = unflatten_tbd(out.y, n, b)
         return out
 
 
