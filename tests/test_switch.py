@@ -173,9 +173,11 @@ def test_capacity_drops_are_not_the_ends_of_targets(prepped_demo):
     (decoder,) = [o.output for o in extra["moe"] if o.name.startswith("decoder.")]
     dropped = decoder.y.abs().sum(-1).eq(0).t() & real  # [b, n]: no FFN output, not a pad
     assert dropped.sum() >= 0.4 * real.sum()  # capacity 0.5 * T / E
-    # Sentence-major priority: the dropped tokens' positions are those of all tokens (0.47 here,
-    # within 0.05 over seeds); time-major priority drops the late ones (mean 0.68).
-    assert abs(relative[dropped].mean() - relative[real].mean()) < 0.1
+    # Sentence-major priority: the dropped tokens sit where all tokens sit (mean relative
+    # position 0.48 against 0.47 here) and first positions are dropped too (88% here); the
+    # time-major priority dropped late ones (0.58) and never a first position.
+    assert abs(relative[dropped].mean() - relative[real].mean()) < 0.05
+    assert dropped[:, 0].float().mean() > 0.25
 
 
 def _dense_weights_into_one_expert(dense, moe) -> None:
