@@ -106,3 +106,22 @@ def test_all_pad_batch_gives_zeros_and_finite_losses():
     assert all(torch.isfinite(v) for v in out.aux_losses.values())
     out.y.sum().backward()
     assert (x.grad == 0).all()
+
+
+def test_fairseq_layout_drops_whole_sentences_not_late_positions():
+    """On fairseq's ``[n, b, d]`` input the capacity priority is sentence by sentence, as in the
+    references (fairseq's MoE layer, tutel, Switch/GShard groups). Regression: time-major
+    priority dropped the late positions of every sentence (target ends and EOS most), so an
+    unbalanced router (X-MoE's) taught the model to predict them without the FFN that evaluation,
+    with every token kept, then gives them: over-long, looping outputs."""
+    n, b, e = 6, 4, 4
+    crowded = torch.zeros(b * n, 1, dtype=torch.long)  # every token -> expert 0
+    layer = MoEFeedForward(FixedRouter(e, crowded), ExpertBank(e, 8, 16), capacity_factor=1.0)
+    padding_mask = torch.zeros(b, n, dtype=torch.bool)
+    padding_mask[3, 4:] = True  # sentence 3 is two tokens shorter
+    torch.manual_seed(0)
+    out = layer.train().forward_tbd(torch.randn(n, b, 8), padding_mask)
+    assert out.plan.capacity == 6  # ceil(1.0 * 22 real tokens / 4)
+    kept = out.y.abs().sum(-1) > 0  # [n, b]; dropped tokens and pads get zero output
+    assert kept[:, 0].all()  # sentence 0 keeps every position, its last one included ...
+    assert not kept[:, 1:].any()  # ... and the later sentences lose theirs, first to last

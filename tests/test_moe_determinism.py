@@ -2,7 +2,7 @@
 
 import torch
 
-from moe_mt.moe import ExpertBank, MoEFeedForward, RandomRouter, TopKRouter
+from moe_mt.moe import ExpertBank, MoEFeedForward, RandomRouter, TopKRouter, sentence_index_tbd
 
 
 def run(seed, router_fn):
@@ -32,12 +32,12 @@ def test_random_router_is_seeded_at_every_granularity():
 def test_random_router_granularity():
     torch.manual_seed(0)
     n, b = 7, 5
-    sentence = torch.arange(b).repeat(n)  # flat [n * b] as flatten_tbd lays it out
+    sentence = sentence_index_tbd(n, b)  # flat [b * n] as flatten_tbd lays it out
     x = torch.randn(n * b, 8)
     per_batch = RandomRouter(16, "batch")(x).expert_index[:, 0]
     assert (per_batch == per_batch[0]).all()
     per_sentence = RandomRouter(16, "sentence")(x, sentence_index=sentence).expert_index[:, 0]
-    grid = per_sentence.view(n, b)
+    grid = per_sentence.view(b, n).t()
     assert (grid == grid[0]).all()  # one expert per sentence (column)
     assert len(set(grid[0].tolist())) > 1
     per_token = RandomRouter(16, "token")(x).expert_index[:, 0]

@@ -205,9 +205,10 @@ def test_tbd_helper_matches_flat():
     padding_mask = torch.zeros(b, n, dtype=torch.bool)
     padding_mask[1, 3:] = True
     out = layer.forward_tbd(x, padding_mask)
-    flat = layer(x.reshape(n * b, D), padding_mask.t().reshape(n * b))
+    # Sentence by sentence: flat row j * n + i is position i of sentence j.
+    flat = layer(x.transpose(0, 1).reshape(b * n, D), padding_mask.reshape(b * n))
     assert out.y.shape == (n, b, D)
-    torch.testing.assert_close(out.y.reshape(n * b, D), flat.y)
+    torch.testing.assert_close(out.y.transpose(0, 1).reshape(b * n, D), flat.y)
     assert (out.y[3:, 1] == 0).all()
 
 

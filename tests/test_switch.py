@@ -154,6 +154,32 @@ def test_capacity_drops_in_training_not_in_eval(prepped_demo):
     assert all(d >= 0.5 for d in dropped(False))
 
 
+def test_capacity_drops_are_not_the_ends_of_targets(prepped_demo):
+    """Regression (X-MoE decoded over-long, looping outputs): in training, the tokens an
+    overflowing expert drops sit anywhere in the targets, not at their ends. With time-major
+    capacity priority they were the late positions of every target (EOS most), which the model
+    learned to predict without the FFN that evaluation, keeping every token, gives them."""
+    task, model, _ = build(
+        prepped_demo, EVERY_LAYER, "model.moe.capacity_factor=0.5", arch="xmoe_transformer_demo"
+    )
+    sample = batch(task, n=32)
+    target = sample["target"]
+    real = target.ne(task.target_dictionary.pad())
+    # Relative position of each target token in its sentence, 0 (first) to < 1 (EOS).
+    relative = torch.arange(target.shape[1])[None] / real.sum(1, keepdim=True)
+    model.train()
+    with torch.no_grad():
+        _, extra = model(**sample["net_input"])
+    (decoder,) = [o.output for o in extra["moe"] if o.name.startswith("decoder.")]
+    dropped = decoder.y.abs().sum(-1).eq(0).t() & real  # [b, n]: no FFN output, not a pad
+    assert dropped.sum() >= 0.4 * real.sum()  # capacity 0.5 * T / E
+    # Sentence-major priority: the dropped tokens sit where all tokens sit (mean relative
+    # position 0.48 against 0.47 here) and first positions are dropped too (88% here); the
+    # time-major priority dropped late ones (0.58) and never a first position.
+    assert abs(relative[dropped].mean() - relative[real].mean()) < 0.05
+    assert dropped[:, 0].float().mean() > 0.25
+
+
 def _dense_weights_into_one_expert(dense, moe) -> None:
     """Copy every weight of ``dense`` into ``moe``: fc1/fc2 of each layer become expert 0."""
     state = {}

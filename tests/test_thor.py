@@ -258,9 +258,10 @@ def _decode_experts(task, model, sample, beam: int = 3):
 
     def record(name, out):
         keys = thor._SENTENCE_KEYS.get()
-        experts = out.routing.expert_index[:, 0].view(-1, keys.numel())  # [n, columns]
+        # Flat tokens sentence by sentence (flatten_tbd): [columns, n].
+        experts = out.routing.expert_index[:, 0].view(keys.numel(), -1)
         for column, key in enumerate(keys.tolist()):
-            seen.setdefault((name, key), set()).update(experts[:, column].tolist())
+            seen.setdefault((name, key), set()).update(experts[column].tolist())
 
     generator = task.build_generator(
         [model], argparse.Namespace(beam=beam, max_len_a=0, max_len_b=10)

@@ -75,6 +75,7 @@ from moe_mt.moe import (
     TopKRouter,
     flatten_tbd,
     sentence_index_tbd,
+    unflatten_tbd,
 )
 from moe_mt.moe.scoped import scoped_value
 
@@ -152,7 +153,7 @@ class MultiHeadMoE(nn.Module):
         n, b, _ = x.shape
         flat, flat_mask = flatten_tbd(x, padding_mask)
         out = self.forward(flat, flat_mask, sentence_index_tbd(n, b, x.device))
-        out.y = out.y.view(n, b, -1)
+        out.y = unflatten_tbd(out.y, n, b)
         return out
 
 

@@ -37,7 +37,14 @@ from moe_mt.moe.losses import combine_aux_losses, load_balance_loss, router_z_lo
 from moe_mt.moe.router_cosine import CosineRouter
 from moe_mt.moe.router_random import RandomRouter
 from moe_mt.moe.router_topk import TopKRouter
-from moe_mt.moe.routing import Router, Routing, flatten_tbd, route_top_k, sentence_index_tbd
+from moe_mt.moe.routing import (
+    Router,
+    Routing,
+    flatten_tbd,
+    route_top_k,
+    sentence_index_tbd,
+    unflatten_tbd,
+)
 from moe_mt.moe.soft import SoftRouting, SoftSlotRouter, soft_combine, soft_counts, soft_dispatch
 from moe_mt.moe.stats import MoEStats, dispatch_stats, mean_stats, router_entropy
 
@@ -69,6 +76,7 @@ __all__ = [
     "router_entropy",
     "router_z_loss",
     "sentence_index_tbd",
+    "unflatten_tbd",
     "soft_combine",
     "soft_counts",
     "soft_dispatch",

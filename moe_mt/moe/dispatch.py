@@ -8,7 +8,9 @@ Token priority under capacity: first choices before second choices (column 0 of
 token index first). An expert keeps its first ``capacity`` assignments in that order; the others
 are dropped and contribute zero output (the residual around the layer carries those tokens).
 For fairseq's ``[n, b, d]`` input flattened by :func:`~moe_mt.moe.routing.flatten_tbd`, sequence
-order visits position 0 of every sentence, then position 1, and so on.
+order is sentence by sentence (every position of sentence 0, then of sentence 1, ...), as in the
+references (fairseq's MoE layer, tutel, Switch/GShard groups): an overflowing expert drops the
+tokens of the batch's last sentences, not the late positions of every sentence.
 
 Moving rows is a gather in both directions: ``row_index`` (assignment -> grouped row) is the
 inverse of ``token_index`` (grouped row -> token), so the backward of dispatch and combine needs

@@ -16,7 +16,13 @@ from moe_mt.moe.conventions import apply_routing_conventions as _apply_conventio
 from moe_mt.moe.dispatch import DispatchPlan, combine, dispatch, expert_capacity, plan_dispatch
 from moe_mt.moe.eom import expert_output_mask
 from moe_mt.moe.experts import ExpertBank
-from moe_mt.moe.routing import Router, Routing, flatten_tbd, sentence_index_tbd
+from moe_mt.moe.routing import (
+    Router,
+    Routing,
+    flatten_tbd,
+    sentence_index_tbd,
+    unflatten_tbd,
+)
 from moe_mt.moe.stats import MoEStats, dispatch_stats
 
 
@@ -145,7 +151,7 @@ class MoEFeedForward(nn.Module):
         n, b, _ = x.shape
         flat, flat_mask = flatten_tbd(x, padding_mask)
         out = self.forward(flat, flat_mask, sentence_index_tbd(n, b, x.device))
-        out.y = out.y.view(n, b, -1)
+        out.y = unflatten_tbd(out.y, n, b)
         return out
 
 

@@ -61,25 +61,37 @@ def router_dtype(x: Tensor) -> torch.dtype:
 
 
 def flatten_tbd(x: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """fairseq layout to flat tokens.
+    """fairseq layout to flat tokens, sentence by sentence.
 
     Args:
         x: ``[n, b, d]`` (fairseq's time-major layer input).
         padding_mask: ``[b, n]`` bool, True = pad, or ``None``.
 
     Returns:
-        ``([n * b, d], [n * b] bool or None)``; flat index ``i * b + j`` is position ``i`` of
-        sentence ``j``, so "sequence order" over the flat batch visits position 0 of every
-        sentence first.
+        ``([b * n, d], [b * n] bool or None)``; flat index ``j * n + i`` is position ``i`` of
+        sentence ``j``. The flat order is the capacity priority (:mod:`moe_mt.moe.dispatch`), so
+        it is the references' batch-major order (fairseq's MoE layer and tutel flatten
+        ``[batch, length]``; Switch and GShard group consecutive tokens of ``[batch, length]``):
+        when an expert overflows, it drops the tokens of the batch's last sentences, whatever
+        their positions. Time-major order would drop the late positions of every sentence
+        first, the end of every target and its EOS most of all, so that a model trained with
+        capacity learns to predict those positions without the FFN, which evaluation (no
+        capacity) then gives them: over-long, looping outputs of an unbalanced router.
     """
     n, b, d = x.shape
-    flat_mask = None if padding_mask is None else padding_mask.t().reshape(n * b)
-    return x.reshape(n * b, d), flat_mask
+    flat = x.transpose(0, 1).reshape(b * n, d)
+    flat_mask = None if padding_mask is None else padding_mask.reshape(b * n)
+    return flat, flat_mask
+
+
+def unflatten_tbd(y: Tensor, n: int, b: int) -> Tensor:
+    """Flat ``[b * n, o]`` (the layout of :func:`flatten_tbd`) back to fairseq's ``[n, b, o]``."""
+    return y.view(b, n, -1).transpose(0, 1)
 
 
 def sentence_index_tbd(n: int, b: int, device: torch.device | None = None) -> Tensor:
-    """``[n * b]`` long: sentence (batch column) of each flat token of an ``[n, b, d]`` input."""
-    return torch.arange(b, device=device).repeat(n)
+    """``[b * n]`` long: sentence (batch column) of each flat token of :func:`flatten_tbd`."""
+    return torch.arange(b, device=device).repeat_interleave(n)
 
 
 class Router(torch.nn.Module):
