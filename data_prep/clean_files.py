@@ -29,11 +29,11 @@ def clean_files(
     max_line_chars: int,
     filters: clean.Filters,
     workers: int = 1,
-    on_lines: Callable[[int], None] = lambda lines: None,
+    on_lines: Callable[[int, int], None] = lambda read, total: None,
 ) -> tuple[validate.PairCounts, Counter, int]:
     """Write the pairs of ``inputs`` (source, target) that pass validation and cleaning to
     ``dests``; return the validation counts, the cleaning drops by filter and the pairs kept.
-    ``on_lines(n)`` is called with the lines read after each chunk."""
+    ``on_lines(read, total)`` is called after each chunk with its lines and the file's."""
     lines = validate.count_pair_lines(*inputs)
     counts, dropped, kept, seen = validate.PairCounts(), Counter(), 0, set()
     with (
@@ -54,7 +54,7 @@ def clean_files(
                 out_src.write(src + "\n")
                 out_tgt.write(tgt + "\n")
                 kept += 1
-            on_lines(read)
+            on_lines(read, lines)
     return counts, dropped, kept
 
 

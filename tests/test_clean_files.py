@@ -42,9 +42,10 @@ def _clean(tmp_path: Path, inputs, workers: int, filters=FILTERS):
     dests = (out / "train.en", out / "train.de")
     seen = []
     counts, dropped, kept = clean_files.clean_files(
-        inputs, dests, 40, filters, workers, seen.append
+        inputs, dests, 40, filters, workers, lambda read, total: seen.append((read, total))
     )
-    return counts, dropped, kept, [d.read_bytes() for d in dests], sum(seen)
+    assert len({total for _, total in seen}) <= 1  # the file's lines, every time
+    return counts, dropped, kept, [d.read_bytes() for d in dests], sum(read for read, _ in seen)
 
 
 @pytest.mark.parametrize("chunk_lines", [1, 3, 4, 100])

@@ -352,16 +352,14 @@ def clean_train(
     returns its manifest entry (line counts after each filter, drops by reason). No surviving
     pair is an error."""
     src, tgt = langs
-    task = progress.add_task(
-        f"validate + clean train {src}-{tgt}", total=validate.count_lines(inputs[src])
-    )
+    task = progress.add_task(f"validate + clean train {src}-{tgt}", total=None)
     counts, cleaned, kept = clean_files.clean_files(
         (inputs[src], inputs[tgt]),
         (dests[src], dests[tgt]),
         data_cfg.max_line_chars,
         clean.Filters.from_config(data_cfg.clean),
         _workers(data_cfg),
-        lambda lines: progress.advance(task, lines),
+        lambda read, total: progress.update(task, total=total, advance=read),
     )
     progress.remove_task(task)
 
