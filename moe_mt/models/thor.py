@@ -186,7 +186,7 @@ class ThorRouter(RandomRouter):
                 "(run the model's encoder, or use sentence_key_scope)"
             )
         experts = keyed_experts(keys, layer_salt(self.seed, self.name), self.num_experts)
-        return experts.cpu()[sentence_index.cpu()]
+        return experts[sentence_index.to(experts.device, non_blocking=True)]
 
 
 # -- options, layers, model -------------------------------------------------------------------
