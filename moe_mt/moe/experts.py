@@ -46,8 +46,9 @@ class ExpertBank(nn.Module):
             one matmul pair per expert over its contiguous rows, written in place, with its own
             backward; the fastest on the CPU), ``"loop"`` (the same loop under plain autograd)
             or ``"grouped_mm"`` (``torch.nn.functional.grouped_mm`` over device-side group
-            offsets: one kernel per weight and no host synchronisation; fp32/bf16/fp16 with rows
-            that are multiples of 16 bytes, else ``"fused"``).
+            offsets: one kernel per weight and no host synchronisation; bf16 on CUDA,
+            fp32/bf16/fp16 on the CPU, with rows that are multiples of 16 bytes, else
+            ``"fused"``, which reads the group sizes back to the host).
 
     Initialisation matches ``nn.Linear`` per expert: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
     """
@@ -149,10 +150,13 @@ class ExpertBank(nn.Module):
         return self(x, sizes)
 
     def _grouped_mm_supports(self, x: Tensor) -> bool:
-        """grouped_mm takes fp32/bf16/fp16 with row strides that are multiples of 16 bytes
-        (in the autocast dtype, which it computes in)."""
+        """grouped_mm takes row strides that are multiples of 16 bytes, in the dtype it computes
+        in (autocast's). On CUDA only bf16: torch's CUTLASS kernel (sm90/sm100) takes bf16
+        alone, and its fallback for other dtypes reads the offsets back to the host, which the
+        fused path does too, faster. On the CPU, fp32/bf16/fp16."""
         dtype = self._compute_dtype(x)
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        allowed = (torch.bfloat16,) if x.is_cuda else (torch.float32, torch.bfloat16, torch.float16)
+        if dtype not in allowed:
             return False
         size = torch.finfo(dtype).bits // 8
         return all((w * size) % 16 == 0 for w in (self.d_model, self.d_ff, self.d_out))
