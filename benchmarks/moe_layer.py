@@ -14,8 +14,10 @@ per-repeat ratios MoE / dense, for forward+backward (training mode) and forward 
 On CUDA the step is timed between device synchronisations, and half precision runs under
 ``torch.autocast`` (fp32 weights, the router in fp32 as always). ``--dispatch-plan`` picks the
 layer's plan (``auto``: static on CUDA, dynamic on the CPU; the other one for a before/after in
-one process), and ``--compile`` runs both modules under ``torch.compile`` (``reduce-overhead``:
-with CUDA graphs, which the static plan's fixed shapes allow). The last column is what an
+one process), ``--static-layout`` the static plan's expert layout (grouped GEMM over groups, or
+``bmm`` over fixed capacity slots where ``--capacity-factor`` sets one, in training), and
+``--compile`` runs both modules under ``torch.compile`` (``reduce-overhead``: with CUDA graphs,
+which the static plan's fixed shapes allow). The last column is what an
 expert-parallel step would move through all_to_all for this layer (dispatch and combine, forward
 and backward: ``4 k T d`` elements in the activations' precision), the number a projection to
 several devices starts from.
@@ -34,7 +36,7 @@ from torch import nn
 
 from moe_mt.moe import ExpertBank, MoEFeedForward, TopKRouter
 from moe_mt.moe.experts import IMPLS
-from moe_mt.moe.layer import PLANS
+from moe_mt.moe.layer import LAYOUTS, PLANS
 
 
 class DenseFFN(nn.Module):
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--impl", choices=list(IMPLS), default="auto")
     parser.add_argument("--dispatch-plan", choices=list(PLANS), default="auto")
+    parser.add_argument("--static-layout", choices=list(LAYOUTS), default="auto")
     parser.add_argument("--compile", choices=["none", "default", "reduce-overhead"], default="none")
     parser.add_argument("--capacity-factor", type=float, default=None, help="default: no drops")
     parser.add_argument("--repeats", type=int, default=7)
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, {where}, {args.dtype}, d={args.d}, f={args.f}, "
         f"T={args.tokens}, impl={args.impl}, plan={args.dispatch_plan}, "
+        f"layout={args.static_layout}, "
         f"compile={args.compile}, capacity factor={args.capacity_factor}, "
         f"median of {args.repeats}"
     )
@@ -165,8 +169,9 @@ def main(argv: list[str] | None = None) -> None:
             router = TopKRouter(args.d, e, k=k)
             bank = ExpertBank(e, args.d, args.f, impl=args.impl)
             moe = MoEFeedForward(
-                router, bank, args.capacity_factor, dispatch_plan=args.dispatch_plan
-            ).to(device)
+                router, bank, args.capacity_factor,
+                dispatch_plan=args.dispatch_plan, static_layout=args.static_layout,
+            ).to(device)  # fmt: skip
             with torch.no_grad():
                 load = moe(x).stats.tokens_per_expert.float()
             train = compare(dense, moe, x, grad, args.repeats, True, dtype, args.compile)

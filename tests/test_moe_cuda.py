@@ -120,12 +120,19 @@ def _any_layer(router: str, k: int):
     return _layer(router, k, 1.25)
 
 
-@pytest.mark.parametrize("mode", ["autocast", "half_model"])
+@pytest.mark.parametrize("mode", ["autocast", "half_model", "fp32"])
 @pytest.mark.parametrize(
     "router,k", [("topk", 1), ("topk", 2), ("cosine", 2), ("thor", 1), ("mhmoe", 2)]
 )
-def test_layer_never_waits_for_the_host(router, k, mode):
+@pytest.mark.parametrize("layout", ["auto", "slots"])
+def test_layer_never_waits_for_the_host(router, k, mode, layout):
+    """bf16 runs on grouped GEMMs (``auto``) or fixed slots; fp32 on fixed slots, which need a
+    capacity (THOR has none: in fp32 its groups run on the fused path, which reads the sizes)."""
+    if router == "thor" and (mode == "fp32" or layout == "slots"):
+        pytest.skip("THOR has no capacity: no fixed slots")
     layer = _any_layer(router, k).cuda()
+    moe = layer.moe if router == "mhmoe" else layer
+    moe.static_layout = layout
     x, pad, grad = _inputs("cuda")
     sentence = torch.arange(T) // 16  # on the CPU, as forward_tbd builds it
     if mode == "half_model":

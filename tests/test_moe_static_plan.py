@@ -59,11 +59,11 @@ def _run(layer, x, pad, grad, sentence=None):
     return out, x.grad, grads
 
 
-def _both(layer: MoEFeedForward):
+def _both(layer: MoEFeedForward, layout: str = "auto"):
     """The layer on the dynamic plan and an identical copy on the static one."""
     layer.dispatch_plan = "dynamic"
     static = copy.deepcopy(layer)
-    static.dispatch_plan = "static"
+    static.dispatch_plan, static.static_layout = "static", layout
     return layer, static
 
 
@@ -83,13 +83,34 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("router", ["topk", "cosine"])
 @pytest.mark.parametrize("k", [1, 2])
 @pytest.mark.parametrize("capacity", [None, 1.0, 0.5])
-@pytest.mark.parametrize("impl", ["fused", "grouped_mm", "loop"])
-def test_static_plan_keeps_and_computes_what_the_dynamic_plan_does(router, k, capacity, impl):
+@pytest.mark.parametrize(
+    "impl,layout",
+    [("fused", "groups"), ("grouped_mm", "groups"), ("loop", "groups"), ("fused", "slots")],
+)
+def test_static_plan_keeps_and_computes_what_the_dynamic_plan_does(
+    router, k, capacity, impl, layout
+):
+    if layout == "slots" and capacity is None:
+        pytest.skip("fixed slots need a capacity")
     torch.manual_seed(0)
     layer = MoEFeedForward(_router(router, k), ExpertBank(E, D, F, impl=impl), capacity)
-    dynamic, static = _both(layer.train())
+    dynamic, static = _both(layer.train(), layout)
     x, pad, grad, _ = _inputs()
-    _assert_same(_run(dynamic, x, pad, grad), _run(static, x, pad, grad))
+    out = _run(static, x, pad, grad)
+    assert (out[0].plan.slots is not None) == (layout == "slots")
+    _assert_same(_run(dynamic, x, pad, grad), out)
+
+
+def test_fixed_slots_are_sized_by_the_capacity_without_pads():
+    layer = MoEFeedForward(TopKRouter(D, E, k=2), ExpertBank(E, D, F), 1.0, dispatch_plan="static")
+    layer.static_layout = "slots"
+    x, pad, _, _ = _inputs()
+    plan = layer(x, pad).plan
+    assert plan.slots == 2 * T // E  # ceil(1.0 * k * T / E), pads counted: a host bound
+    assert int(plan.capacity) == -(-2 * int((~pad).sum()) // E)  # the capacity itself
+    assert plan.token_index.shape[0] == E * plan.slots
+    layer.capacity_factor = None  # no capacity: groups
+    assert layer(x, pad).plan.slots is None
 
 
 @pytest.mark.parametrize(
@@ -169,7 +190,8 @@ def test_aligned_groups_hold_each_experts_rows_in_priority_order(capacity):
     "router,k,capacity",
     [("topk", 1, 1.25), ("topk", 2, 1.0), ("cosine", 2, None), ("fixed", 1, None)],
 )
-def test_layer_compiles_whole_and_matches_eager(router, k, capacity):
+@pytest.mark.parametrize("layout", ["groups", "slots"])
+def test_layer_compiles_whole_and_matches_eager(router, k, capacity, layout):
     """``torch.compile(fullgraph=True)`` traces forward and backward with no graph break (it
     raises on one). ``aot_eager`` traces as inductor does without generating code, which the
     slow test below also does.
@@ -178,7 +200,9 @@ def test_layer_compiles_whole_and_matches_eager(router, k, capacity):
     per update, shared by the ranks of expert parallelism), which dynamo cannot trace; its
     fixed-expert mode is traced here, and its random mode runs sync-free on CUDA
     (``test_moe_cuda.py``)."""
-    _compile_and_compare(router, k, capacity, backend="aot_eager")
+    if layout == "slots" and capacity is None:
+        pytest.skip("fixed slots need a capacity")
+    _compile_and_compare(router, k, capacity, "aot_eager", layout)
 
 
 def test_mhmoe_compiles_whole():
@@ -196,15 +220,17 @@ def test_mhmoe_compiles_whole():
 
 @pytest.mark.slow
 def test_layer_compiles_with_inductor():
-    _compile_and_compare("topk", 2, 1.0, backend="inductor")
+    _compile_and_compare("topk", 2, 1.0, "inductor", "groups")
 
 
-def _compile_and_compare(router, k, capacity, backend):
+def _compile_and_compare(router, k, capacity, backend, layout):
     torch._dynamo.reset()
     torch.manual_seed(0)
     # bf16: torch's grouped_mm traces only in bf16 (the dtype of GPU training).
     bank = ExpertBank(E, D, F, impl="grouped_mm")
-    layer = MoEFeedForward(_router(router, k), bank, capacity, dispatch_plan="static")
+    layer = MoEFeedForward(
+        _router(router, k), bank, capacity, dispatch_plan="static", static_layout=layout
+    )
     layer = layer.to(torch.bfloat16).train()
     compiled_layer = copy.deepcopy(layer)
     x, pad, grad, sentence = _inputs(torch.bfloat16)

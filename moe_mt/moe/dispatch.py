@@ -81,6 +81,8 @@ class DispatchPlan:
             :func:`plan_dispatch` (the groups are ``counts``, and fill all ``m`` rows).
         row_valid: ``[m]`` bool, True for rows that hold a kept assignment; ``None`` when every
             row does (:func:`plan_dispatch`).
+        slots: rows per expert of the static plan's fixed-slot layout (``[e, slots, d]``), or
+            ``None``.
     """
 
     token_index: Tensor
@@ -92,6 +94,7 @@ class DispatchPlan:
     capacity: int | Tensor | None
     group_sizes: Tensor | None = None
     row_valid: Tensor | None = None
+    slots: int | None = None
 
     @property
     def rows_per_group(self) -> Tensor:
@@ -159,16 +162,24 @@ def plan_dispatch_static(
     capacity: int | Tensor | None = None,
     pad_mask: Tensor | None = None,
     align: int = 1,
+    slots: int | None = None,
 ) -> DispatchPlan:
     """:func:`plan_dispatch` with shapes fixed by ``expert_index`` ``[t, k]`` alone (no host sync).
 
     The same assignments are kept, in the same priority order, and each expert's kept rows are
     contiguous in the same order; ``capacity`` may be a scalar tensor on the device
-    (:meth:`~moe_mt.moe.layer.MoEFeedForward.capacity`). The grouped tensor has
-    ``m = k * t + e * (align - 1)`` rows: expert ``e``'s group starts where the previous one
-    ended, holds ``counts[e]`` kept rows and is padded to a multiple of ``align`` rows
-    (``group_sizes``); the rows after the last group are unused. Unused and padding rows gather
-    token 0 (finite values, so a grouped GEMM over them stays finite) and are never combined.
+    (:meth:`~moe_mt.moe.layer.MoEFeedForward.capacity`). Two layouts of the grouped tensor:
+
+    - groups (``slots=None``): ``m = k * t + e * (align - 1)`` rows; expert ``e``'s group starts
+      where the previous one ended, holds ``counts[e]`` kept rows and is padded to a multiple of
+      ``align`` rows (``group_sizes``); the rows after the last group are unused. For a grouped
+      GEMM over device-side offsets.
+    - fixed slots (``slots=C``, a host integer at least the capacity): ``m = e * C`` rows,
+      expert ``e`` owning rows ``[e * C, (e + 1) * C)``, its kept rows first: an ``[e, C, d]``
+      buffer for ``bmm`` (GShard's and Switch's dispatch tensor, without its one-hot einsum).
+
+    Unused and padding rows gather token 0 (finite values, so a matmul over them stays finite)
+    and are never combined.
     """
     t, k = expert_index.shape
     n, e, device = k * t, num_experts, expert_index.device
@@ -187,9 +198,15 @@ def plan_dispatch_static(
     if capacity is not None:
         keep_sorted &= rank < capacity
         counts = torch.clamp(counts, max=capacity)
-    group_sizes = counts if align == 1 else (counts + align - 1) // align * align
+    if slots is not None:
+        if capacity is None:
+            raise ValueError("fixed slots need a capacity (at most the slots)")
+        group_sizes = torch.full((e,), slots, dtype=torch.long, device=device)
+        m = e * slots
+    else:
+        group_sizes = counts if align == 1 else (counts + align - 1) // align * align
+        m = n + e * (align - 1)
     group_start = F.pad(torch.cumsum(group_sizes, 0), (1, 0))  # [e + 1]
-    m = n + e * (align - 1)
     # Row of each sorted assignment; m (a spare slot, cut off below) for those not kept.
     dest = torch.where(keep_sorted, group_start[sorted_expert] + rank, m)
     token_index = torch.zeros(m + 1, dtype=torch.long, device=device)
@@ -209,6 +226,7 @@ def plan_dispatch_static(
         capacity=capacity,
         group_sizes=group_sizes,
         row_valid=row_valid[:m],
+        slots=slots,
     )
 
 

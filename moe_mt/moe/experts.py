@@ -121,6 +121,25 @@ class ExpertBank(nn.Module):
             return self._forward_loop(x, sizes)
         return self._forward_fused(x, sizes)
 
+    def forward_slots(self, x: Tensor, slots: int) -> Tensor:
+        """Run ``x`` ``[e * slots, d]``, expert ``e`` on rows ``[e * slots, (e + 1) * slots)``,
+        as one ``bmm`` per weight over ``[e, slots, d]`` (any dtype, no host synchronisation).
+
+        Returns:
+            ``[e * slots, o]``.
+        """
+        e = self.num_experts
+        if x.shape[0] != e * slots:
+            raise ValueError(f"{x.shape[0]} rows are not {e} experts x {slots} slots")
+        h = torch.bmm(x.view(e, slots, -1), self.w1)  # autocast casts bmm's operands
+        if self.b1 is not None:
+            h = h + self.b1[:, None, :].to(h.dtype)
+        h = self.dropout(self.act(h))
+        y = torch.bmm(h, self.w2)
+        if self.b2 is not None:
+            y = y + self.b2[:, None, :].to(y.dtype)
+        return y.reshape(e * slots, -1)
+
     def _uses_grouped_mm(self, x: Tensor, counts: Tensor | list[int]) -> bool:
         """``grouped_mm`` runs when asked for, or under ``auto`` when the sizes are on a GPU
         (reading them back would stall it), and when it takes this dtype and these widths."""
@@ -148,6 +167,10 @@ class ExpertBank(nn.Module):
         sizes = [0] * self.num_experts
         sizes[expert] = x.shape[0]
         return self(x, sizes)
+
+    def grouped_gemm_runs(self, x: Tensor) -> bool:
+        """Whether group sizes held on ``x``'s device run as one grouped GEMM per weight."""
+        return self.impl in ("auto", "grouped_mm") and self._grouped_mm_supports(x)
 
     def _grouped_mm_supports(self, x: Tensor) -> bool:
         """grouped_mm takes row strides that are multiples of 16 bytes, in the dtype it computes

@@ -54,6 +54,7 @@ class MoEOutput:
 
 
 PLANS = ("auto", "static", "dynamic")
+LAYOUTS = ("auto", "groups", "slots")
 # Rows per expert group of the static plan on CUDA: a multiple of 16, as torchtitan pads its
 # groups for the grouped GEMM's tiles; elsewhere no padding.
 CUDA_GROUP_ALIGN = 16
@@ -77,6 +78,12 @@ class MoEFeedForward(nn.Module):
             ``torch.compile(fullgraph=True)`` need) or
             ``"dynamic"`` (:func:`~moe_mt.moe.dispatch.plan_dispatch`: only the kept rows; the
             faster on the CPU). Both keep the same assignments and give the same output.
+        static_layout: the static plan's expert layout: ``"groups"`` (contiguous groups for
+            one grouped GEMM per weight over device-side offsets), ``"slots"`` (an
+            ``[e, C, d]`` buffer per capacity ``C`` for ``bmm``, where there is a capacity: in
+            eval without one, groups) or ``"auto"``
+            (default: groups where the bank's grouped GEMM takes the dtype, bf16 on CUDA, else
+            slots when there is a capacity, else groups).
 
     Dropped assignments contribute zero output (the residual around the layer carries the
     token); see :mod:`moe_mt.moe.dispatch` for the token priority rule.
@@ -91,6 +98,7 @@ class MoEFeedForward(nn.Module):
         conventions: RoutingConventions | None = None,
         eom: float = 0.0,
         dispatch_plan: str = "auto",
+        static_layout: str = "auto",
     ) -> None:
         super().__init__()
         # A shard of an expert-parallel bank holds fewer experts than the layer routes to.
@@ -105,6 +113,9 @@ class MoEFeedForward(nn.Module):
         if dispatch_plan not in PLANS:
             raise ValueError(f"unknown dispatch_plan {dispatch_plan!r}; known: {PLANS}")
         self.dispatch_plan = dispatch_plan
+        if static_layout not in LAYOUTS:
+            raise ValueError(f"unknown static_layout {static_layout!r}; known: {LAYOUTS}")
+        self.static_layout = static_layout
 
     @property
     def num_experts(self) -> int:
@@ -134,19 +145,34 @@ class MoEFeedForward(nn.Module):
     def uses_static_plan(self, x: Tensor) -> bool:
         return self.dispatch_plan == "static" or (self.dispatch_plan == "auto" and x.is_cuda)
 
-    def plan_dispatch(self, routing: Routing, pad_mask: Tensor | None) -> DispatchPlan:
+    def plan_dispatch(self, routing: Routing, pad_mask: Tensor | None, x: Tensor) -> DispatchPlan:
         """Where each assignment goes, with this layer's capacity (static or dynamic plan)."""
         t, k, skip = routing.expert_index.shape[0], routing.k, routing.skip_mask(pad_mask)
-        if self.uses_static_plan(routing.expert_index):
+        if self.uses_static_plan(x):
             # The non-pad count stays on the device: capacity becomes a mask, not a shape.
             num_real = t if pad_mask is None else (~pad_mask).sum()
-            align = CUDA_GROUP_ALIGN if routing.expert_index.is_cuda else 1
+            align = CUDA_GROUP_ALIGN if x.is_cuda else 1
             capacity = self.capacity(num_real, k, t)
+            slots = self.static_slots(x, k)
             index = routing.expert_index
-            return plan_dispatch_static(index, self.num_experts, capacity, skip, align)
+            return plan_dispatch_static(index, self.num_experts, capacity, skip, align, slots)
         num_real = t if pad_mask is None else t - int(pad_mask.sum())
         capacity = self.capacity(num_real, k, t)
         return plan_dispatch(routing.expert_index, self.num_experts, capacity, skip)
+
+    def static_slots(self, x: Tensor, k: int) -> int | None:
+        """Rows per expert of the static plan's fixed-slot layout, ``None`` for groups.
+
+        The slots hold the capacity of a batch without pads (a host integer, at least the
+        capacity counted on the device) and at most every token.
+        """
+        t = x.shape[0]
+        bound = self.capacity(t, k, t)
+        if self.static_layout == "groups" or bound is None:  # no capacity, no slots
+            return None
+        if self.static_layout == "auto" and self.experts.grouped_gemm_runs(x):
+            return None
+        return min(bound, t)
 
     def combine_weight(self, routing: Routing, plan: DispatchPlan) -> Tensor:
         """``[t, k]`` weights of the kept outputs: renormalised over the kept choices with
@@ -171,8 +197,12 @@ class MoEFeedForward(nn.Module):
         """
         t = x.shape[0]
         routing = self.route(x, pad_mask, sentence_index)
-        plan = self.plan_dispatch(routing, pad_mask)
-        grouped = self.experts(dispatch(x, plan), plan.rows_per_group)
+        plan = self.plan_dispatch(routing, pad_mask, x)
+        rows = dispatch(x, plan)
+        if plan.slots is not None:
+            grouped = self.experts.forward_slots(rows, plan.slots)
+        else:
+            grouped = self.experts(rows, plan.rows_per_group)
         y = combine(grouped, plan, self.combine_weight(routing, plan), t)
         stats = dispatch_stats(
             plan.counts, plan.num_assignments, routing.stats.get("router_entropy")
