@@ -111,7 +111,8 @@ class ExpertBank(nn.Module):
         """
         if len(counts) != self.num_experts:
             raise ValueError(f"{len(counts)} group sizes for {self.num_experts} experts")
-        if self._uses_grouped_mm(x, counts):
+        # Sizes known on the host (a list) run best as plain matmuls; on a device, grouped.
+        if self.grouped_gemm_runs(x) and (isinstance(counts, Tensor) or self.impl == "grouped_mm"):
             sizes = counts if isinstance(counts, Tensor) else torch.tensor(counts)
             return self._forward_grouped_mm(x, sizes.to(x.device, non_blocking=True))
         sizes = counts.tolist() if isinstance(counts, Tensor) else list(counts)
@@ -140,14 +141,6 @@ class ExpertBank(nn.Module):
             y = y + self.b2[:, None, :].to(y.dtype)
         return y.reshape(e * slots, -1)
 
-    def _uses_grouped_mm(self, x: Tensor, counts: Tensor | list[int]) -> bool:
-        """``grouped_mm`` runs when asked for, or under ``auto`` when the sizes are on a GPU
-        (reading them back would stall it), and when it takes this dtype and these widths."""
-        wanted = self.impl == "grouped_mm" or (
-            self.impl == "auto" and isinstance(counts, Tensor) and counts.is_cuda
-        )
-        return wanted and self._grouped_mm_supports(x)
-
     def _forward_fused(self, x: Tensor, sizes: list[int]) -> Tensor:
         # Autocast does not reach the out= matmuls: cast once here to its dtype, then run off.
         device, dtype = x.device.type, self._compute_dtype(x)
@@ -169,8 +162,11 @@ class ExpertBank(nn.Module):
         return self(x, sizes)
 
     def grouped_gemm_runs(self, x: Tensor) -> bool:
-        """Whether group sizes held on ``x``'s device run as one grouped GEMM per weight."""
-        return self.impl in ("auto", "grouped_mm") and self._grouped_mm_supports(x)
+        """Whether group sizes held on ``x``'s device run as one grouped GEMM per weight: when
+        asked for, or under ``auto`` on a GPU (reading the sizes back would stall it), and when
+        ``grouped_mm`` takes this dtype and these widths."""
+        wanted = self.impl == "grouped_mm" or (self.impl == "auto" and x.is_cuda)
+        return wanted and self._grouped_mm_supports(x)
 
     def _grouped_mm_supports(self, x: Tensor) -> bool:
         """grouped_mm takes row strides that are multiples of 16 bytes, in the dtype it computes

@@ -143,6 +143,7 @@ class MoEFeedForward(nn.Module):
         return _apply_conventions(routing, self.conventions, pad_mask, generator)
 
     def uses_static_plan(self, x: Tensor) -> bool:
+        """Whether ``x`` takes the static plan (``dispatch_plan``, by device under ``auto``)."""
         return self.dispatch_plan == "static" or (self.dispatch_plan == "auto" and x.is_cuda)
 
     def plan_dispatch(self, routing: Routing, pad_mask: Tensor | None, x: Tensor) -> DispatchPlan:
