@@ -9,9 +9,15 @@ per-repeat ratios MoE / dense, for forward+backward (training mode) and forward 
     flock /tmp/moemt-cpu.lock python benchmarks/moe_layer.py            # the documented table
     python benchmarks/moe_layer.py --tokens 2048 --experts 8 --k 1 --repeats 3   # quick look
     python benchmarks/moe_layer.py --device cuda --dtype bf16 --repeats 50     # on a GPU
+    python benchmarks/moe_layer.py --device cuda --dtype bf16 --compile reduce-overhead
 
 On CUDA the step is timed between device synchronisations, and half precision runs under
-``torch.autocast`` (fp32 weights, the router in fp32 as always). The last column is what an
+``torch.autocast`` (fp32 weights, the router in fp32 as always). ``--dispatch-plan`` picks the
+layer's plan (``auto``: static on CUDA, dynamic on the CPU; the other one for a before/after in
+one process), ``--static-layout`` the static plan's expert layout (grouped GEMM over groups, or
+``bmm`` over fixed capacity slots where ``--capacity-factor`` sets one, in training), and
+``--compile`` runs both modules under ``torch.compile`` (``reduce-overhead``: with CUDA graphs,
+which the static plan's fixed shapes allow). The last column is what an
 expert-parallel step would move through all_to_all for this layer (dispatch and combine, forward
 and backward: ``4 k T d`` elements in the activations' precision), the number a projection to
 several devices starts from.
@@ -29,6 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from moe_mt.moe import ExpertBank, MoEFeedForward, TopKRouter
+from moe_mt.moe.experts import IMPLS
+from moe_mt.moe.layer import LAYOUTS, PLANS
 
 
 class DenseFFN(nn.Module):
@@ -40,18 +48,25 @@ class DenseFFN(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-def _train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, moe: bool) -> None:
+def _train_step(module: nn.Module, forward, x: torch.Tensor, grad: torch.Tensor) -> None:
     x.grad = None
     for p in module.parameters():
         p.grad = None  # as optimizer.zero_grad() in fairseq and torch: fresh grads every step
-    y = module(x).y if moe else module(x)
-    y.backward(grad)
+    forward(x).backward(grad)
 
 
-def _infer_step(module: nn.Module, x: torch.Tensor, moe: bool) -> None:
+def _infer_step(forward, x: torch.Tensor) -> None:
     with torch.inference_mode():
-        y = module(x)
-        _ = y.y if moe else y
+        forward(x)
+
+
+def _forward(module: nn.Module, moe: bool, compile_mode: str):
+    """``x -> y`` of the module, compiled whole if asked (the MoE layer returns its output's
+    ``y``)."""
+    fn = (lambda x: module(x).y) if moe else module
+    if compile_mode == "none":
+        return fn
+    return torch.compile(fn, mode=compile_mode, fullgraph=True)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -74,21 +89,30 @@ def _precision(device: torch.device, dtype: torch.dtype):
 
 
 def compare(
-    dense, moe, x, grad, repeats: int, train: bool, dtype: torch.dtype = torch.float32
+    dense,
+    moe,
+    x,
+    grad,
+    repeats: int,
+    train: bool,
+    dtype: torch.dtype = torch.float32,
+    compile_mode: str = "none",
 ) -> tuple[float, float, float]:
     """Median dense time, median MoE time, median per-repeat ratio MoE / dense."""
     dense.train(train)
     moe.train(train)
+    dense_fn, moe_fn = _forward(dense, False, compile_mode), _forward(moe, True, compile_mode)
     if train:
         steps = (
-            lambda: _train_step(dense, x, grad, False),
-            lambda: _train_step(moe, x, grad, True),
+            lambda: _train_step(dense, dense_fn, x, grad),
+            lambda: _train_step(moe, moe_fn, x, grad),
         )
     else:
-        steps = (lambda: _infer_step(dense, x, False), lambda: _infer_step(moe, x, True))
+        steps = (lambda: _infer_step(dense_fn, x), lambda: _infer_step(moe_fn, x))
     with _precision(x.device, dtype):
-        for step in steps:  # warm-up
-            step()
+        for step in steps:  # warm-up (compilation, CUDA graph recording)
+            for _ in range(3 if compile_mode != "none" else 1):
+                step()
         dense_t, moe_t = [], []
         for _ in range(repeats):
             dense_t.append(_timed(steps[0], x.device))
@@ -104,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--experts", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--impl", choices=["fused", "loop", "grouped_mm"], default="fused")
+    parser.add_argument("--impl", choices=list(IMPLS), default="auto")
+    parser.add_argument("--dispatch-plan", choices=list(PLANS), default="auto")
+    parser.add_argument("--static-layout", choices=list(LAYOUTS), default="auto")
+    parser.add_argument("--compile", choices=["none", "default", "reduce-overhead"], default="none")
     parser.add_argument("--capacity-factor", type=float, default=None, help="default: no drops")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
@@ -125,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"torch {torch.__version__}, {where}, {args.dtype}, d={args.d}, f={args.f}, "
-        f"T={args.tokens}, impl={args.impl}, capacity factor={args.capacity_factor}, "
+        f"T={args.tokens}, impl={args.impl}, plan={args.dispatch_plan}, "
+        f"layout={args.static_layout}, "
+        f"compile={args.compile}, capacity factor={args.capacity_factor}, "
         f"median of {args.repeats}"
     )
     print(
@@ -139,11 +168,14 @@ def main(argv: list[str] | None = None) -> None:
         for k in args.k:
             router = TopKRouter(args.d, e, k=k)
             bank = ExpertBank(e, args.d, args.f, impl=args.impl)
-            moe = MoEFeedForward(router, bank, capacity_factor=args.capacity_factor).to(device)
+            moe = MoEFeedForward(
+                router, bank, args.capacity_factor,
+                dispatch_plan=args.dispatch_plan, static_layout=args.static_layout,
+            ).to(device)  # fmt: skip
             with torch.no_grad():
                 load = moe(x).stats.tokens_per_expert.float()
-            train = compare(dense, moe, x, grad, args.repeats, True, dtype)
-            infer = compare(dense, moe, x, grad, args.repeats, False, dtype)
+            train = compare(dense, moe, x, grad, args.repeats, True, dtype, args.compile)
+            infer = compare(dense, moe, x, grad, args.repeats, False, dtype, args.compile)
             cells = [f"{(load.max() / load.mean()).item():.2f}"]
             cells += [f"{train[0] * 1e3:{ms}}", f"{train[1] * 1e3:{ms}}", f"{train[2]:.2f}"]
             cells += [f"{infer[0] * 1e3:{ms}}", f"{infer[1] * 1e3:{ms}}", f"{infer[2]:.2f}"]

@@ -50,6 +50,12 @@ lazily or not. Each patch names the test that fails without it.
    ``extra_state`` through :func:`checkpoint_extra_state` (what ``kill -9`` must not lose).
    Tests: ``tests/test_faults_train.py::test_disk_full_while_saving_a_checkpoint`` and
    ``::test_training_time_and_validations_survive_a_lost_summary``.
+8. ``--bf16`` on GPUs. fairseq 0.12.2's argument parser sets ``--tpu`` whenever ``--bf16`` is
+   given (bf16 was a TPU feature then), and its trainer then asks torch_xla for a TPU instead of
+   using the GPU (fairseq issue 4696; ``'NoneType' object has no attribute 'xla_device'``).
+   Everything else in fairseq's bf16 path is device-independent (the model and batches cast to
+   bf16, ``FP16Optimizer`` with fp32 master weights and no loss scaling), so we undo the implied
+   ``--tpu`` unless it was asked for. Test: ``tests/test_compat.py::test_bf16_does_not_imply_tpu``.
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ def apply() -> None:
     _after_import("fairseq.models.distributed_fairseq_model", _cpu_torch_ddp)
     _after_import("fairseq.checkpoint_utils", _checkpoint_writes)
     _after_import("fairseq.trainer", _checkpoint_extra_state)
+    _after_import("fairseq.options", _bf16_without_tpu)
     _applied = True
 
 
@@ -317,3 +324,21 @@ def _checkpoint_extra_state(module) -> None:
         return original(self, filename, extra_state)
 
     trainer_cls.save_checkpoint = save_checkpoint
+
+
+# -- 8. --bf16 without --tpu -------------------------------------------------------------------
+
+
+def _bf16_without_tpu(module) -> None:
+    parse_args_and_arch = module.parse_args_and_arch
+
+    def parse(parser, input_args=None, *args, **kwargs):
+        parsed = parse_args_and_arch(parser, input_args, *args, **kwargs)
+        given = sys.argv[1:] if input_args is None else input_args
+        namespaces = parsed if isinstance(parsed, tuple) else (parsed,)  # parse_known=True
+        for namespace in namespaces:
+            if getattr(namespace, "bf16", False) and "--tpu" not in given:
+                namespace.tpu = False
+        return parsed
+
+    module.parse_args_and_arch = parse

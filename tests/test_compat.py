@@ -209,3 +209,18 @@ def test_checkpoint_copies_are_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
     assert dst.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("tpu", [False, True])
+def test_bf16_does_not_imply_tpu(tpu):
+    """fairseq 0.12.2 turns ``--bf16`` into ``--tpu``, and its trainer then looks for a TPU on a
+    GPU machine; compat patch 8 keeps ``--tpu`` only where it was asked for."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = ["data-bin", "--arch", "transformer", "--task", "translation", "--bf16"]
+    argv += ["--tpu"] if tpu else []
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    assert args.bf16 and cfg.common.bf16
+    assert args.tpu is tpu and cfg.common.tpu is tpu and cfg.distributed_training.tpu is tpu

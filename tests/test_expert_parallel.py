@@ -5,7 +5,9 @@ Every case builds one MoE layer (same seed everywhere), gives each rank its own 
 for the concatenated batch, what the one-process layer gives: outputs, aux losses, and gradients
 of the input and of every parameter (shared parameters: the sum over ranks, as DDP reduces them;
 experts: each rank's shard). The per-rank loss is ``sum(y * c) + t_real * (0.3 balance + 0.7 z)``
-so that the ranks' losses sum to the one-process loss on the whole batch.
+so that the ranks' losses sum to the one-process loss on the whole batch. The reference
+conventions (fairseq/GShard: balance over first choices, renormalisation after dropping, the
+random or sampled second expert, fairseq's capacity formula) are cases too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.multiprocessing as mp
 import moe_mt  # noqa: F401  (compat patches before anything imports fairseq)
 from moe_mt.models.mhmoe import MultiHeadMoE
 from moe_mt.moe import CosineRouter, ExpertBank, MoEFeedForward, RandomRouter, TopKRouter
+from moe_mt.moe.conventions import RoutingConventions
 from moe_mt.moe.expert_parallel import (
     ExpertParallelMoE,
     expert_parallel_groups,
@@ -46,7 +49,20 @@ CASES = {
     "thor_batch": dict(router="random", granularity="batch", capacity=None, pads=True),
     "thor_sentence": dict(router="random", granularity="sentence", capacity=None, pads=True),
     "thor_token": dict(router="random", granularity="token", capacity=None, pads=True),
-}
+    # fairseq/GShard conventions: first-choice balance, weights renormalised after dropping,
+    # the random second expert (drawn for the global batch), fairseq's capacity formula
+    "top2_fairseq_conventions": dict(
+        router="topk", k=2, capacity=0.5, pads=True,
+        conventions=dict(
+            balance_choices="first", renormalize="after", second_expert_policy="random",
+            capacity_formula="fairseq",
+        ),
+    ),
+    "top2_sampled_second": dict(
+        router="topk", k=2, capacity=0.7, pads=True,
+        conventions=dict(second_expert_policy="sampling"),
+    ),
+}  # fmt: skip
 
 
 # -- running a function on 2 ranks -------------------------------------------------------------
@@ -99,7 +115,8 @@ def build_layer(case: dict) -> torch.nn.Module:
     # a shared-draw generator in the same state everywhere (the models' SharedDraws)
     router.generator = torch.Generator().manual_seed(7)
     experts = ExpertBank(E, d_in, F_HIDDEN)
-    layer = MoEFeedForward(router, experts, case["capacity"], case["capacity"])
+    conventions = RoutingConventions(**case.get("conventions", {}))
+    layer = MoEFeedForward(router, experts, case["capacity"], case["capacity"], conventions)
     if heads > 1:
         layer = MultiHeadMoE(D, heads, layer)
     return layer

@@ -8,17 +8,22 @@ Skipped without a GPU (CI has none); run on a GPU machine with
   (Switch Transformer §2.4, selective precision) and the routing decisions are those of the fp32
   layer on the same input; the experts compute in half precision; outputs and gradients stay
   close to the fp32 layer's.
-- The same fp32 layer gives the same routing, outputs and gradients on CUDA and on the CPU.
+- The same fp32 layer gives the same routing, outputs and gradients on CUDA and on the CPU
+  (the static dispatch plan on CUDA against the dynamic one on the CPU).
+- A training step (forward and backward) and an inference forward of every router's layer never
+  wait for the host (``torch.cuda.set_sync_debug_mode("error")`` raises on a synchronisation).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
 import torch
 
-from moe_mt.moe import CosineRouter, ExpertBank, MoEFeedForward, TopKRouter
+from moe_mt.models.mhmoe import MultiHeadMoE
+from moe_mt.moe import CosineRouter, ExpertBank, MoEFeedForward, RandomRouter, TopKRouter
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -103,3 +108,53 @@ def test_half_precision_keeps_the_router_fp32(precision, router, mode):
         assert torch.isfinite(grads[name]).all(), name
         scale = g.abs().max().item()
         assert (grads[name] - g).abs().max().item() <= 5 * tol * max(scale, 1e-3), name
+
+
+def _any_layer(router: str, k: int):
+    torch.manual_seed(0)
+    if router == "thor":
+        return MoEFeedForward(RandomRouter(E, granularity="sentence", seed=1), ExpertBank(E, D, F))
+    if router == "mhmoe":
+        inner = MoEFeedForward(TopKRouter(D // 2, E, k=k), ExpertBank(E, D // 2, F), 1.25)
+        return MultiHeadMoE(D, 2, inner)
+    return _layer(router, k, 1.25)
+
+
+@pytest.mark.parametrize("mode", ["autocast", "half_model", "fp32"])
+@pytest.mark.parametrize(
+    "router,k", [("topk", 1), ("topk", 2), ("cosine", 2), ("thor", 1), ("mhmoe", 2)]
+)
+@pytest.mark.parametrize("layout", ["auto", "slots"])
+def test_layer_never_waits_for_the_host(router, k, mode, layout):
+    """bf16 runs on grouped GEMMs (``auto``) or fixed slots; fp32 on fixed slots, which need a
+    capacity (THOR has none: in fp32 its groups run on the fused path, which reads the sizes)."""
+    if router == "thor" and (mode == "fp32" or layout == "slots"):
+        pytest.skip("THOR has no capacity: no fixed slots")
+    layer = _any_layer(router, k).cuda()
+    moe = layer.moe if router == "mhmoe" else layer
+    moe.static_layout = layout
+    x, pad, grad = _inputs("cuda")
+    sentence = torch.arange(T) // 16  # on the CPU, as forward_tbd builds it
+    if mode == "half_model":
+        layer, x, grad = layer.to(torch.bfloat16), x.to(torch.bfloat16), grad.to(torch.bfloat16)
+    context = torch.autocast("cuda", dtype=torch.bfloat16) if mode == "autocast" else None
+
+    def step():
+        layer.train()
+        x_ = x.detach().requires_grad_(True)
+        out = layer(x_, pad, sentence)
+        loss = (out.y.float() * grad.float()).sum() + sum(out.aux_losses.values())
+        loss.backward()
+        layer.eval()
+        with torch.no_grad():
+            layer(x, pad, sentence)
+
+    with context or contextlib.nullcontext():
+        step()  # warm-up: library handles and workspaces are created once, with syncs
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()

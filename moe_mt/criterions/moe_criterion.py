@@ -73,11 +73,12 @@ def moe_statistics(outputs: Sequence[MoELayerOutput]) -> dict[str, Tensor]:
         s = o.output.stats
         tokens = s.tokens_per_expert
         load = tokens * tokens.numel() / tokens.sum().clamp_min(1.0)  # 1.0 = a uniform share
-        rows.append(
-            [s.fraction_dropped, s.activation_rate, s.router_entropy, load.max(), load.min()]
-        )
+        row = [s.fraction_dropped, s.activation_rate, s.router_entropy, load.max(), load.min()]
+        # One stack on the layer's device and one read-back below, not one per value (each is
+        # a wait for the GPU); random routers report their entropy as a CPU constant.
+        rows.append(torch.stack([v.float().to(tokens.device, non_blocking=True) for v in row]))
     # nanmean: routers without a distribution (random routing) report a NaN entropy.
-    means = torch.tensor([[float(v) for v in row] for row in rows]).nanmean(0)
+    means = torch.stack(rows).nanmean(0).cpu()
     return dict(zip(STAT_KEYS, means, strict=True))
 
 

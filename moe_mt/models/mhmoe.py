@@ -152,7 +152,7 @@ class MultiHeadMoE(nn.Module):
         """fairseq's layout: ``x`` ``[n, b, d]``, ``padding_mask`` ``[b, n]`` -> ``[n, b, d]``."""
         n, b, _ = x.shape
         flat, flat_mask = flatten_tbd(x, padding_mask)
-        out = self.forward(flat, flat_mask, sentence_index_tbd(n, b, x.device))
+        out = self.forward(flat, flat_mask, sentence_index_tbd(n, b))
         out.y = unflatten_tbd(out.y, n, b)
         return out
 

@@ -112,7 +112,7 @@ class SoftMoEFeedForward(nn.Module):
         slots = soft_dispatch(x, routing)  # [e * b * s, d], grouped per expert
         counts = soft_counts(routing)
         y = soft_combine(self.experts(slots, counts), routing)
-        plan = _slot_plan(torch.tensor(counts, device=x.device))
+        plan = _slot_plan(torch.tensor(counts).to(x.device, non_blocking=True))
         stats = dispatch_stats(plan.counts, plan.num_assignments, routing.stats["router_entropy"])
         return MoEOutput(y=y, aux_losses={}, stats=stats, routing=routing, plan=plan)
 

@@ -186,7 +186,7 @@ class ThorRouter(RandomRouter):
                 "(run the model's encoder, or use sentence_key_scope)"
             )
         experts = keyed_experts(keys, layer_salt(self.seed, self.name), self.num_experts)
-        return experts.cpu()[sentence_index.cpu()]
+        return experts[sentence_index.to(experts.device, non_blocking=True)]
 
 
 # -- options, layers, model -------------------------------------------------------------------
@@ -253,7 +253,8 @@ def _name_router(layer: nn.Module) -> nn.Module:
 
 
 class ThorEncoder(MoEEncoder):
-    """The MoE encoder with THOR's layers; computes and returns each sentence's key."""
+    """The MoE encoder with THOR's layers; in eval mode it computes and returns each sentence's
+    key (training draws experts at random and needs none)."""
 
     options_class = ThorOptions
 
@@ -263,7 +264,9 @@ class ThorEncoder(MoEEncoder):
     def forward(
         self, src_tokens, src_lengths=None, return_all_hiddens: bool = False, token_embeddings=None
     ):
-        keys = source_keys(src_tokens, self.padding_idx)
+        # Training draws at random and reads no key: hashing the tokens on the host would make
+        # every step wait for the GPU.
+        keys = None if self.training else source_keys(src_tokens, self.padding_idx)
         with sentence_key_scope(keys):
             out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
         out[SENTENCE_KEY] = [keys]
@@ -271,8 +274,9 @@ class ThorEncoder(MoEEncoder):
 
     def reorder_encoder_out(self, encoder_out, new_order):
         reordered = super().reorder_encoder_out(encoder_out, new_order)
-        if encoder_out.get(SENTENCE_KEY):
-            reordered[SENTENCE_KEY] = [encoder_out[SENTENCE_KEY][0].index_select(0, new_order)]
+        keys = (encoder_out.get(SENTENCE_KEY) or [None])[0]
+        if keys is not None:
+            reordered[SENTENCE_KEY] = [keys.index_select(0, new_order)]
         return reordered
 
 

@@ -7,8 +7,12 @@ reused without a trainer. One shape for every token-choice method::
                                                      # combine_weight [t, k], aux_losses, stats
     plan = plan_dispatch(routing.expert_index, e, capacity, pad_mask)   # counts + permutation
     grouped = dispatch(x, plan)                      # [m, d], contiguous per expert
-    out = experts(grouped, plan.counts)              # ExpertBank, weights [e, d, f], [e, f, o]
+    out = experts(grouped, plan.rows_per_group)      # ExpertBank, weights [e, d, f], [e, f, o]
     y = combine(out, plan, routing.combine_weight, t)                   # [t, o]
+
+On CUDA the layer uses :func:`plan_dispatch_static` instead (shapes fixed by ``[t, k]``,
+capacity as a mask) and the bank one grouped GEMM per weight over device-side offsets, so that
+nothing in the step waits for the host.
 
 :class:`MoEFeedForward` is that pipeline as a layer (flat ``[t, d]`` or fairseq's ``[n, b, d]``
 via ``forward_tbd``). Soft MoE (per sentence, no discrete choice) uses
@@ -30,6 +34,7 @@ from moe_mt.moe.dispatch import (
     dispatch,
     expert_capacity,
     plan_dispatch,
+    plan_dispatch_static,
 )
 from moe_mt.moe.experts import ExpertBank
 from moe_mt.moe.layer import MoEFeedForward, MoEOutput
@@ -72,6 +77,7 @@ __all__ = [
     "load_balance_loss",
     "mean_stats",
     "plan_dispatch",
+    "plan_dispatch_static",
     "route_top_k",
     "router_entropy",
     "router_z_loss",

@@ -17,7 +17,7 @@ Axes: ``t`` this rank's tokens, ``T`` the global batch's tokens.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -46,30 +46,41 @@ class BatchScope:
 
 
 _SCOPE: ContextVar[BatchScope | None] = ContextVar("moemt_moe_batch_scope", default=None)
+# Blocks open with a scope, in any thread. torch.compile cannot trace ContextVar.get, and in one
+# process no scope is ever open: the layers then read only this plain global.
+_OPEN_SCOPES = 0
 
 
-def batch_scope(scope: BatchScope | None) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def batch_scope(scope: BatchScope | None) -> Iterator[None]:
     """Make ``scope`` visible to the routers and losses run inside the block."""
-    return scoped_value(_SCOPE, scope)
+    global _OPEN_SCOPES
+    opened = scope is not None
+    _OPEN_SCOPES += opened
+    try:
+        with scoped_value(_SCOPE, scope):
+            yield
+    finally:
+        _OPEN_SCOPES -= opened
 
 
 def current_scope() -> BatchScope | None:
-    return _SCOPE.get()
+    return _SCOPE.get() if _OPEN_SCOPES else None
 
 
 def global_sum(x: Tensor) -> Tensor:
     """``x`` summed over the global batch's ranks (``x`` itself in one process)."""
-    scope = _SCOPE.get()
+    scope = current_scope()
     return x if scope is None else scope.sum_fn(x)
 
 
 def draw_window(t: int) -> tuple[int, int]:
     """``(offset, total)``: draw ``total`` rows, keep ``[offset, offset + t)``."""
-    scope = _SCOPE.get()
+    scope = current_scope()
     return (0, t) if scope is None else (scope.token_offset, scope.total_tokens)
 
 
 def sentence_window(num_local: int) -> tuple[int, int]:
     """``(offset, total)`` of sentences, as :func:`draw_window` for tokens."""
-    scope = _SCOPE.get()
+    scope = current_scope()
     return (0, num_local) if scope is None else (scope.sentence_offset, scope.total_sentences)

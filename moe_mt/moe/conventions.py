@@ -36,7 +36,9 @@ Differences from the references, where they remain:
   probabilities, ``ce`` their zeroed masks); ours averages over non-pad tokens. Equal on batches
   without pads.
 - Under expert parallelism the fairseq formula's ``S`` is the group's global batch (moemt's
-  one-process semantics), not fairseq's per-rank count padded to the largest rank's.
+  one-process semantics), not fairseq's per-rank count padded to the largest rank's; every
+  convention gives there what one process gives on the concatenated batch
+  (``tests/test_expert_parallel.py``).
 - ``random`` with ``balance_choices=all`` counts the second choice in the balance loss before the
   random drop (the router's decision); fairseq always balances first choices only.
 - Draws (Gumbel noise, the ``random`` coin) come from the router's generator when it has one

@@ -18,6 +18,17 @@ no scatter-add (on CPU ``index_add`` is about 8x slower than ``index_select`` at
 
 The plan (a permutation plus per-expert counts) is separate from moving the data, so that expert
 parallelism can exchange the per-expert groups between ranks with ``all_to_all`` unchanged.
+
+Two plans, the same assignments kept and the same output:
+
+- :func:`plan_dispatch` (the CPU's): exactly the kept rows, ``m`` of them; its shapes depend on
+  the routing, so building it reads counts back to the host.
+- :func:`plan_dispatch_static` (CUDA's): ``k * t`` rows (plus alignment), whatever the routing;
+  capacity is a mask and the per-expert group sizes stay on the device, so no step of routing,
+  dispatch, expert computation or combine waits for the host. The experts run as one grouped
+  GEMM over device-side offsets (torchtitan's MoE does the same; it pads each group to a
+  multiple of 16 rows, as ``align`` does here). Rows outside the groups (dropped and pad
+  assignments, at the end) are computed by nobody and read by nobody.
 """
 
 from __future__ import annotations
@@ -31,14 +42,18 @@ from torch import Tensor
 
 
 def expert_capacity(
-    num_tokens: int, num_experts: int, k: int, capacity_factor: float | None
-) -> int | None:
+    num_tokens: int | Tensor, num_experts: int, k: int, capacity_factor: float | None
+) -> int | Tensor | None:
     """``ceil(capacity_factor * k * T / E)`` with ``T`` non-pad tokens; ``None`` = no dropping.
 
-    A factor of ``None`` or ``<= 0`` disables capacity (every assignment is kept).
+    A factor of ``None`` or ``<= 0`` disables capacity (every assignment is kept). With ``T`` a
+    scalar tensor (counted on the device) the capacity is a tensor there, computed in float64 in
+    the same order as Python's float arithmetic, hence the same integer.
     """
     if capacity_factor is None or capacity_factor <= 0:
         return None
+    if isinstance(num_tokens, Tensor):
+        return torch.ceil(num_tokens.double() * (capacity_factor * k) / num_experts).long()
     return math.ceil(capacity_factor * k * num_tokens / num_experts)
 
 
@@ -60,7 +75,14 @@ class DispatchPlan:
             (pads and drops); the inverse of ``token_index``/``choice_index``.
         kept: ``[t, k]`` bool, True where the assignment was dispatched (False for pads and drops).
         num_assignments: scalar long, non-pad assignments before capacity (``k`` per real token).
-        capacity: the per-expert capacity used, or ``None``.
+        capacity: the per-expert capacity used (a scalar tensor for the static plan), or ``None``.
+        group_sizes: ``[e]`` long, rows of each expert's group in the grouped tensor: ``counts``
+            rounded up to the static plan's alignment (its extra rows are padding), ``None`` for
+            :func:`plan_dispatch` (the groups are ``counts``, and fill all ``m`` rows).
+        row_valid: ``[m]`` bool, True for rows that hold a kept assignment; ``None`` when every
+            row does (:func:`plan_dispatch`).
+        slots: rows per expert of the static plan's fixed-slot layout (``[e, slots, d]``), or
+            ``None``.
     """
 
     token_index: Tensor
@@ -69,7 +91,15 @@ class DispatchPlan:
     counts: Tensor
     kept: Tensor
     num_assignments: Tensor
-    capacity: int | None
+    capacity: int | Tensor | None
+    group_sizes: Tensor | None = None
+    row_valid: Tensor | None = None
+    slots: int | None = None
+
+    @property
+    def rows_per_group(self) -> Tensor:
+        """``[e]`` rows of each expert's group, for :class:`~moe_mt.moe.experts.ExpertBank`."""
+        return self.counts if self.group_sizes is None else self.group_sizes
 
 
 def plan_dispatch(
@@ -126,6 +156,80 @@ def plan_dispatch(
     )
 
 
+def plan_dispatch_static(
+    expert_index: Tensor,
+    num_experts: int,
+    capacity: int | Tensor | None = None,
+    pad_mask: Tensor | None = None,
+    align: int = 1,
+    slots: int | None = None,
+) -> DispatchPlan:
+    """:func:`plan_dispatch` with shapes fixed by ``expert_index`` ``[t, k]`` alone (no host sync).
+
+    The same assignments are kept, in the same priority order, and each expert's kept rows are
+    contiguous in the same order; ``capacity`` may be a scalar tensor on the device
+    (:meth:`~moe_mt.moe.layer.MoEFeedForward.capacity`). Two layouts of the grouped tensor:
+
+    - groups (``slots=None``): ``m = k * t + e * (align - 1)`` rows; expert ``e``'s group starts
+      where the previous one ended, holds ``counts[e]`` kept rows and is padded to a multiple of
+      ``align`` rows (``group_sizes``); the rows after the last group are unused. For a grouped
+      GEMM over device-side offsets.
+    - fixed slots (``slots=C``, a host integer at least the capacity): ``m = e * C`` rows,
+      expert ``e`` owning rows ``[e * C, (e + 1) * C)``, its kept rows first: an ``[e, C, d]``
+      buffer for ``bmm`` (GShard's and Switch's dispatch tensor, without its one-hot einsum).
+
+    Unused and padding rows gather token 0 (finite values, so a matmul over them stays finite)
+    and are never combined.
+    """
+    t, k = expert_index.shape
+    n, e, device = k * t, num_experts, expert_index.device
+    flat_expert = expert_index.t().reshape(n)  # choice-major priority order, as plan_dispatch
+    if pad_mask is not None:
+        flat_expert = flat_expert.masked_fill(choice_major(pad_mask, k), e)
+    sorted_expert, order = torch.sort(flat_expert, stable=True)
+    ones = torch.ones(n, dtype=torch.long, device=device)
+    # scatter_add_, not bincount: bincount on CUDA reads its maximum back to the host.
+    counts_all = torch.zeros(e + 1, dtype=torch.long, device=device)
+    counts_all.scatter_add_(0, flat_expert, ones)
+    starts = torch.cumsum(counts_all, 0) - counts_all
+    rank = torch.arange(n, device=device) - starts[sorted_expert]
+    keep_sorted = sorted_expert < e
+    counts = counts_all[:e]
+    if capacity is not None:
+        keep_sorted &= rank < capacity
+        counts = torch.clamp(counts, max=capacity)
+    if slots is not None:
+        if capacity is None:
+            raise ValueError("fixed slots need a capacity (at most the slots)")
+        group_sizes = torch.full((e,), slots, dtype=torch.long, device=device)
+        m = e * slots
+    else:
+        group_sizes = counts if align == 1 else (counts + align - 1) // align * align
+        m = n + e * (align - 1)
+    group_start = F.pad(torch.cumsum(group_sizes, 0), (1, 0))  # [e + 1]
+    # Row of each sorted assignment; m (a spare slot, cut off below) for those not kept.
+    dest = torch.where(keep_sorted, group_start[sorted_expert] + rank, m)
+    token_index = torch.zeros(m + 1, dtype=torch.long, device=device)
+    token_index.scatter_(0, dest, order % t)
+    choice_index = torch.zeros(m + 1, dtype=torch.long, device=device)
+    choice_index.scatter_(0, dest, torch.div(order, t, rounding_mode="floor"))
+    row_valid = torch.zeros(m + 1, dtype=torch.bool, device=device).scatter_(0, dest, keep_sorted)
+    row_index = torch.empty(n, dtype=torch.long, device=device).scatter_(0, order, dest)
+    row_index = row_index.view(k, t).t().contiguous()
+    return DispatchPlan(
+        token_index=token_index[:m],
+        choice_index=choice_index[:m],
+        row_index=row_index,
+        counts=counts,
+        kept=row_index < m,
+        num_assignments=counts_all[:e].sum(),
+        capacity=capacity,
+        group_sizes=group_sizes,
+        row_valid=row_valid[:m],
+        slots=slots,
+    )
+
+
 def _gather_choice(src: Tensor, row_index: Tensor, j: int) -> Tensor:
     """``[t, d]``: ``src[row_index[:, j]]``, zero rows where ``row_index == len(src)`` (no row).
 
@@ -176,7 +280,8 @@ class _Combine(torch.autograd.Function):
         grad_y = grad_y.contiguous()
         grad_grouped = grad_weight = None
         if ctx.needs_input_grad[0]:
-            w = weight.reshape(-1).index_select(0, flat_choice).to(grad_y.dtype)
+            # flat_choice == t * k (rows without an assignment) picks the appended zero.
+            w = F.pad(weight.reshape(-1), (0, 1)).index_select(0, flat_choice).to(grad_y.dtype)
             grad_grouped = grad_y.index_select(0, token_index) * w[:, None]
         if ctx.needs_input_grad[1]:
             # d y[t] / d weight[t, j] = grouped[row_index[t, j]], gathered again (not stored).
@@ -200,6 +305,8 @@ def combine(grouped: Tensor, plan: DispatchPlan, combine_weight: Tensor, num_tok
     """
     k = combine_weight.shape[1]
     flat_choice = plan.token_index * k + plan.choice_index
+    if plan.row_valid is not None:  # unused rows get weight 0, hence no gradient
+        flat_choice = flat_choice.masked_fill(~plan.row_valid, num_tokens * k)
     return _Combine.apply(
         grouped.contiguous(), combine_weight, plan.row_index, plan.token_index, flat_choice
     )

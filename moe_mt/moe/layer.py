@@ -13,7 +13,14 @@ from torch import Tensor, nn
 
 from moe_mt.moe.conventions import RoutingConventions, fairseq_capacity, renormalize_kept
 from moe_mt.moe.conventions import apply_routing_conventions as _apply_conventions
-from moe_mt.moe.dispatch import DispatchPlan, combine, dispatch, expert_capacity, plan_dispatch
+from moe_mt.moe.dispatch import (
+    DispatchPlan,
+    combine,
+    dispatch,
+    expert_capacity,
+    plan_dispatch,
+    plan_dispatch_static,
+)
 from moe_mt.moe.eom import expert_output_mask
 from moe_mt.moe.experts import ExpertBank
 from moe_mt.moe.routing import (
@@ -46,6 +53,13 @@ class MoEOutput:
     plan: DispatchPlan
 
 
+PLANS = ("auto", "static", "dynamic")
+LAYOUTS = ("auto", "groups", "slots")
+# Rows per expert group of the static plan on CUDA: a multiple of 16, as torchtitan pads its
+# groups for the grouped GEMM's tiles; elsewhere no padding.
+CUDA_GROUP_ALIGN = 16
+
+
 class MoEFeedForward(nn.Module):
     """Sparse MoE replacement of a transformer FFN.
 
@@ -58,6 +72,18 @@ class MoEFeedForward(nn.Module):
         conventions: :class:`~moe_mt.moe.conventions.RoutingConventions` (reference conventions
             of the balance loss, top-k weights, second expert and capacity); default moemt's.
         eom: Expert Output Masking probability (:mod:`moe_mt.moe.eom`); 0 disables it.
+        dispatch_plan: ``"auto"`` (default: ``"static"`` on CUDA, ``"dynamic"`` elsewhere),
+            ``"static"`` (:func:`~moe_mt.moe.dispatch.plan_dispatch_static`: fixed shapes,
+            capacity as a mask, no host synchronisation; what a GPU and
+            ``torch.compile(fullgraph=True)`` need) or
+            ``"dynamic"`` (:func:`~moe_mt.moe.dispatch.plan_dispatch`: only the kept rows; the
+            faster on the CPU). Both keep the same assignments and give the same output.
+        static_layout: the static plan's expert layout: ``"groups"`` (contiguous groups for
+            one grouped GEMM per weight over device-side offsets), ``"slots"`` (an
+            ``[e, C, d]`` buffer per capacity ``C`` for ``bmm``, where there is a capacity: in
+            eval without one, groups) or ``"auto"``
+            (default: groups where the bank's grouped GEMM takes the dtype, bf16 on CUDA, else
+            slots when there is a capacity, else groups).
 
     Dropped assignments contribute zero output (the residual around the layer carries the
     token); see :mod:`moe_mt.moe.dispatch` for the token priority rule.
@@ -71,6 +97,8 @@ class MoEFeedForward(nn.Module):
         eval_capacity_factor: float | None = None,
         conventions: RoutingConventions | None = None,
         eom: float = 0.0,
+        dispatch_plan: str = "auto",
+        static_layout: str = "auto",
     ) -> None:
         super().__init__()
         # A shard of an expert-parallel bank holds fewer experts than the layer routes to.
@@ -82,14 +110,23 @@ class MoEFeedForward(nn.Module):
         self.conventions = conventions or RoutingConventions()
         self.conventions.check(router.k)
         self.eom = eom
+        if dispatch_plan not in PLANS:
+            raise ValueError(f"unknown dispatch_plan {dispatch_plan!r}; known: {PLANS}")
+        self.dispatch_plan = dispatch_plan
+        if static_layout not in LAYOUTS:
+            raise ValueError(f"unknown static_layout {static_layout!r}; known: {LAYOUTS}")
+        self.static_layout = static_layout
 
     @property
     def num_experts(self) -> int:
         return getattr(self.experts, "num_global_experts", self.experts.num_experts)
 
-    def capacity(self, num_tokens: int, k: int, total_tokens: int | None = None) -> int | None:
-        """Per-expert capacity for ``num_tokens`` non-pad tokens (``total_tokens`` with pads,
-        which fairseq's formula counts) in the current mode."""
+    def capacity(
+        self, num_tokens: int | Tensor, k: int, total_tokens: int | None = None
+    ) -> int | Tensor | None:
+        """Per-expert capacity for ``num_tokens`` non-pad tokens (an int, or a scalar tensor on
+        the device for the static plan; ``total_tokens`` with pads, which fairseq's formula
+        counts) in the current mode."""
         if self.conventions.capacity_formula == "fairseq":
             return fairseq_capacity(
                 num_tokens if total_tokens is None else total_tokens, self.num_experts, k,
@@ -104,6 +141,39 @@ class MoEFeedForward(nn.Module):
         routing = self.router(x, pad_mask, sentence_index=sentence_index)
         generator = getattr(self.router, "generator", None)
         return _apply_conventions(routing, self.conventions, pad_mask, generator)
+
+    def uses_static_plan(self, x: Tensor) -> bool:
+        """Whether ``x`` takes the static plan (``dispatch_plan``, by device under ``auto``)."""
+        return self.dispatch_plan == "static" or (self.dispatch_plan == "auto" and x.is_cuda)
+
+    def plan_dispatch(self, routing: Routing, pad_mask: Tensor | None, x: Tensor) -> DispatchPlan:
+        """Where each assignment goes, with this layer's capacity (static or dynamic plan)."""
+        t, k, skip = routing.expert_index.shape[0], routing.k, routing.skip_mask(pad_mask)
+        if self.uses_static_plan(x):
+            # The non-pad count stays on the device: capacity becomes a mask, not a shape.
+            num_real = t if pad_mask is None else (~pad_mask).sum()
+            align = CUDA_GROUP_ALIGN if x.is_cuda else 1
+            capacity = self.capacity(num_real, k, t)
+            slots = self.static_slots(x, k)
+            index = routing.expert_index
+            return plan_dispatch_static(index, self.num_experts, capacity, skip, align, slots)
+        num_real = t if pad_mask is None else t - int(pad_mask.sum())
+        capacity = self.capacity(num_real, k, t)
+        return plan_dispatch(routing.expert_index, self.num_experts, capacity, skip)
+
+    def static_slots(self, x: Tensor, k: int) -> int | None:
+        """Rows per expert of the static plan's fixed-slot layout, ``None`` for groups.
+
+        The slots hold the capacity of a batch without pads (a host integer, at least the
+        capacity counted on the device) and at most every token.
+        """
+        t = x.shape[0]
+        bound = self.capacity(t, k, t)
+        if self.static_layout == "groups" or bound is None:  # no capacity, no slots
+            return None
+        if self.static_layout == "auto" and self.experts.grouped_gemm_runs(x):
+            return None
+        return min(bound, t)
 
     def combine_weight(self, routing: Routing, plan: DispatchPlan) -> Tensor:
         """``[t, k]`` weights of the kept outputs: renormalised over the kept choices with
@@ -128,12 +198,12 @@ class MoEFeedForward(nn.Module):
         """
         t = x.shape[0]
         routing = self.route(x, pad_mask, sentence_index)
-        num_real = t if pad_mask is None else t - int(pad_mask.sum())
-        capacity = self.capacity(num_real, routing.k, t)
-        plan = plan_dispatch(
-            routing.expert_index, self.num_experts, capacity, routing.skip_mask(pad_mask)
-        )
-        grouped = self.experts(dispatch(x, plan), plan.counts)
+        plan = self.plan_dispatch(routing, pad_mask, x)
+        rows = dispatch(x, plan)
+        if plan.slots is not None:
+            grouped = self.experts.forward_slots(rows, plan.slots)
+        else:
+            grouped = self.experts(rows, plan.rows_per_group)
         y = combine(grouped, plan, self.combine_weight(routing, plan), t)
         stats = dispatch_stats(
             plan.counts, plan.num_assignments, routing.stats.get("router_entropy")
@@ -150,7 +220,7 @@ class MoEFeedForward(nn.Module):
         """
         n, b, _ = x.shape
         flat, flat_mask = flatten_tbd(x, padding_mask)
-        out = self.forward(flat, flat_mask, sentence_index_tbd(n, b, x.device))
+        out = self.forward(flat, flat_mask, sentence_index_tbd(n, b))
         out.y = unflatten_tbd(out.y, n, b)
         return out
 

@@ -105,7 +105,8 @@ class RandomRouter(Router):
                 index = torch.full((t,), self.fixed_expert, dtype=torch.long, device=x.device)
                 entropy = 0.0
             else:
-                index = self.draw(t, sentence_index, generator).to(x.device)
+                # Drawn on the CPU; a non-blocking copy does not make the GPU wait for the host.
+                index = self.draw(t, sentence_index, generator).to(x.device, non_blocking=True)
                 entropy = math.log(e)
             index = index.reshape(t, 1)
             weight = torch.ones(t, 1, dtype=dtype, device=x.device)

@@ -90,7 +90,11 @@ def unflatten_tbd(y: Tensor, n: int, b: int) -> Tensor:
 
 
 def sentence_index_tbd(n: int, b: int, device: torch.device | None = None) -> Tensor:
-    """``[b * n]`` long: sentence (batch column) of each flat token of :func:`flatten_tbd`."""
+    """``[b * n]`` long: sentence (batch column) of each flat token of :func:`flatten_tbd`.
+
+    The layers build it on the CPU whatever their device: it follows from the shape alone, and
+    the routers that use it draw on the CPU (THOR), so no value goes back from a GPU.
+    """
     return torch.arange(b, device=device).repeat_interleave(n)
 
 

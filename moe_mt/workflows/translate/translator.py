@@ -166,9 +166,12 @@ class Translator:
             raise MoeMtError(f"{checkpoint}: cannot load model with {bin_dir}: {first}") from exc
         num_updates = state_num_updates(state)
         del state
+        on_gpu = torch.cuda.is_available()  # decode where fairseq's trainer trains
         for model in models:
             model.eval()
             model.make_generation_fast_(beamable_mm_beam_size=options.beam, need_attn=False)
+            if on_gpu:
+                model.cuda()
         spm_files = manifest["files"]["spm"]
         spm_src, spm_tgt = (
             sentencepiece.SentencePieceProcessor(model_file=str(run.data / spm_files[lang]))
@@ -257,7 +260,12 @@ class Translator:
             strip = set(getattr(self.generator, "symbols_to_strip_from_output", None) or ())
             strip |= self._language_tokens()
             tgt_dict = self.task.target_dictionary
+            from fairseq.utils import move_to_cuda
+
+            on_gpu = any(p.is_cuda for m in self.models for p in m.parameters())
             for batch in batches:
+                if on_gpu:
+                    batch = move_to_cuda(batch)
                 results = self.task.inference_step(self.generator, self.models, batch)
                 for index, hypos in zip(batch["id"].tolist(), results, strict=True):
                     best = hypos[0]["tokens"]
