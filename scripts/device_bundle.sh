@@ -99,7 +99,7 @@ if fixed != files[meta]:
     digest = base64.urlsafe_b64encode(hashlib.sha256(fixed).digest()).rstrip(b"=")
     entry = b"%s,sha256=%s,%d" % (meta.filename.encode(), digest, len(fixed))
     name = re.escape(meta.filename.encode())
-    files[record] = re.sub(rb"(?m)^" + name + rb",[^\r\n]*", entry, count=1)
+    files[record] = re.sub(rb"(?m)^" + name + rb",[^\r\n]*", lambda _: entry, files[record])
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
         for info, data in files.items():
             wheel.writestr(info, data)

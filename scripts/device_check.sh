@@ -141,6 +141,17 @@ for entry in "${MODELS[@]}"; do
     step "eval_$name" 60 moemt eval "$WORK/runs/$name" "${EVAL_EXTRA[@]}"
 done
 
+# -- if time is left: the layer's dynamic plan (the path before the static one) and CUDA graphs --
+if [ "$REHEARSAL" = 1 ]; then
+    GRAPHS=(--compile default --experts 8 --k 1) # no CUDA graphs on the CPU: the compile path
+else
+    GRAPHS=(--compile reduce-overhead --experts 8 32 --k 1)
+fi
+step bench_bf16_dynamic 60 "$PYTHON" -P benchmarks/moe_layer.py "${BENCH[@]}" --dtype bf16 \
+    --dispatch-plan dynamic --experts 8 32 --k 1
+step bench_bf16_graphs 120 "$PYTHON" -P benchmarks/moe_layer.py "${BENCH[@]}" --dtype bf16 \
+    "${GRAPHS[@]}"
+
 # -- the report --------------------------------------------------------------------------------
 "$PYTHON" -P scripts/device_report.py "$WORK" "$OUT/report.md" || {
     echo "device_check: the report failed; the raw logs are in $OUT/logs.tar.gz" >&2

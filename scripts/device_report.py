@@ -148,8 +148,8 @@ def report(work: Path) -> str:
     ]
 
     out += ["## MoE layer benchmark (benchmarks/moe_layer.py)", ""]
-    for dtype in ("fp32", "bf16"):
-        out += [f"### {dtype}", "", "```", _tail(_read(logs / f"bench_{dtype}.log")), "```", ""]
+    for name in [row[0] for row in steps if row[0].startswith("bench_")] or ["bench_fp32"]:
+        out += [f"### {name}", "", "```", _tail(_read(logs / f"{name}.log")), "```", ""]
     out += ["## CUDA tests", "", "```", _tail(_read(logs / "cuda_tests.log"), 25), "```", ""]
 
     failed = [row[0] for row in steps if len(row) > 1 and row[1] != "ok"]
