@@ -1,4 +1,4 @@
-"""The one place that adapts fairseq 0.12.2 to Python 3.11, torch 2.13 and numpy 2.
+"""The one place that adapts fairseq 0.12.2 to Python 3.11 and 3.12, torch 2.13 and numpy 2.
 
 fairseq is never edited or vendored: :func:`apply` patches it at runtime, once per process,
 before fairseq is imported (``import moe_mt`` calls it). Patches to fairseq's own modules are
@@ -56,6 +56,15 @@ lazily or not. Each patch names the test that fails without it.
    Everything else in fairseq's bf16 path is device-independent (the model and batches cast to
    bf16, ``FP16Optimizer`` with fp32 master weights and no loss scaling), so we undo the implied
    ``--tpu`` unless it was asked for. Test: ``tests/test_compat.py::test_bf16_does_not_imply_tpu``.
+9. hydra's plugin scan (Python 3.12). fairseq builds its config through hydra-core 1.0.7, whose
+   plugin scan (``hydra.core.plugins.Plugins._scan_all_plugins``) loads each module it finds
+   with ``importer.find_module(name).load_module(name)`` on the importers ``pkgutil.
+   walk_packages`` yields; Python 3.12 removed ``find_module`` from the standard importers, so
+   every ``moemt train`` failed there (``'FileFinder' object has no attribute 'find_module'``).
+   The scan's module gets a ``pkgutil`` whose ``walk_packages`` yields, in place of each
+   importer, one that imports the module by name through ``importlib.import_module`` (the same
+   module object that the old protocol returned; an already imported one is not run again).
+   Test: ``tests/test_compat.py::test_hydra_plugin_scan_without_find_module``.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import importlib.abc
 import importlib.machinery
 import os
@@ -97,6 +107,7 @@ def apply() -> None:
     _after_import("fairseq.checkpoint_utils", _checkpoint_writes)
     _after_import("fairseq.trainer", _checkpoint_extra_state)
     _after_import("fairseq.options", _bf16_without_tpu)
+    _after_import("hydra.core.plugins", _hydra_plugin_scan)
     _applied = True
 
 
@@ -342,3 +353,37 @@ def _bf16_without_tpu(module) -> None:
         return parsed
 
     module.parse_args_and_arch = parse
+
+
+# -- 9. hydra's plugin scan without find_module ------------------------------------------------
+
+
+class _ImportByName:
+    """The importer protocol hydra 1.0.7's plugin scan uses, ``find_module(name)`` and then
+    ``load_module(name)``, served by ``importlib.import_module`` (Python 3.12 has no
+    ``find_module`` on its importers)."""
+
+    def find_module(self, fullname: str, path=None):
+        return self
+
+    def load_module(self, fullname: str):
+        return importlib.import_module(fullname)
+
+
+class _PkgutilImportingByName:
+    """``pkgutil`` for hydra's plugin scan: ``walk_packages`` pairs each module it finds with
+    an :class:`_ImportByName` instead of the importer that found it; the rest is pkgutil's."""
+
+    def __init__(self, pkgutil_module) -> None:
+        self._pkgutil = pkgutil_module
+
+    def __getattr__(self, name: str):
+        return getattr(self._pkgutil, name)
+
+    def walk_packages(self, *args, **kwargs):
+        for _importer, name, ispkg in self._pkgutil.walk_packages(*args, **kwargs):
+            yield _ImportByName(), name, ispkg
+
+
+def _hydra_plugin_scan(module) -> None:
+    module.pkgutil = _PkgutilImportingByName(module.pkgutil)

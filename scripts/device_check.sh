@@ -122,7 +122,8 @@ train_model() { # NAME RECIPE: bf16, and fp16 when bf16 fails (not when it ran o
     local name="$1" recipe="$2" run="$WORK/runs/$1" precision
     for precision in bf16 fp16; do
         echo "$precision" > "$run.precision"
-        rm -rf "$run/checkpoints" "$run/logs"
+        # A retry starts afresh: no checkpoint to resume, no log lines of the failed try.
+        rm -rf "$run/checkpoints" "$run/logs/train.log" "$run/logs/train_summary.json"
         step "train_${name}_$precision" "$3" moemt train "$recipe" run_dir="$run" \
             train.max_update="$UPDATES" "train.$precision=true" "${TRAIN_EXTRA[@]}"
         local rc=$?
@@ -143,7 +144,8 @@ done
 
 # -- if time is left: the layer's dynamic plan (the path before the static one) and CUDA graphs --
 if [ "$REHEARSAL" = 1 ]; then
-    GRAPHS=(--compile default --experts 8 --k 1) # no CUDA graphs on the CPU: the compile path
+    # No CUDA graphs on the CPU: the compiled static plan, the layer's default on CUDA.
+    GRAPHS=(--compile default --dispatch-plan static --experts 8 --k 1)
 else
     GRAPHS=(--compile reduce-overhead --experts 8 32 --k 1)
 fi

@@ -224,3 +224,38 @@ def test_bf16_does_not_imply_tpu(tpu):
     cfg = convert_namespace_to_omegaconf(args)
     assert args.bf16 and cfg.common.bf16
     assert args.tpu is tpu and cfg.common.tpu is tpu and cfg.distributed_training.tpu is tpu
+
+
+_NO_FIND_MODULE = """
+import importlib.machinery
+if hasattr(importlib.machinery.FileFinder, "find_module"):
+    del importlib.machinery.FileFinder.find_module  # as in Python 3.12
+"""
+
+
+def test_hydra_plugin_scan_without_find_module(monkeypatch):
+    """Python 3.12's importers have no ``find_module``, which hydra-core 1.0.7's plugin scan
+    calls (every ``moemt train`` failed there); compat patch 9 imports the scanned modules by
+    name instead. Simulated here by taking ``find_module`` away from the standard importer."""
+    import importlib.machinery
+
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+    from hydra.plugins.launcher import Launcher
+
+    if hasattr(importlib.machinery.FileFinder, "find_module"):
+        monkeypatch.delattr(importlib.machinery.FileFinder, "find_module")
+    monkeypatch.delitem(Singleton._instances, Plugins, raising=False)  # scan afresh
+    assert BasicLauncher in Plugins.instance().discover(Launcher)
+
+    # Negative control: the same scan with hydra's own pkgutil fails.
+    unpatched = _python(
+        "import moe_mt\n"
+        "import hydra.core.plugins as plugins\n"
+        "plugins.pkgutil = plugins.pkgutil._pkgutil\n"
+        + _NO_FIND_MODULE
+        + "plugins.Plugins.instance()\n"
+    )
+    assert unpatched.returncode != 0
+    assert "find_module" in unpatched.stderr
