@@ -21,7 +21,6 @@
 #   MOEMT_DEVICE_UPDATES     training updates per model (default 300; rehearsal 4)
 set -uo pipefail # no -e: a failed step is recorded, and the next one runs
 cd "$(dirname "$0")/.."
-REPO="$(pwd)"
 START=$SECONDS
 
 REHEARSAL="${MOEMT_DEVICE_REHEARSAL:-0}"
@@ -32,7 +31,6 @@ if [ "$REHEARSAL" = 1 ]; then
     OUT="${OUT:-/tmp/moemt-device-out}"
     DEADLINE_S="${MOEMT_DEVICE_DEADLINE_S:-1800}"
     UPDATES="${MOEMT_DEVICE_UPDATES:-4}"
-    DEVICE=cpu
     # Tiny layer sizes, few repeats; short greedy decoding of the barely trained models.
     BENCH=(--device cpu --d 64 --f 128 --tokens 512 --repeats 2)
     TRAIN_EXTRA=(train.log_interval=1)
@@ -41,13 +39,12 @@ else
     : "${OUT:?OUT is not set: run this through the device tool, or with --cpu to rehearse}"
     DEADLINE_S="${MOEMT_DEVICE_DEADLINE_S:-530}"
     UPDATES="${MOEMT_DEVICE_UPDATES:-300}"
-    DEVICE=cuda
     # docs/benchmarks.md's sizes; 10 interleaved repeats keep each dtype's table under a minute.
     BENCH=(--device cuda --d 512 --f 2048 --tokens 8192 --repeats 10)
     TRAIN_EXTRA=(train.log_interval=25)
     EVAL_EXTRA=()
 fi
-export OUT WORK REHEARSAL DEVICE UPDATES DEADLINE_S
+export OUT WORK REHEARSAL UPDATES DEADLINE_S
 LOGS="$WORK/logs"
 rm -rf "$WORK"
 mkdir -p "$OUT" "$LOGS" "$WORK/runs"
@@ -55,7 +52,11 @@ mkdir -p "$OUT" "$LOGS" "$WORK/runs"
 {
     if [ "$REHEARSAL" = 1 ]; then echo "mode: CPU rehearsal (--cpu)"; else echo "mode: GPU (cuda)"; fi
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "commit: $(git rev-parse --short HEAD 2> /dev/null || echo n/a)$(git diff --quiet HEAD 2> /dev/null || echo ' (with uncommitted changes)')"
+    # The device machine gets a copy of the working tree, maybe without .git.
+    if commit="$(git rev-parse --short HEAD 2> /dev/null)"; then
+        git diff --quiet HEAD 2> /dev/null || commit="$commit (with uncommitted changes)"
+    fi
+    echo "commit: ${commit:-n/a (no git checkout)}"
     echo "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null | head -1 || echo none)"
     echo "updates per model: $UPDATES; deadline: ${DEADLINE_S}s"
 } > "$WORK/env.txt"
