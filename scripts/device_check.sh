@@ -145,8 +145,9 @@ done
 
 # -- if time is left: the layer's dynamic plan (the path before the static one) and CUDA graphs --
 if [ "$REHEARSAL" = 1 ]; then
-    # No CUDA graphs on the CPU: the compiled static plan, the layer's default on CUDA.
-    GRAPHS=(--compile default --dispatch-plan static --experts 8 --k 1)
+    # No CUDA graphs on the CPU: the compiled static plan with the grouped GEMM, as on CUDA
+    # (the CPU's fused bank reads the group sizes back, which fullgraph refuses).
+    GRAPHS=(--compile default --dispatch-plan static --impl grouped_mm --experts 8 --k 1)
 else
     GRAPHS=(--compile reduce-overhead --experts 8 32 --k 1)
 fi
@@ -154,6 +155,13 @@ step bench_bf16_dynamic 60 "$PYTHON" -P benchmarks/moe_layer.py "${BENCH[@]}" --
     --dispatch-plan dynamic --experts 8 32 --k 1
 step bench_bf16_graphs 120 "$PYTHON" -P benchmarks/moe_layer.py "${BENCH[@]}" --dtype bf16 \
     "${GRAPHS[@]}"
+# The static plan's other layout: [E, C, d] slots for bmm under a capacity (training only; eval
+# has no capacity and runs on groups), in bf16 against the grouped GEMM and in fp32.
+for dtype in bf16 fp32; do
+    step "bench_${dtype}_slots" 45 "$PYTHON" -P benchmarks/moe_layer.py "${BENCH[@]}" \
+        --dtype "$dtype" --capacity-factor 1.25 --dispatch-plan static --static-layout slots \
+        --experts 8 32 --k 1 2
+done
 
 # -- the report --------------------------------------------------------------------------------
 "$PYTHON" -P scripts/device_report.py "$WORK" "$OUT/report.md" || {
