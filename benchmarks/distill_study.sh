@@ -11,7 +11,8 @@
 # under the shared CPU lock:
 #
 #   flock /tmp/moemt-cpu.lock bash benchmarks/distill_study.sh
-#   RUNS=/work/runs flock /tmp/moemt-cpu.lock bash benchmarks/distill_study.sh   # runs elsewhere
+#   RUNS=/elsewhere SWITCH=/elsewhere/demo_switch_fixed flock /tmp/moemt-cpu.lock \
+#       bash benchmarks/distill_study.sh     # runs in another directory, another Switch run
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 moemt="${MOEMT:-$here/.venv/bin/moemt}"
@@ -50,6 +51,10 @@ mkdir -p "$control"
 "$moemt" eval "$control"
 "$moemt" compare "$runs/demo" "$teacher" "$runs/study_kd_word" "$runs/study_kd_seq" "$control" \
   --out "$runs/study_compare/all"
+"$moemt" compare "$control" "$runs/study_kd_word" "$runs/study_kd_seq" \
+  --out "$runs/study_compare/vs-init-only"
+"$moemt" compare "$teacher" "$runs/study_kd_word" "$runs/study_kd_seq" "$control" \
+  --out "$runs/study_compare/vs-teacher"
 
 # 3. The int8 export of the student with the higher BLEU in CTranslate2 against the teacher in
 # fairseq: same split, beam and threads, two alternating rounds (others hold back while
