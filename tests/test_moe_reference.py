@@ -114,8 +114,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("k,factor,padded,impl,dtype,tol", CASES)
-def test_layer_matches_per_token_reference(k, factor, padded, impl, dtype, tol):
+@pytest.mark.parametrize("plan", ["dynamic", "static-groups", "static-slots"])
+def test_layer_matches_per_token_reference(k, factor, padded, impl, dtype, tol, plan):
+    """Both dispatch plans (the CPU's and CUDA's) and the static plan's two layouts."""
     layer = make_layer(k, impl, dtype, factor)
+    layer.dispatch_plan, _, layout = plan.partition("-")
+    layer.static_layout = layout or "auto"
     x = torch.randn(T, D, dtype=dtype, requires_grad=True)
     pad = torch.rand(T) < 0.3 if padded else None
     out = layer(x, pad)
