@@ -80,6 +80,7 @@ def test_word_level_end_to_end_through_the_cli(teacher, tmp_path):
     assert info["architecture"]["family"] == "dense" and info["checkpoint"]["num_updates"] == 3
 
 
+@pytest.mark.slow  # end-to-end run, seconds (the default run stays near 6 min)
 def test_sequence_level_end_to_end_and_resume(teacher, tmp_path):
     student = tmp_path / "student"
     extra = ("distill.mode=sequence", "distill.max_sentences=150", "distill.chunk_lines=50",
@@ -149,6 +150,7 @@ def test_demo_recipe_loads():
     )
 
 
+@pytest.mark.slow  # end-to-end run, seconds (the default run stays near 6 min)
 def test_thor_teacher_word_level(prepped_demo, tmp_path):
     """An MoE (THOR) teacher: FFNs from the mean of its experts, its inference mode passed to
     the criterion, and the student trains a few updates."""

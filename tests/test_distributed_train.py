@@ -184,6 +184,7 @@ with Watchdog(1.0, "rank 0: silent"):
 """
 
 
+@pytest.mark.slow  # end-to-end run, seconds (the default run stays near 6 min)
 def test_watchdog_ends_a_silent_process():
     """Forwards count as progress; a second without one ends the process with one error line."""
     result = subprocess.run(

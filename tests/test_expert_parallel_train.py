@@ -90,6 +90,7 @@ def _model_worker(rank: int, run_dir: str, out_dir: str) -> None:
     )
 
 
+@pytest.mark.slow  # end-to-end run, seconds (the default run stays near 6 min)
 def test_expert_parallel_model_on_two_ranks(prepped_demo, tmp_path):
     task, one = build(prepped_demo, "model.expert_parallel_size=1")
     full = {k: torch.randn_like(v) if ".experts." in k else v for k, v in one.state_dict().items()}

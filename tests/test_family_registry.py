@@ -129,6 +129,7 @@ def test_a_block_no_family_counts_is_an_error(prepped_demo):
         summarize(model, cfg.model.arch)
 
 
+@pytest.mark.slow  # end-to-end run, seconds (the default run stays near 6 min)
 def test_moemt_train_trains_the_toy_family_named_in_moemt_plugins(prepped_demo, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(prepped_demo, run_dir)

@@ -574,6 +574,7 @@ def test_legacy_bleu_per_direction_of_a_multilingual_run(recipe, trained, tmp_pa
         assert legacy is not None and 0 <= legacy["score"] <= 100
 
 
+@pytest.mark.slow  # end-to-end run, seconds (the default run stays near 6 min)
 def test_word_level_distillation_of_a_multilingual_run(recipe, trained, tmp_path):
     from moe_mt.workflows.distill import distill
 

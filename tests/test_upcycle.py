@@ -175,6 +175,7 @@ def test_upcycled_model_reproduces_the_dense_model_before_any_update(
     torch.testing.assert_close(got[real], expected[real], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # end-to-end run, seconds (the default run stays near 6 min)
 def test_train_upcycle_from_a_dense_run_logs_every_tensor(prepped_demo, tmp_path):
     dense_dir, moe_dir = tmp_path / "dense", tmp_path / "moe"
     for run in (dense_dir, moe_dir):
