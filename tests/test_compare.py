@@ -98,6 +98,13 @@ def test_refusals_name_runs_and_field(two_runs, tmp_path):
 
     with pytest.raises(MoeMtError, match="no eval report"):
         compare([early, tmp_path], tmp_path / "o4", summaries=False)
+    # A missing run, and an eval directory without its report, are named as given.
+    with pytest.raises(MoeMtError, match=f"^{tmp_path / 'gone'}: no such run directory$"):
+        compare([early, tmp_path / "gone"], tmp_path / "o5", summaries=False)
+    unfinished = other / "eval" / "test-best"
+    unfinished.mkdir()
+    with pytest.raises(MoeMtError, match=f"^{unfinished}: no report.json here"):
+        compare([early, unfinished], tmp_path / "o6", summaries=False)
 
 
 def test_named_eval_of_an_earlier_checkpoint(two_runs, tmp_path):

@@ -62,8 +62,14 @@ class RunRecord:
 def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> RunRecord:
     """The run's report of ``split`` in ``eval/<eval_name or split>/`` and its train summary;
     ``run_dir`` may also be an eval directory of a run (``RUN_DIR/eval/<name>``)."""
+    given = run_dir
     run_dir = Path(run_dir).resolve()
     name = run_dir.name
+    if not run_dir.is_dir():
+        raise MoeMtError(f"{given}: no such run directory")
+    if run_dir.parent.name == "eval" and not (run_dir / REPORT).is_file():
+        # An eval directory without its report: name it, not RUN_DIR/eval/NAME/eval/test/.
+        raise MoeMtError(f"{given}: no {REPORT} here; has `moemt eval` finished for it?")
     if (run_dir / REPORT).is_file() and run_dir.parent.name == "eval":
         report_path, run_dir = run_dir / REPORT, run_dir.parent.parent
         name = f"{run_dir.name}/{report_path.parent.name}"
