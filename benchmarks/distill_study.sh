@@ -4,8 +4,9 @@
 # baseline's 1,800 updates, its word-level (w=0.25) and sequence-level students (the dense demo
 # model, 1,800 updates, initialised from the teacher's non-expert weights), a control trained
 # from the same initialisation without the teacher, and the paired bootstrap of each against the
-# baseline, the control and the teacher. Last, the int8 export of the Switch teacher's better
-# student against that teacher in fairseq, in alternating rounds as ct2_decode.sh.
+# baseline, the control and the teacher; then the word-level student and the control again with
+# a second seed. Last, the int8 export of the Switch teacher's better student against that
+# teacher in fairseq, in alternating rounds as ct2_decode.sh.
 #
 # Needs, in $RUNS (default runs/), the trained and evaluated dense baseline (recipes/demo.yaml ->
 # demo) and the trained Switch and THOR demos (recipes/demo_switch.yaml -> demo_switch,
@@ -60,8 +61,30 @@ study() {
   "$moemt" compare "$teacher" "$word" "$seq" "$control" --out "$out/vs-teacher"
 }
 
+# reseed TEACHER STUDENTS CONTROL: the word-level student and the control again with
+# train.seed=2 (same teacher, same initialisation): the training noise of the student-against-
+# control difference.
+reseed() {
+  local teacher="$runs/$1" word="$runs/${2}word" control="$runs/$3" out="$runs/study_compare/$1"
+  local word2="${word}_s2" control2="${control}_s2"
+  "$moemt" distill "$here/recipes/demo_distill.yaml" distill.teacher="$teacher" \
+    distill.baseline="$runs/demo" train.seed=2 run_dir="$word2"
+  mkdir -p "$control2"
+  [ -d "$control2/data" ] || cp -a "$word2/data" "$control2/data"
+  [ -f "$control2/config.yaml" ] || cp "$word2/config.yaml" "$control2/config.yaml"
+  "$moemt" train "$control2" name="$(basename "$control2")" train.seed=2 \
+    train.criterion=label_smoothed_cross_entropy 'train.fairseq_args=[]' \
+    --finetune-from "$word2/distill/init.pt"
+  "$moemt" eval "$control2"
+  "$moemt" compare "$control2" "$word2" --out "$out/seed2-vs-init-only"
+  "$moemt" compare "$control" "$control2" --out "$out/control-seed1-vs-seed2"
+  "$moemt" compare "$word" "$word2" --out "$out/word-seed1-vs-seed2"
+}
+
 study "${SWITCH:-$runs/demo_switch}" study_switch_t study_kd_ study_init_only
 study "${THOR:-$runs/demo_thor}" study_thor_t study_thor_kd_ study_thor_init_only
+reseed study_switch_t study_kd_ study_init_only
+reseed study_thor_t study_thor_kd_ study_thor_init_only
 
 # 4. The int8 export of the Switch teacher's student with the higher BLEU in CTranslate2 against
 # the teacher in fairseq: same split, beam and threads, two alternating rounds (others hold back
