@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.common.rundir import atomic_write_json, atomic_write_text
+from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.common.text import read_lines
 from moe_mt.workflows.evaluate.report import REPORT, decoding_speed, hypotheses_file, read_report
 from moe_mt.workflows.evaluate.scoring import METRICS, paired_bootstrap
@@ -67,7 +67,8 @@ def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> R
     name = run_dir.name
     if not run_dir.is_dir():
         raise MoeMtError(f"{given}: no such run directory")
-    if run_dir.parent.name == "eval" and not (run_dir / REPORT).is_file():
+    in_a_run = run_dir.parent.name == "eval" and RunDir(run_dir.parent.parent).config.is_file()
+    if in_a_run and not (run_dir / REPORT).is_file():
         # An eval directory without its report: name it, not RUN_DIR/eval/NAME/eval/test/.
         raise MoeMtError(f"{given}: no {REPORT} here; has `moemt eval` finished for it?")
     if (run_dir / REPORT).is_file() and run_dir.parent.name == "eval":
