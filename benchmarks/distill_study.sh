@@ -23,6 +23,21 @@ python="${PYTHON:-$here/.venv/bin/python}"
 runs="$(realpath "${RUNS:-runs}")"
 updates="${TEACHER_UPDATES:-3600}"
 
+# train_control STUDENT CONTROL [OVERRIDES]: the student's initialisation (STUDENT/distill/init.pt)
+# trained and evaluated in CONTROL as the baseline (its recipe's criterion, 1,800 updates)
+# without the teacher: what the initialisation alone brings.
+train_control() {
+  local word="$1" control="$2"
+  shift 2
+  mkdir -p "$control"
+  [ -d "$control/data" ] || cp -a "$word/data" "$control/data"
+  [ -f "$control/config.yaml" ] || cp "$word/config.yaml" "$control/config.yaml"
+  "$moemt" train "$control" name="$(basename "$control")" "$@" \
+    train.criterion=label_smoothed_cross_entropy 'train.fairseq_args=[]' \
+    --finetune-from "$word/distill/init.pt"
+  "$moemt" eval "$control"
+}
+
 # study SOURCE TEACHER STUDENTS CONTROL: the teacher, its students and the control for one MoE
 # run, in $runs/TEACHER, $runs/STUDENTS{word,seq} and $runs/CONTROL; comparisons in
 # $runs/study_compare/TEACHER/.
@@ -47,15 +62,8 @@ study() {
   "$moemt" distill "$here/recipes/demo_distill.yaml" "${common[@]}" distill.mode=sequence \
     run_dir="$seq"
 
-  # 3. Control: the students' initialisation (distill/init.pt) trained as the baseline (its
-  # recipe's criterion, 1,800 updates) without the teacher: what the initialisation alone brings.
-  mkdir -p "$control"
-  [ -d "$control/data" ] || cp -a "$word/data" "$control/data"
-  [ -f "$control/config.yaml" ] || cp "$word/config.yaml" "$control/config.yaml"
-  "$moemt" train "$control" name="$(basename "$control")" \
-    train.criterion=label_smoothed_cross_entropy 'train.fairseq_args=[]' \
-    --finetune-from "$word/distill/init.pt"
-  "$moemt" eval "$control"
+  # 3. The control, and the comparisons.
+  train_control "$word" "$control"
   "$moemt" compare "$runs/demo" "$teacher" "$word" "$seq" "$control" --out "$out/all"
   "$moemt" compare "$control" "$word" "$seq" --out "$out/vs-init-only"
   "$moemt" compare "$teacher" "$word" "$seq" "$control" --out "$out/vs-teacher"
@@ -69,13 +77,7 @@ reseed() {
   local word2="${word}_s2" control2="${control}_s2"
   "$moemt" distill "$here/recipes/demo_distill.yaml" distill.teacher="$teacher" \
     distill.baseline="$runs/demo" train.seed=2 run_dir="$word2"
-  mkdir -p "$control2"
-  [ -d "$control2/data" ] || cp -a "$word2/data" "$control2/data"
-  [ -f "$control2/config.yaml" ] || cp "$word2/config.yaml" "$control2/config.yaml"
-  "$moemt" train "$control2" name="$(basename "$control2")" train.seed=2 \
-    train.criterion=label_smoothed_cross_entropy 'train.fairseq_args=[]' \
-    --finetune-from "$word2/distill/init.pt"
-  "$moemt" eval "$control2"
+  train_control "$word2" "$control2" train.seed=2
   "$moemt" compare "$control2" "$word2" --out "$out/seed2-vs-init-only"
   "$moemt" compare "$control" "$control2" --out "$out/control-seed1-vs-seed2"
   "$moemt" compare "$word" "$word2" --out "$out/word-seed1-vs-seed2"
@@ -83,6 +85,10 @@ reseed() {
 
 study "${SWITCH:-$runs/demo_switch}" study_switch_t study_kd_ study_init_only
 study "${THOR:-$runs/demo_thor}" study_thor_t study_thor_kd_ study_thor_init_only
+# THOR's teacher also decoded with the mean of its experts' outputs (E x the FFN cost).
+"$moemt" eval "$runs/study_thor_t" eval.thor_inference=mean eval.name=test-mean
+"$moemt" compare "$runs/demo" "$runs/study_thor_t/eval/test-mean" \
+  --out "$runs/study_compare/study_thor_t/teacher-mean"
 reseed study_switch_t study_kd_ study_init_only
 reseed study_thor_t study_thor_kd_ study_thor_init_only
 
