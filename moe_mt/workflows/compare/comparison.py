@@ -67,13 +67,13 @@ def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> R
     name = run_dir.name
     if not run_dir.is_dir():
         raise MoeMtError(f"{given}: no such run directory")
-    in_a_run = run_dir.parent.name == "eval" and RunDir(run_dir.parent.parent).config.is_file()
-    if in_a_run and not (run_dir / REPORT).is_file():
-        # An eval directory without its report: name it, not RUN_DIR/eval/NAME/eval/test/.
-        raise MoeMtError(f"{given}: no {REPORT} here; has `moemt eval` finished for it?")
-    if (run_dir / REPORT).is_file() and run_dir.parent.name == "eval":
+    in_eval_dir = run_dir.parent.name == "eval"
+    if in_eval_dir and (run_dir / REPORT).is_file():
         report_path, run_dir = run_dir / REPORT, run_dir.parent.parent
         name = f"{run_dir.name}/{report_path.parent.name}"
+    elif in_eval_dir and RunDir(run_dir.parent.parent).config.is_file():
+        # An eval directory without its report: name it, not RUN_DIR/eval/NAME/eval/test/.
+        raise MoeMtError(f"{given}: no {REPORT} here; has `moemt eval` finished for it?")
     else:
         report_path = run_dir / "eval" / (eval_name or split) / REPORT
     report = read_report(report_path)
