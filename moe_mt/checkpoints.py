@@ -14,6 +14,11 @@ stopped by ``max_update`` or a time budget between two periodic saves), so that 
 updates are not left out of the average. The average is written atomically to
 ``checkpoints/average_last<N>.pt`` together with a record of its inputs (name, size, mtime,
 update count), and reused as long as the candidates on disk are unchanged.
+
+``eval.average_over=epochs`` averages the last N epoch checkpoints (``checkpoint<epoch>.pt``)
+only, as fairseq's ``scripts/average_checkpoints.py --num-epoch-checkpoints N`` does: neither
+update checkpoints nor a ``checkpoint_last.pt`` saved between two epoch ends (a run stopped by
+``max_update`` mid-epoch) take part. It is written to ``average_last<N>_epochs.pt``.
 """
 
 from __future__ import annotations
@@ -289,28 +294,43 @@ class _FirstWriteError:
         self._out.flush()
 
 
-def average_path(checkpoint_dir: Path, last: int) -> Path:
-    return checkpoint_dir / f"average_last{last}.pt"
+AVERAGE_OVER = ("checkpoints", "epochs")
 
 
-def averaged_checkpoint(checkpoint_dir: Path, last: int) -> ChosenCheckpoint:
-    """The average of the last ``last`` periodic checkpoints, reused when still valid.
+def average_path(checkpoint_dir: Path, last: int, over: str = "checkpoints") -> Path:
+    suffix = "_epochs" if over == "epochs" else ""
+    return checkpoint_dir / f"average_last{last}{suffix}.pt"
+
+
+def averaged_checkpoint(
+    checkpoint_dir: Path, last: int, over: str = "checkpoints"
+) -> ChosenCheckpoint:
+    """The average of the last ``last`` periodic checkpoints (``over="epochs"``: epoch
+    checkpoints only), reused when still valid.
 
     The caller holds the run directory's lock (this may write ``average_last<N>.pt``).
     """
     if last < 1:
         raise MoeMtError(f"eval.average_last must be at least 1, not {last}")
-    output = average_path(checkpoint_dir, last)
+    if over not in AVERAGE_OVER:
+        raise MoeMtError(f"eval.average_over: '{over}' is not one of {', '.join(AVERAGE_OVER)}")
+    output = average_path(checkpoint_dir, last, over)
     previous = _existing_average(output)
     known = previous.get("candidates", {}) if previous else {}
     scanned = scan_checkpoints(checkpoint_dir, known)
+    if over == "epochs":
+        scanned = [c for c in scanned if _EPOCH.fullmatch(c.path.name)]
     candidates = periodic_checkpoints(checkpoint_dir, scanned=scanned)
     if len(candidates) < last:
         found = ", ".join(c.path.name for c in candidates) or "none"
+        kinds = (
+            "epoch checkpoints (checkpoint<epoch>.pt)"
+            if over == "epochs"
+            else "periodic checkpoints (checkpoint<epoch>.pt, checkpoint_<epoch>_<update>.pt)"
+        )
         raise MoeMtError(
-            f"{checkpoint_dir}: averaging the last {last} checkpoints needs {last} periodic "
-            f"checkpoints (checkpoint<epoch>.pt, checkpoint_<epoch>_<update>.pt); found "
-            f"{len(candidates)} ({found}); lower eval.average_last"
+            f"{checkpoint_dir}: averaging the last {last} checkpoints needs {last} {kinds}; "
+            f"found {len(candidates)} ({found}); lower eval.average_last"
         )
     chosen = candidates[-last:]
     record = {
@@ -350,7 +370,7 @@ def _existing_average(path: Path) -> dict | None:
 
 
 def choose_checkpoint(
-    checkpoint_dir: str | Path, choice: str, average_last: int = 5
+    checkpoint_dir: str | Path, choice: str, average_last: int = 5, average_over="checkpoints"
 ) -> ChosenCheckpoint:
     """Resolve ``eval.checkpoint``: ``last`` | ``best`` | ``average`` | a checkpoint path.
 
@@ -360,7 +380,7 @@ def choose_checkpoint(
     """
     checkpoint_dir = Path(checkpoint_dir)
     if choice == "average":
-        return averaged_checkpoint(checkpoint_dir, average_last)
+        return averaged_checkpoint(checkpoint_dir, average_last, average_over)
     if choice in ("last", "best"):
         path = checkpoint_dir / (LAST if choice == "last" else BEST)
         if not path.is_file():

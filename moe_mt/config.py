@@ -39,6 +39,7 @@ PATH_KEYS = (
     "data.valid",
     "data.test",
     "data.cache_dir",
+    "data.bpe.codes",
     "train.tensorboard_logdir",
     "train.upcycle_from",
     "eval.source",
@@ -108,6 +109,22 @@ class SpmConfig:
                 "the machine's cores), so it is a data setting, not data.workers"
             )
         },
+    )
+
+
+@dataclass
+class BpeConfig:
+    """subword-nmt BPE of ``data.subword=bpe`` (``moe_mt/data_prep/segmentation.py``)."""
+
+    codes: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "a subword-nmt codes file to apply (null: learn data.bpe.merges on train)"
+        },
+    )
+    merges: int = field(
+        default=10000,
+        metadata={"help": "joint merges learned on the tokenised training text of both sides"},
     )
 
 
@@ -212,7 +229,27 @@ class DataConfig:
     clean: CleanConfig = field(
         default_factory=CleanConfig, metadata={"help": "training-split filters"}
     )
+    subword: str = field(
+        default="sentencepiece",
+        metadata={
+            "help": (
+                "segmentation: sentencepiece (data.spm) | bpe (subword-nmt, data.bpe) | none "
+                "(the files are segmented already and taken as they are; '@@ ' removed after "
+                "decoding)"
+            )
+        },
+    )
+    moses: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Moses punctuation normalisation and tokenisation (sacremoses, escaped) before "
+                "the subwords, as fairseq-era papers prepared text; detokenised after decoding"
+            )
+        },
+    )
     spm: SpmConfig = field(default_factory=SpmConfig, metadata={"help": "sentencepiece model(s)"})
+    bpe: BpeConfig = field(default_factory=BpeConfig, metadata={"help": "subword-nmt BPE"})
 
 
 class MoEConfig:
@@ -283,7 +320,9 @@ class ModelConfig:
     size: Optional[str] = field(
         default=None,
         metadata={
-            "help": "backbone size: demo | iwslt | wmt | wmt_big (null: demo, or model.arch's)"
+            "help": (
+                "backbone size: tiny | demo | iwslt | wmt | wmt_big (null: demo, or model.arch's)"
+            )
         },
     )
     arch: Optional[str] = field(
@@ -521,6 +560,15 @@ class EvalConfig:
     average_last: int = field(
         default=5, metadata={"help": "checkpoint=average: how many of the last checkpoints"}
     )
+    average_over: str = field(
+        default="checkpoints",
+        metadata={
+            "help": (
+                "checkpoint=average: checkpoints (epoch and update checkpoints, by update) | "
+                "epochs (checkpoint<epoch>.pt only, as fairseq's --num-epoch-checkpoints)"
+            )
+        },
+    )
     split: str = field(
         default="test",
         metadata={
@@ -616,6 +664,16 @@ class EvalConfig:
             "help": (
                 "also report tokenised BLEU as WMT En-De papers do (report.json legacy_bleu), "
                 "beside sacreBLEU"
+            )
+        },
+    )
+    tokenized_bleu: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "also report BLEU4 on the tokenised text with BPE removed, as fairseq's generate "
+                "and multi-bleu.perl score it (report.json tokenized_bleu; data.subword bpe or "
+                "none)"
             )
         },
     )
@@ -784,6 +842,7 @@ BOUNDS: Dict[str, Bound] = {
     "data.spm.character_coverage": Bound(0.0, 1.0, open_low=True),
     "data.spm.input_sentence_size": AT_LEAST_0,
     "data.spm.threads": AT_LEAST_1,
+    "data.bpe.merges": AT_LEAST_1,
     "model.encoder_layers": AT_LEAST_1,
     "model.decoder_layers": AT_LEAST_1,
     "model.embed_dim": AT_LEAST_1,

@@ -12,6 +12,8 @@ PACKAGES = (
     "fairseq",
     "torch",
     "sentencepiece",
+    "subword-nmt",
+    "sacremoses",
     "sacrebleu",
     "numpy",
     "omegaconf",

@@ -166,3 +166,24 @@ def test_unreadable_checkpoint_is_a_user_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(MoeMtError, match="not a loadable checkpoint"):
         load_state(bad)
+
+
+def test_average_over_epochs_takes_epoch_checkpoints_only(ckpt_dir):
+    # Epoch ends at 10 and 20 updates, an update checkpoint at 30, and a checkpoint_last.pt
+    # at 35 (stopped by max_update mid-epoch): fairseq's --num-epoch-checkpoints averages the
+    # epoch files alone.
+    _save_with_updates(ckpt_dir / "checkpoint_1_10.pt", ckpt_dir / "checkpoint1.pt", 10)
+    _save_with_updates(ckpt_dir / "checkpoint_1_20.pt", ckpt_dir / "checkpoint2.pt", 20)
+    (ckpt_dir / "checkpoint_1_10.pt").unlink()
+    (ckpt_dir / "checkpoint_1_20.pt").unlink()
+    _save_with_updates(ckpt_dir / "checkpoint_last.pt", ckpt_dir / "checkpoint_last.pt", 35)
+    chosen = choose_checkpoint(ckpt_dir, "average", average_last=2, average_over="epochs")
+    assert chosen.path.name == "average_last2_epochs.pt"
+    assert [c.path.name for c in chosen.averaged] == ["checkpoint1.pt", "checkpoint2.pt"]
+    assert chosen.num_updates == 20
+    every = choose_checkpoint(ckpt_dir, "average", average_last=2)
+    assert [c.path.name for c in every.averaged] == ["checkpoint_1_30.pt", "checkpoint_last.pt"]
+    with pytest.raises(MoeMtError, match=r"needs 3 epoch checkpoints.*found 2"):
+        choose_checkpoint(ckpt_dir, "average", average_last=3, average_over="epochs")
+    with pytest.raises(MoeMtError, match="eval.average_over: 'steps' is not one of"):
+        choose_checkpoint(ckpt_dir, "average", average_last=2, average_over="steps")

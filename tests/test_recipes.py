@@ -330,3 +330,35 @@ def test_regulariser_and_upcycling_demos_compose_the_switch_demo():
     args = train_args(fairseq, RunDir(fairseq.run_dir))
     assert "--moe-capacity-formula" in args and "--moe-balance-choices" in args
     parse_fairseq_args(args)
+
+
+def test_the_wu2021_reproduction_recipe_is_the_papers_command(tmp_path):
+    """recipes/multi30k/wu2021_tiny.yaml gives fairseq the settings of Wu et al. 2021's
+    transformer_tiny run (their command and their fork's defaults, SOURCE.md), on one process:
+    2 GPUs x 4,096 tokens is 4,096 tokens x update_freq 2."""
+    recipe = REPO / "recipes" / "multi30k" / "wu2021_tiny.yaml"
+    cfg = load_config(recipe, [f"run_dir={tmp_path / 'run'}"])
+    from fairseq import options
+
+    parse_fairseq_args(train_args(cfg, RunDir(cfg.run_dir)))  # registers moemt's archs
+    args = options.parse_args_and_arch(
+        options.get_training_parser(), train_args(cfg, RunDir(cfg.run_dir))
+    )
+    expected = {
+        "arch": "moemt_transformer_tiny", "encoder_layers": 4, "decoder_layers": 4,
+        "encoder_embed_dim": 128, "encoder_ffn_embed_dim": 256, "encoder_attention_heads": 4,
+        "share_all_embeddings": True, "dropout": 0.3, "attention_dropout": 0.0,
+        "activation_dropout": 0.0, "encoder_normalize_before": False, "activation_fn": "relu",
+        "criterion": "label_smoothed_cross_entropy", "label_smoothing": 0.1,
+        "optimizer": "adam", "adam_eps": 1e-8, "weight_decay": 0.0, "lr": [0.005],
+        "lr_scheduler": "inverse_sqrt", "warmup_updates": 2000, "warmup_init_lr": 1e-7,
+        "clip_norm": 25.0, "max_tokens": 4096, "update_freq": [2], "max_update": 8000,
+        "patience": 10, "seed": 1, "keep_last_epochs": -1,
+    }  # fmt: skip
+    assert {k: getattr(args, k) for k in expected} == expected
+    assert eval(args.adam_betas) == (0.9, 0.98)  # noqa: S307 - fairseq's own parsing
+    assert cfg.data.subword == "none" and cfg.data.joined_dictionary
+    ev = cfg.eval
+    assert (ev.checkpoint, ev.average_last, ev.average_over) == ("average", 10, "epochs")
+    assert (ev.beam, ev.lenpen, ev.tokenized_bleu) == (5, 1.0, True)
+    assert (ev.max_len_a, ev.max_len_b) == (0, 200)  # fairseq-generate's defaults

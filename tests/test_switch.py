@@ -21,7 +21,7 @@ from moe_mt.workflows.evaluate.expert_usage import track_expert_usage, write_exp
 from moe_mt.workflows.train.trainer import train
 from tests.conftest import REPO, TINY_MODEL, demo_config
 
-SIZES = ("demo", "iwslt", "wmt", "wmt_big")
+SIZES = ("tiny", "demo", "iwslt", "wmt", "wmt_big")
 MOE_CRITERION = "train.criterion=moe_label_smoothed_cross_entropy"
 #: One MoE layer per side in TINY_MODEL's 1+1 layers.
 EVERY_LAYER = "model.moe.freq=1"

@@ -25,7 +25,7 @@ from tests.test_switch import batch, build, moe_config
 
 moe_mt.register()
 
-SIZES = ("demo", "iwslt", "wmt", "wmt_big")
+SIZES = ("tiny", "demo", "iwslt", "wmt", "wmt_big")
 ARCH = "thor_transformer_demo"
 THOR_CRITERION = f"train.criterion={CRITERION_NAME}"
 EVERY_LAYER = "model.moe.freq=1"  # one expert layer per side in TINY_MODEL's 1+1 layers

@@ -12,6 +12,7 @@ Sizes (``moemt_transformer_<size>``), layers per side / width / FFN width / head
 =========  ======  =====  ====  =====  ========================================
 size       layers  d      FFN   heads  as in
 =========  ======  =====  ====  =====  ========================================
+tiny       4       128    256   4      Wu et al. 2021's ``transformer_tiny`` (Multi30k)
 demo       3       256    1024  4      the 2-core calibration (docs/train.md)
 iwslt      6       512    1024  4      fairseq ``transformer_iwslt_de_en``
 wmt        6       512    2048  8      Transformer-base (Vaswani et al. 2017)
@@ -65,6 +66,7 @@ BETTERTRANSFORMER_PARAMS = (
 
 SIZES = {
     # size: (layers, embed_dim, ffn_embed_dim, attention_heads)
+    "tiny": (4, 128, 256, 4),
     "demo": (3, 256, 1024, 4),
     "iwslt": (6, 512, 1024, 4),
     "wmt": (6, 512, 2048, 8),

@@ -163,7 +163,10 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig, teacher_checkpoint:
 def _choose_teacher_checkpoint(cfg: DictConfig):
     teacher = RunDir(cfg.distill.teacher)
     choose = lambda: choose_checkpoint(  # noqa: E731
-        teacher.checkpoints, cfg.distill.teacher_checkpoint, cfg.eval.average_last
+        teacher.checkpoints,
+        cfg.distill.teacher_checkpoint,
+        cfg.eval.average_last,
+        cfg.eval.average_over,
     )
     if cfg.distill.teacher_checkpoint == "average":
         with teacher.locked():
@@ -377,7 +380,9 @@ def _evaluated(run_cfg: DictConfig, console: Console) -> dict:
         path = run_dir.eval / name / REPORT
         try:
             report = read_report(path)
-            chosen = choose_checkpoint(run_dir.checkpoints, ev.checkpoint, ev.average_last)
+            chosen = choose_checkpoint(
+                run_dir.checkpoints, ev.checkpoint, ev.average_last, ev.average_over
+            )
             same = (
                 report["checkpoint"]["path"] == str(chosen.path)
                 and report["checkpoint"]["num_updates"] == chosen.num_updates

@@ -13,11 +13,14 @@ export with ``eval.quantization``, :mod:`moe_mt.workflows.export.engine`; its re
 
 Per direction: BLEU, chrF2 and TER with sacreBLEU's defaults and signatures
 (:mod:`.scoring`); tokenised BLEU with ``eval.legacy_bleu`` (:mod:`.legacy_bleu`, the target
-language's Moses rules); a paired bootstrap against another run's hypotheses for the same
-references with ``eval.bootstrap_baseline``; tokens per expert per MoE layer (:mod:`.expert_usage`);
-THOR's consistency across random expert draws (:mod:`.thor_consistency`). Then the macro average
-over the trained directions, and apart from it over the zero-shot ones (a zero-shot mean is a
-different quantity, never part of the supervised one).
+language's Moses rules), and with ``eval.tokenized_bleu`` the BLEU4 of fairseq's generate on
+the tokens of BPE-prepared data (``data.subword`` bpe or none, whose segmented references lose
+their ``@@`` marks before any scoring); a paired bootstrap against another run's hypotheses
+for the same references with ``eval.bootstrap_baseline``; tokens per expert per MoE layer
+(:mod:`.expert_usage`); THOR's consistency across random expert draws
+(:mod:`.thor_consistency`). Then the macro average over the trained directions, and apart from
+it over the zero-shot ones (a zero-shot mean is a different quantity, never part of the
+supervised one).
 
 Output in ``RUN_DIR/eval/<name>/`` (``<name>``: ``eval.name``, else the split, or the source
 file's folder and name: ``iwslt17_test.en``), schema in :mod:`.report`; a report made from other
@@ -39,6 +42,7 @@ from rich.console import Console
 
 from moe_mt.checkpoints import choose_checkpoint
 from moe_mt.data_prep.download import file_sha256
+from moe_mt.data_prep.segmentation import text_segmenter
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
 from moe_mt.workflows.common.manifest import (
@@ -52,7 +56,7 @@ from moe_mt.workflows.common.progress import progress_bar
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.common.text import check_same_length, read_lines
 from moe_mt.workflows.evaluate.expert_usage import track_expert_usage, write_expert_usage
-from moe_mt.workflows.evaluate.legacy_bleu import legacy_bleu
+from moe_mt.workflows.evaluate.legacy_bleu import legacy_bleu, tokenized_bleu
 from moe_mt.workflows.evaluate.report import (
     EXPERT_USAGE_PNG,
     HYPOTHESES,
@@ -232,12 +236,22 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
             check_same_length(
                 sources, test.source, references, test.reference, "source and reference"
             )
-            texts[test] = sources, references, file_sha256(test.reference)
+            segmenter = text_segmenter(run_dir.data, manifest["files"], test.direction.tgt)
+            if segmenter is not None:  # segmented references (data.subword=none) lose '@@ '
+                references = [segmenter.reference(line) for line in references]
+            texts[test] = sources, references, file_sha256(test.reference), segmenter
             baselines[test] = _baseline(cfg, name, test, texts[test][2])
 
         ev = cfg.eval
+        if ev.tokenized_bleu and any(t[3] is None for t in texts.values()):
+            raise MoeMtError(
+                "eval.tokenized_bleu=true needs data prepared with data.subword=bpe or none "
+                "(sentencepiece text has no tokenised form; eval.legacy_bleu tokenises it)"
+            )
         _check_same_source(run_dir.eval / name / REPORT, tests, name_given=ev.name is not None)
-        chosen = choose_checkpoint(run_dir.checkpoints, ev.checkpoint, ev.average_last)
+        chosen = choose_checkpoint(
+            run_dir.checkpoints, ev.checkpoint, ev.average_last, ev.average_over
+        )
         started = time.perf_counter()
         first = tests[0].direction
         loaded, engine = open_translator(cfg, chosen, options, (first.src, first.tgt))
@@ -291,7 +305,7 @@ def _evaluate_direction(
     cfg, translator, test: TestSet, text, baseline, out_dir: Path, title, console
 ) -> tuple[dict, list[str]]:
     """Translate and score one test set: its report entry and its hypotheses."""
-    sources, references, reference_sha256 = text
+    sources, references, reference_sha256, segmenter = text
     model = next(iter(translator.models), None)  # None: CTranslate2 (no torch module)
     with progress_bar(console) as progress, track_expert_usage(model) as usage:
         task = progress.add_task(f"translate {test.direction}", total=len(sources))
@@ -325,6 +339,16 @@ def _evaluate_direction(
         "legacy_bleu": (
             legacy_bleu(hypotheses, references, test.direction.tgt, ev.legacy_bleu_compound_split)
             if ev.legacy_bleu
+            else None
+        ),
+        # BLEU4 on the tokenised text, as fairseq-era papers report it, if eval.tokenized_bleu
+        "tokenized_bleu": (
+            tokenized_bleu(
+                [segmenter.tokenized(h) for h in hypotheses],
+                [segmenter.tokenized(r) for r in references],
+                segmenter.convention,
+            )
+            if ev.tokenized_bleu
             else None
         ),
         "bootstrap": bootstrap,

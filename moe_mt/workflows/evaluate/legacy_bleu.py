@@ -120,3 +120,38 @@ def legacy_bleu(
         "case_sensitive": True,
         "note": NOTE,
     }
+
+
+TOKENIZED_NOTE = (
+    "BLEU4 on the tokenised text with BPE removed, as fairseq's generate (--remove-bpe) and "
+    "multi-bleu.perl score it; not comparable to sacreBLEU"
+)
+
+
+def tokenized_bleu(hypotheses: list[str], references: list[str], convention: str) -> dict:
+    """The ``tokenized_bleu`` entry of ``report.json``: lines that are tokenised already (BPE
+    removed; ``convention`` says how they were tokenised), scored as fairseq-era papers did.
+
+    fairseq's ``generate.py`` with ``--remove-bpe`` scores whitespace tokens with its own BLEU
+    (``fairseq.scoring.bleu``: four orders, no smoothing, brevity penalty exp(1 - r/c)), the
+    numbers of multi-bleu.perl; :func:`multi_bleu` computes them. ``formatted`` is generate's
+    line (``BLEU4 = ..., p1/p2/p3/p4 (BP=..., ratio=..., syslen=..., reflen=...)``). One
+    difference: generate scores against the binarised reference, whose out-of-dictionary tokens
+    read ``<<unk>>`` and never match; here the reference text is scored as it is."""
+    result = multi_bleu(hypotheses, references)
+    p = "/".join(f"{x:.1f}" for x in result.precisions)
+    ratio = result.sys_len / result.ref_len if result.ref_len else 0.0
+    return {
+        "score": round(result.score, 2),
+        "formatted": (
+            f"BLEU4 = {result.score:.2f}, {p} (BP={result.brevity_penalty:.3f}, "
+            f"ratio={ratio:.3f}, syslen={result.sys_len}, reflen={result.ref_len})"
+        ),
+        "precisions": [round(x, 2) for x in result.precisions],
+        "brevity_penalty": round(result.brevity_penalty, 4),
+        "sys_len": result.sys_len,
+        "ref_len": result.ref_len,
+        "tokenizer": convention,
+        "case_sensitive": True,
+        "note": TOKENIZED_NOTE,
+    }

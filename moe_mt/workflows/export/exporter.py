@@ -74,9 +74,13 @@ def export(cfg: DictConfig, out: str | Path | None = None) -> ExportResult:
     ev = cfg.eval
     if ev.checkpoint == "average":  # may write average_last<N>.pt: hold the run directory
         with run_dir.locked():
-            chosen = choose_checkpoint(run_dir.checkpoints, ev.checkpoint, ev.average_last)
+            chosen = choose_checkpoint(
+                run_dir.checkpoints, ev.checkpoint, ev.average_last, ev.average_over
+            )
     else:
-        chosen = choose_checkpoint(run_dir.checkpoints, ev.checkpoint, ev.average_last)
+        chosen = choose_checkpoint(
+            run_dir.checkpoints, ev.checkpoint, ev.average_last, ev.average_over
+        )
     return ensure_export(cfg, chosen, out)
 
 
@@ -131,6 +135,13 @@ def ensure_export(
 def _build(cfg: DictConfig, chosen: ChosenCheckpoint, out_dir: Path, inputs: dict) -> dict:
     run_dir = RunDir(cfg.run_dir)
     manifest = read_manifest(run_dir.manifest)
+    subword = manifest["files"].get("subword", "sentencepiece")
+    if subword != "sentencepiece":
+        # The export's translator segments with sentencepiece only (ct2_translator.py).
+        raise MoeMtError(
+            f"{run_dir.manifest}: data.subword={subword}: moemt export serves sentencepiece "
+            "runs only; evaluate this run with eval.engine=fairseq"
+        )
     first = trained_directions(manifest)[0]
     # Decoding options do not matter here: the translator is only the loaded model and task.
     direction = (first.src, first.tgt)

@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from moe_mt.config import to_yaml
-from moe_mt.data_prep import binarize, clean, clean_files, spm, validate
+from moe_mt.data_prep import binarize, clean, clean_files, segmentation, spm, validate
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
@@ -79,6 +79,7 @@ def prep(cfg: DictConfig, console: Console | None = None, overwrite: bool = Fals
     with run_dir.locked():
         # Local files or registry corpora fetched into the cache (lowercased copies with
         # data.lowercase): everything below treats them alike.
+        segmentation.check_subword(cfg.data)
         files = corpora.input_files(cfg.data)
         inputs = {
             split: {lang: {"path": str(p), "sha256": file_sha256(p)} for lang, p in langs.items()}
@@ -122,7 +123,7 @@ def _guard_trained_data(run_dir: RunDir, existing: dict, data_cfg, inputs: dict)
         skip=lambda key: any(key == k or key.startswith(k + ".") for k in TEST_ONLY_DATA_KEYS),
     )
     changes += _changed_inputs(existing, inputs)
-    tools = ("fairseq", "sentencepiece")
+    tools = _tools(data_cfg)
     before, now = existing.get("versions", {}), package_versions()
     changes += [
         f"{t}: {before[t]!r} -> {now[t]!r}" for t in tools if t in before and before[t] != now[t]
@@ -161,9 +162,21 @@ def _fingerprint(data_cfg: DictConfig, inputs: dict) -> str:
         "inputs": {
             s: {lang: v["sha256"] for lang, v in langs.items()} for s, langs in inputs.items()
         },
-        "tools": {k: versions[k] for k in ("fairseq", "sentencepiece")},
+        "tools": {k: versions[k] for k in _tools(data_cfg)},
     }
+    if data_cfg.subword == "bpe" and data_cfg.bpe.codes is not None:
+        payload["bpe_codes"] = file_sha256(Path(data_cfg.bpe.codes))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _tools(data_cfg) -> tuple[str, ...]:
+    """The packages whose version the prepared data depend on."""
+    if data_cfg.subword == "sentencepiece":
+        return ("fairseq", "sentencepiece")
+    if data_cfg.subword == "none":
+        return ("fairseq",)
+    moses = ("sacremoses",) if data_cfg.moses else ()
+    return ("fairseq", "subword-nmt", *moses)
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -189,18 +202,15 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
     with stage("validate_clean"):
         _check_and_clean(data_cfg, files, names, splits, text_dir, work_dir, progress)
 
-    with stage("spm"):
-        spm_models = _train_spm(data_cfg, _train_files(text_dir, names), out, langs)
+    with stage("subwords"):
+        subword_files, encoders = _segmenters(data_cfg, text_dir, work_dir, names, out, langs)
     with stage("encode"):
-        encoders = {
-            model: spm.Encoder(out / model, threads=workers) for model in set(spm_models.values())
-        }
         for name, pair in names.items():
             for split, info in splits[name].items():
                 for lang in pair:
                     file = f"{name}/{split}.{lang}"
                     encode_file(
-                        encoders[spm_models[lang]],
+                        encoders[lang],
                         text_dir / file,
                         work_dir / file,
                         info["lines"]["kept"],
@@ -270,7 +280,7 @@ def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
         "files": {
             "text": "text",
             "bin": "bin",
-            "spm": spm_models,
+            **subword_files,
             "dictionaries": {lang: f"bin/dict.{lang}.txt" for lang in langs},
         },
         "dictionary_size": {lang: len(d) for lang, d in dictionaries.items()},
@@ -380,6 +390,39 @@ def clean_train(
     return {"lines": lines, "dropped": dropped}
 
 
+def _segmenters(data_cfg, text_dir: Path, work_dir: Path, names, out: Path, langs):
+    """Train or copy what ``data.subword`` segments with into ``out``; return the manifest's
+    entries for it (``files.spm``, ``files.subword``, ...) and ``{lang: encoder}``."""
+    workers = _workers(data_cfg)
+    if data_cfg.subword == "sentencepiece":
+        spm_models = _train_spm(data_cfg, _train_files(text_dir, names), out, langs)
+        by_model = {m: spm.Encoder(out / m, threads=workers) for m in set(spm_models.values())}
+        encoders = {lang: by_model[spm_models[lang]] for lang in langs}
+        return {"spm": spm_models, "subword": "sentencepiece", "moses": False}, encoders
+    files = {"spm": {}, "subword": data_cfg.subword, "moses": bool(data_cfg.moses)}
+    codes = None
+    if data_cfg.subword == "bpe":
+        codes = out / "bpe.codes"
+        if data_cfg.bpe.codes is not None:
+            shutil.copyfile(data_cfg.bpe.codes, codes)
+        else:
+            tokenised = []
+            for lang, path in _train_files(text_dir, names):
+                dest = work_dir / f"{path.parent.name}.{lang}.tok"
+                tokenizer = segmentation.Segmenter(lang, data_cfg.moses, None)
+                with open(path, encoding="utf-8") as f, open(dest, "w", encoding="utf-8") as o:
+                    o.writelines(tokenizer.tokenize(line) + "\n" for line in f)
+                tokenised.append(dest)
+            segmentation.learn_joint_bpe(tokenised, data_cfg.bpe.merges, codes)
+        files["bpe_codes"] = codes.name
+        files["bpe_codes_sha256"] = file_sha256(codes)
+    encoders = {
+        lang: segmentation.LineEncoder(segmentation.Segmenter(lang, data_cfg.moses, codes))
+        for lang in langs
+    }
+    return files, encoders
+
+
 def _train_spm(data_cfg, train_text: list[tuple[str, Path]], out: Path, langs) -> dict[str, str]:
     """Train the sentencepiece model(s); return ``{lang: model file name}``."""
     if data_cfg.spm.joint:
@@ -391,7 +434,7 @@ def _train_spm(data_cfg, train_text: list[tuple[str, Path]], out: Path, langs) -
     return {lang: f"spm.{lang}.model" for lang in langs}
 
 
-def encode_file(encoder: spm.Encoder, source: Path, dest: Path, total: int, progress, label):
+def encode_file(encoder, source: Path, dest: Path, total: int, progress, label):
     """Write ``source``'s lines as space-separated pieces into ``dest``."""
     task = progress.add_task(label, total=total)
     with open(source, encoding="utf-8") as inp, open(dest, "w", encoding="utf-8") as out:

@@ -1,4 +1,5 @@
-"""Translate text with a trained run: sentencepiece in, fairseq beam search, sentencepiece out.
+"""Translate text with a trained run: subwords in (sentencepiece, or data.subword's BPE), fairseq
+beam search, text out.
 
 :class:`Translator` loads a checkpoint of a run directory with its task (the dictionaries of
 ``data/bin``) and the run's sentencepiece model(s) (``data/manifest.json``), and translates a
@@ -138,8 +139,9 @@ class Translator:
         import moe_mt
 
         moe_mt.register()
-        import sentencepiece
         from fairseq import checkpoint_utils
+
+        from moe_mt.data_prep.segmentation import load_segmenter
 
         run = RunDir(run_dir)
         manifest = read_manifest(run.manifest)
@@ -172,10 +174,8 @@ class Translator:
             model.make_generation_fast_(beamable_mm_beam_size=options.beam, need_attn=False)
             if on_gpu:
                 model.cuda()
-        spm_files = manifest["files"]["spm"]
         spm_src, spm_tgt = (
-            sentencepiece.SentencePieceProcessor(model_file=str(run.data / spm_files[lang]))
-            for lang in (src, tgt)
+            load_segmenter(run.data, manifest["files"], lang) for lang in (src, tgt)
         )
         arch = getattr(model_cfg.model, "arch", None) or getattr(model_cfg.model, "_name", None)
         return cls(models, task, options, spm_src, spm_tgt, num_updates, arch)
