@@ -70,14 +70,15 @@ def compare_table(result: dict) -> Table:
     if len(directions) > 1:
         what += f", mean of {len(directions)} directions"
     table = Table(title=f"compare {result['split'] or 'files'} ({what}, eval/{where})")
-    columns = ("run", "BLEU", "chrF2", "TER", "params", "active/token", "ckpt updates", "updates",
+    metrics = result.get("metrics", ["BLEU", "chrF2", "TER"])  # + BLEU4 tok, where reported
+    columns = ("run", *metrics, "params", "active/token", "ckpt updates", "updates",
                "train wall s", "sent/s", "act. rate", "dropped")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "run" else "right")
     for row in result["runs"]:
         table.add_row(
             row["name"],
-            *(mean_score_cell(row, m) for m in ("BLEU", "chrF2", "TER")),
+            *(mean_score_cell(row, m) for m in metrics),
             *(
                 "-" if row[k] is None else f"{row[k]:,}"
                 for k in (

@@ -44,7 +44,9 @@ def remove_bpe(line: str) -> str:
 def _normalizer(lang: str):
     from sacremoses import MosesPunctNormalizer
 
-    return MosesPunctNormalizer(lang)
+    # perl_parity: normalize-punctuation.perl maps a ’ that is not between two letters to ",
+    # sacremoses' default to ' (Multi30k's „Hook ’em Horns“ reads &quot; in the Perl output).
+    return MosesPunctNormalizer(lang, perl_parity=True)
 
 
 @cache

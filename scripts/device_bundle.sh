@@ -8,7 +8,8 @@
 #   fairseq 0.12.2             no wheel on PyPI: built here from its sdist (below)
 #   omegaconf 2.0.6, hydra-core 1.0.7, antlr4-python3-runtime 4.8   fairseq's config stack
 #   bitarray                   imported by fairseq's data package (huffman coder)
-#   sacremoses                 moemt's legacy tokenised BLEU
+#   sacremoses                 moemt's legacy tokenised BLEU and data.moses
+#   subword-nmt                data.subword=bpe (pure Python; imported only by BPE prep and eval)
 # ctranslate2 (38 MB) stays out: moemt imports it only for `moemt export` and eval.engine=
 # ctranslate2, and the device check runs neither.
 #
@@ -32,7 +33,8 @@ WHEELS=.device/wheels
 NUMPY_VERSION=2.5.2
 
 # Versions: those of moemt's tested Python 3.11 environment (setup.cfg's ranges, fairseq's pins).
-BINARY_WHEELS=(omegaconf==2.0.6 hydra-core==1.0.7 bitarray==3.12.3 sacremoses==0.2.0)
+BINARY_WHEELS=(omegaconf==2.0.6 hydra-core==1.0.7 bitarray==3.12.3 sacremoses==0.2.0
+    subword-nmt==0.3.8)
 SDIST_ONLY=(antlr4-python3-runtime==4.8) # pure Python, published as an sdist only
 FAIRSEQ=fairseq==0.12.2
 

@@ -125,7 +125,7 @@ def test_manifest_and_layout(tmp_path, corpus):
     assert (data / "spm.model").is_file()
     assert manifest["versions"]["fairseq"] == "0.12.2"
     stages = manifest["stage_seconds"]  # a slow stage shows in the manifest
-    assert list(stages) == ["validate_clean", "spm", "encode", "dictionary", "binarise"]
+    assert list(stages) == ["validate_clean", "subwords", "encode", "dictionary", "binarise"]
     assert all(s >= 0 for s in stages.values()) and sum(stages.values()) <= manifest["seconds"]
     assert (data / "bin" / "dict.en.txt").read_text() == (data / "bin" / "dict.de.txt").read_text()
 

@@ -53,7 +53,9 @@ def test_registered_architectures_are_pinned():
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     names = {a for a, m in ARCH_MODEL_REGISTRY.items() if m is SoftMoETransformerModel}
-    assert names == {f"soft_moe_transformer_{s}" for s in ("tiny", "demo", "iwslt", "wmt", "wmt_big")}
+    assert names == {
+        f"soft_moe_transformer_{s}" for s in ("tiny", "demo", "iwslt", "wmt", "wmt_big")
+    }
     assert MODEL_NAME == "moemt_soft_moe_transformer"
 
 

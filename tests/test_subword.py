@@ -90,6 +90,21 @@ def test_raw_text_with_the_authors_codes_gives_their_files(shared_data, wu2021):
             assert mine == want, (lang, raw_name)
 
 
+def test_moses_preparation_is_the_perl_scripts():
+    """The two rules where sacremoses' defaults part from the Perl scripts the authors ran
+    (both seen in Multi30k's German training text)."""
+    german = Segmenter("de", True, None)
+    # normalize-punctuation.perl: a quote before a final period moves behind it even at the end
+    # of a line (Perl's line keeps its newline, which the rule's [^<] matches).
+    assert german.tokenize('sie sagt: "wir sind alle arbeitnehmer."') == (
+        "sie sagt : &quot; wir sind alle arbeitnehmer &quot; ."
+    )
+    # A ’ not between two letters is ", not ' (sacremoses' perl_parity).
+    assert german.tokenize("das „hook ’em horns“-zeichen.") == (
+        "das &quot; hook &quot; em horns &quot; -zeichen ."
+    )
+
+
 def test_bpe_learned_from_raw_text_round_trips(tmp_path, shared_data):
     """data.subword=bpe with learned merges: the codes, '@@ ' pieces in the binarised data, and
     the translator's segmenter decoding them back to text."""
@@ -207,6 +222,22 @@ def test_train_and_eval_on_segmented_data(tmp_path, wu2021):
     assert bleu4["ref_len"] == sum(len(remove_bpe(line).split()) for line in lines)
     assert (result.out_dir / "en-de" / "hyp.txt").is_file()
     assert "tok:13a" in entry["scores"]["BLEU"]["signature"]
+
+    # compare shows the paper's BLEU4 beside sacreBLEU, each with its bootstrap, against
+    # references without '@@' (the bootstrap's baseline score is the report's own).
+    from moe_mt.workflows.compare.comparison import compare
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    from moe_mt.config import load_config
+
+    evaluate(load_config(other, ["eval.beam=1"]))
+    result = compare([run_dir, other], tmp_path / "cmp", summaries=False, resamples=50)
+    assert result["metrics"] == ["BLEU", "chrF2", "TER", "BLEU4 tok"]
+    bootstrap = result["runs"][1]["bootstrap"]["en-de"]
+    assert bootstrap["BLEU4 tok"]["baseline"] == pytest.approx(bleu4["score"], abs=0.01)
+    assert bootstrap["BLEU"]["baseline"] == pytest.approx(entry["scores"]["BLEU"]["score"])
+    assert "BLEU4 tok" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 def test_tokenized_bleu_refuses_sentencepiece_runs(tmp_path, trained_demo):

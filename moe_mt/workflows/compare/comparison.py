@@ -27,6 +27,12 @@ Against the baseline (``baseline``, also a column), every run gets sacreBLEU's p
 resampling (Koehn 2004) in every direction: the system's bootstrap mean, its 95% confidence
 half-width and the p-value of the difference, per metric; ``*`` marks p < 0.05.
 
+Runs whose every report has ``tokenized_bleu`` (``eval.tokenized_bleu`` on data prepared with
+``data.subword`` bpe or none) get one more column, ``BLEU4 tok``: fairseq-generate's BLEU4 on
+the tokenised text, the figure fairseq-era papers print, with its own paired bootstrap on the
+same tokenised lines. References of segmented data (``none``) are read without their ``@@``
+marks, as eval scored them.
+
 Refused, with one line naming the runs and the field: runs scored on other directions or
 against different references (sha256 of the reference file in the eval reports), hypotheses of
 another split, and different metric signatures (tokenisation, casing, sacreBLEU version).
@@ -42,7 +48,12 @@ from moe_mt.errors import MoeMtError
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.common.text import read_lines
 from moe_mt.workflows.evaluate.report import REPORT, decoding_speed, hypotheses_file, read_report
-from moe_mt.workflows.evaluate.scoring import METRICS, paired_bootstrap
+from moe_mt.workflows.evaluate.scoring import (
+    METRICS,
+    TOKENIZED_BLEU,
+    paired_bootstrap,
+    tokenized_bleu_metrics,
+)
 
 SIGNIFICANCE = 0.05
 
@@ -153,13 +164,30 @@ def compare(
     runs = [base] + [run for run in others if run.report_path != base.report_path]
     check_comparable(runs)
     directions = base.report["directions"]
+    segmenters = _segmenters(base.run_dir, directions)
     references = {
-        d: read_lines(Path(info["files"]["reference"]["path"])) for d, info in directions.items()
+        d: [
+            line if segmenters[d] is None else segmenters[d].reference(line)
+            for line in read_lines(Path(info["files"]["reference"]["path"]))
+        ]
+        for d, info in directions.items()
     }
+    tokenized = all(segmenters.values()) and all(
+        (run.report["directions"][d].get("tokenized_bleu") or {}).get("score") is not None
+        for run in runs
+        for d in directions
+    )
 
     rows = []
     for run in runs:
         row = _row(run, summaries)
+        if tokenized:
+            for d in directions:
+                score = run.report["directions"][d]["tokenized_bleu"]["score"]
+                row["directions"][d][TOKENIZED_BLEU] = score
+            row["scores"][TOKENIZED_BLEU] = sum(
+                row["directions"][d][TOKENIZED_BLEU] for d in directions
+            ) / len(directions)
         if run is not base:
             row["bootstrap"] = {
                 d: paired_bootstrap(
@@ -167,6 +195,19 @@ def compare(
                 )["metrics"]
                 for d in directions
             }
+            if tokenized:
+                for d in directions:
+                    tok = segmenters[d].tokenized
+                    row["bootstrap"][d].update(
+                        paired_bootstrap(
+                            [tok(h) for h in base.hypotheses[d]],
+                            [tok(h) for h in run.hypotheses[d]],
+                            [tok(r) for r in references[d]],
+                            resamples,
+                            seed,
+                            tokenized_bleu_metrics(),
+                        )["metrics"]
+                    )
         rows.append(row)
     first = next(iter(directions.values()))
     result = {
@@ -175,7 +216,11 @@ def compare(
         "baseline": str(base.run_dir),
         "directions": list(directions),
         "lines": base.report["lines"],
-        "signatures": {m: first["scores"][m]["signature"] for m in METRICS},
+        "signatures": {
+            **{m: first["scores"][m]["signature"] for m in METRICS},
+            **({TOKENIZED_BLEU: first["tokenized_bleu"]["tokenizer"]} if tokenized else {}),
+        },
+        "metrics": [*METRICS, *([TOKENIZED_BLEU] if tokenized else [])],
         "bootstrap": {"resamples": resamples, "seed": seed, "significance": SIGNIFICANCE},
         "runs": rows,
     }
@@ -185,6 +230,19 @@ def compare(
     atomic_write_text(out_dir / "compare.md", markdown_table(result))
     atomic_write_json(out_dir / "compare.json", result)
     return result
+
+
+def _segmenters(run_dir: Path, directions: dict) -> dict:
+    """Per direction, the target side's segmenter of the run's prepared data (None for
+    sentencepiece data, or a run whose data are gone)."""
+    from moe_mt.data_prep.segmentation import text_segmenter
+    from moe_mt.workflows.common.manifest import read_manifest
+
+    run = RunDir(run_dir)
+    if not run.manifest.is_file():
+        return dict.fromkeys(directions)
+    files = read_manifest(run.manifest)["files"]
+    return {d: text_segmenter(run.data, files, d.split("-")[1]) for d in directions}
 
 
 def _row(run: RunRecord, summaries: bool) -> dict:
@@ -236,7 +294,8 @@ def _fmt(value, spec: str = ",") -> str:
 
 
 def markdown_table(result: dict) -> str:
-    columns = ["run", "arch", *METRICS, "params", "active/token", "ckpt updates", "updates",
+    metrics = result.get("metrics", METRICS)
+    columns = ["run", "arch", *metrics, "params", "active/token", "ckpt updates", "updates",
                "epochs", "train wall s", "train CPU s", "sent/s", "act. rate",
                "dropped"]  # fmt: skip
     lines = [
@@ -251,7 +310,7 @@ def markdown_table(result: dict) -> str:
     ]
     for row in result["runs"]:
         cells = [row["name"], row["arch"] or "-"]
-        for metric in METRICS:
+        for metric in metrics:
             cells.append(mean_score_cell(row, metric))
         cells += [
             _fmt(row["parameters"]),
@@ -280,7 +339,13 @@ def markdown_table(result: dict) -> str:
             lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Scores are sacreBLEU's; against the baseline, `mean ± 95% CI (p)` of paired bootstrap "
+        "Scores are sacreBLEU's"
+        + (
+            f" ({TOKENIZED_BLEU}: fairseq-generate's BLEU4 on tokenised text)"
+            if TOKENIZED_BLEU in metrics
+            else ""
+        )  # fmt: skip
+        + "; against the baseline, `mean ± 95% CI (p)` of paired bootstrap "
         f"resampling ({result['bootstrap']['resamples']} resamples, seed "
         f"{result['bootstrap']['seed']}); `*`: p < {SIGNIFICANCE}.",
         "",

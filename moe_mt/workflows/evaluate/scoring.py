@@ -62,10 +62,29 @@ def _sacrebleu_seed(seed: int) -> Iterator[None]:
             os.environ["SACREBLEU_SEED"] = old
 
 
+#: The name of fairseq-generate's BLEU4 on tokenised text in compare's tables and bootstraps.
+TOKENIZED_BLEU = "BLEU4 tok"
+
+
+def tokenized_bleu_metrics() -> dict:
+    """multi-bleu.perl's BLEU as a sacrebleu metric (:func:`.legacy_bleu.multi_bleu`'s), for a
+    paired bootstrap on tokenised lines."""
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU(tokenize="none", smooth_method="none", effective_order=False, force=True)
+    return {TOKENIZED_BLEU: metric}
+
+
 def paired_bootstrap(
-    baseline: list[str], system: list[str], references: list[str], resamples: int, seed: int
+    baseline: list[str],
+    system: list[str],
+    references: list[str],
+    resamples: int,
+    seed: int,
+    metrics: dict | None = None,
 ) -> dict:
-    """sacrebleu's paired bootstrap resampling of ``system`` against ``baseline``.
+    """sacrebleu's paired bootstrap resampling of ``system`` against ``baseline`` (``metrics``:
+    sacrebleu metrics by name; default BLEU, chrF2 and TER).
 
     Per metric: both scores, the bootstrap mean and 95% confidence half-width of each, and the
     p-value of the difference (Koehn 2004, as sacrebleu's ``--paired-bs``). One exception: where
@@ -83,16 +102,18 @@ def paired_bootstrap(
     with _sacrebleu_seed(seed):
         test = PairedTest(
             [("baseline", baseline), ("system", system)],
-            _metrics(),
+            metrics or _metrics(),
             references=[references],
             test_type="bs",
             n_samples=resamples,
         )
         signatures, results = test()
-    metrics = {}
-    for name in METRICS:
-        base, sys_ = results[name]
-        metrics[name] = {
+    found = {}
+    # sacrebleu keys its results by each metric's own name (BLEU for any BLEU): back to ours.
+    named = dict(zip((n for n in results if n != "System"), metrics or _metrics(), strict=True))
+    for key, name in named.items():
+        base, sys_ = results[key]
+        found[name] = {
             "baseline": _number(base.score),
             "baseline_mean": _number(base.mean),
             "baseline_ci95": _number(base.ci),
@@ -100,9 +121,9 @@ def paired_bootstrap(
             "system_mean": _number(sys_.mean),
             "system_ci95": _number(sys_.ci),
             "p_value": 1.0 if sys_.score == base.score else _number(sys_.p_value),
-            "signature": str(signatures[name]),
+            "signature": str(signatures[key]),
         }
-    return {"resamples": resamples, "seed": seed, "metrics": metrics}
+    return {"resamples": resamples, "seed": seed, "metrics": found}
 
 
 def _number(value) -> float | None:
