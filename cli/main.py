@@ -290,6 +290,8 @@ def compare(
 
     result = run_compare(run_dirs, out, baseline, split, resamples, seed, eval_name=eval_name)
     console.print(report.compare_table(result))
+    for line in result["decoding_differs"]:
+        console.print(f"warning: decoded otherwise than the baseline: {line}", highlight=False)
     console.print(
         f"wrote {out} (compare.md, compare.json, {', '.join(result['plots']) or 'no plots'})"
     )

@@ -369,14 +369,36 @@ def _existing_average(path: Path) -> dict | None:
 # -- choosing --------------------------------------------------------------------------------
 
 
+def _checkpoint_path(checkpoint_dir: Path, choice: str) -> Path:
+    """``eval.checkpoint`` given as a path: a bare file name in the run's ``checkpoints/``, a
+    relative path against the run directory (``checkpoints/checkpoint8.pt``) and then the
+    working directory, an absolute path as it is. Not found: one line naming every place tried."""
+    given = Path(choice).expanduser()
+    if given.is_absolute():
+        tried = [given]
+    elif given.name == choice:
+        tried = [checkpoint_dir / choice, given]
+    else:
+        tried = [checkpoint_dir.parent / given, given]
+    for path in tried:
+        if path.is_file():
+            return path
+    places = " nor ".join(str(p) for p in dict.fromkeys(tried))
+    raise MoeMtError(
+        f"eval.checkpoint={choice}: no such file ({places}); use last, best, average or a "
+        "checkpoint path"
+    )
+
+
 def choose_checkpoint(
     checkpoint_dir: str | Path, choice: str, average_last: int = 5, average_over="checkpoints"
 ) -> ChosenCheckpoint:
     """Resolve ``eval.checkpoint``: ``last`` | ``best`` | ``average`` | a checkpoint path.
 
-    A bare file name (``checkpoint_1_20.pt``) is looked up in ``checkpoint_dir`` first; any
-    other path is taken as given (relative to the working directory). For ``average`` the
-    caller must hold the run directory's lock.
+    A bare file name (``checkpoint_1_20.pt``) is looked up in ``checkpoint_dir`` first, a
+    relative path in the run directory (``checkpoint_dir``'s parent) first, then in the working
+    directory (:func:`_checkpoint_path`). For ``average`` the caller must hold the run
+    directory's lock.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if choice == "average":
@@ -388,13 +410,6 @@ def choose_checkpoint(
                 f"{path}: no such checkpoint (eval.checkpoint={choice}); train this run first"
             )
     else:
-        path = Path(choice).expanduser()
-        if path.name == choice and (checkpoint_dir / choice).is_file():
-            path = checkpoint_dir / choice
-        if not path.is_file():
-            raise MoeMtError(
-                f"eval.checkpoint={choice}: no such file (nor {checkpoint_dir / path.name}); "
-                f"use last, best, average or a checkpoint path"
-            )
+        path = _checkpoint_path(checkpoint_dir, choice)
         path, choice = path.resolve(), "path"
     return ChosenCheckpoint(path=path, num_updates=read_num_updates(path), choice=choice)

@@ -187,3 +187,20 @@ def test_average_over_epochs_takes_epoch_checkpoints_only(ckpt_dir):
         choose_checkpoint(ckpt_dir, "average", average_last=3, average_over="epochs")
     with pytest.raises(MoeMtError, match="eval.average_over: 'steps' is not one of"):
         choose_checkpoint(ckpt_dir, "average", average_last=2, average_over="steps")
+
+
+def test_a_relative_checkpoint_path_is_the_run_directorys(ckpt_dir, tmp_path, monkeypatch):
+    # docs/compare.md's `eval.checkpoint=checkpoints/checkpoint8.pt` from any directory.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    chosen = choose_checkpoint(ckpt_dir, "checkpoints/checkpoint_1_20.pt")
+    assert chosen.path == (ckpt_dir / "checkpoint_1_20.pt").resolve()
+    assert chosen.num_updates == 20
+    # Not found: the line names the places tried, and only those.
+    with pytest.raises(MoeMtError) as err:
+        choose_checkpoint(ckpt_dir, "checkpoints/checkpoint9.pt")
+    assert str(err.value) == (
+        f"eval.checkpoint=checkpoints/checkpoint9.pt: no such file ({ckpt_dir / 'checkpoint9.pt'}"
+        " nor checkpoints/checkpoint9.pt); use last, best, average or a checkpoint path"
+    )

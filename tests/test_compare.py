@@ -162,3 +162,31 @@ def test_compare_reads_reports_written_before_format_2(two_runs, tmp_path):
     assert before["runs"][1]["scores"] == now["runs"][1]["scores"]
     assert before["runs"][1]["bootstrap"] == now["runs"][1]["bootstrap"]
     assert before["runs"][1]["sentences_per_second"] == now["runs"][1]["sentences_per_second"]
+
+
+def test_every_row_says_how_it_was_evaluated_and_other_decoding_is_flagged(two_runs, tmp_path):
+    early, late = two_runs
+    result = compare([early, late], tmp_path / "same", resamples=20, summaries=False)
+    base, other = result["runs"]
+    assert (base["checkpoint_choice"], other["checkpoint_choice"]) == ("checkpoint_1_20.pt", "last")
+    assert base["decoding"]["beam"] == 1 and result["decoding_differs"] == []
+    table = (tmp_path / "same" / "compare.md").read_text()
+    assert "| early | checkpoint_1_20.pt | 1 |" in table and "Decoded otherwise" not in table
+
+    # The same run decoded with beam 4: compared, but flagged in the json, the table and the CLI.
+    wider = tmp_path / "wider"
+    shutil.copytree(late, wider)
+    _edit_report(wider, lambda r: r["decoding"].update(beam=4))
+    result = compare([early, wider], tmp_path / "flagged", resamples=20, summaries=False)
+    assert result["decoding_differs"] == ["wider: beam 4 (baseline 1)"]
+    assert (
+        "**Decoded otherwise than the baseline**"
+        in (tmp_path / "flagged" / "compare.md").read_text()
+    )
+    cli = CliRunner().invoke(
+        app, ["compare", str(early), str(wider), "--out", str(tmp_path / "c"), "--resamples", "20"]
+    )
+    assert cli.exit_code == 0, cli.stderr
+    assert "warning: decoded otherwise than the baseline: wider: beam 4 (baseline 1)" in (
+        cli.stdout + cli.stderr
+    )

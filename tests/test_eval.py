@@ -89,6 +89,9 @@ def test_eval_checkpoint_update_count(run_copy, choice, updates):
         updates = state["optimizer_history"][-1]["num_updates"]
     # A small file pair keeps this fast; it lands in eval/<source folder>_<source file name>/.
     source, reference = _pair(run_copy / "pair", 40)
+    # Each case evaluates another checkpoint into the same default name, which a second eval
+    # would refuse to replace (test_a_report_made_with_other_settings_is_not_replaced_silently).
+    shutil.rmtree(run_copy / "eval" / "pair_head.en", ignore_errors=True)
     report = evaluate(
         _cfg(
             run_copy,
@@ -182,3 +185,21 @@ def test_paired_bootstrap_equal_systems_are_not_significant():
     worse = ["cat", "dog", "rain", "hi"]
     differ = paired_bootstrap(hyps, worse, refs, resamples=50, seed=3)["metrics"]
     assert all(m["p_value"] < 1.0 for m in differ.values())
+
+
+def test_a_report_made_with_other_settings_is_not_replaced_silently(trained_demo, tmp_path):
+    """README's `eval.checkpoint=average eval.beam=4` after the recipe's eval: refused without
+    eval.name (the recipe's report would be lost), kept beside it with one."""
+    run = _copy(trained_demo, tmp_path / "run")
+    evaluate(_cfg(run, "eval.beam=1", "eval.max_tokens=500"))
+    with pytest.raises(MoeMtError) as err:
+        evaluate(_cfg(run, "eval.beam=2", "eval.checkpoint=checkpoint_1_20.pt"))
+    assert str(err.value) == (
+        f"{run / 'eval' / 'test' / 'report.json'}: made with other eval settings (checkpoint: "
+        "last -> checkpoint_1_20.pt; beam: 1 -> 2); give eval.name=NAME to keep both, or "
+        "eval.name=test to replace it"
+    )
+    # Batching changes no hypothesis: the same evaluation, replaced as before.
+    evaluate(_cfg(run, "eval.beam=1", "eval.max_tokens=800"))
+    kept = evaluate(_cfg(run, "eval.beam=2", "eval.name=test-beam2"))
+    assert kept.out_dir.name == "test-beam2" and (run / "eval" / "test" / "report.json").is_file()

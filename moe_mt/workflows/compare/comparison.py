@@ -33,6 +33,11 @@ the tokenised text, the figure fairseq-era papers print, with its own paired boo
 same tokenised lines. References of segmented data (``none``) are read without their ``@@``
 marks, as eval scored them.
 
+Every row says how it was evaluated: the checkpoint choice (last, best, an average of N, a
+file) and the decoding options that change the output (beam, length penalty, length limit,
+n-gram blocking). Rows decoded otherwise than the baseline are listed in ``decoding_differs``
+and above the table: their difference is partly the decoding's, not the model's.
+
 Refused, with one line naming the runs and the field: runs scored on other directions or
 against different references (sha256 of the reference file in the eval reports), hypotheses of
 another split, and different metric signatures (tokenisation, casing, sacreBLEU version).
@@ -56,6 +61,8 @@ from moe_mt.workflows.evaluate.scoring import (
 )
 
 SIGNIFICANCE = 0.05
+#: The decoding options that change the hypotheses (batching does not).
+OUTPUT_DECODING = ("beam", "lenpen", "max_len_a", "max_len_b", "no_repeat_ngram_size")
 
 
 @dataclass
@@ -210,6 +217,17 @@ def compare(
                     )
         rows.append(row)
     first = next(iter(directions.values()))
+    base_decoding = rows[0]["decoding"]
+    differs = [
+        f"{row['name']}: "
+        + ", ".join(
+            f"{k} {row['decoding'][k]} (baseline {base_decoding[k]})"
+            for k in OUTPUT_DECODING
+            if row["decoding"][k] != base_decoding[k]
+        )
+        for row in rows[1:]
+        if row["decoding"] != base_decoding
+    ]
     result = {
         "split": base.report.get("split"),  # None: a file pair (eval.source)
         "eval_name": eval_name or split,
@@ -221,6 +239,7 @@ def compare(
             **({TOKENIZED_BLEU: first["tokenized_bleu"]["tokenizer"]} if tokenized else {}),
         },
         "metrics": [*METRICS, *([TOKENIZED_BLEU] if tokenized else [])],
+        "decoding_differs": differs,
         "bootstrap": {"resamples": resamples, "seed": seed, "significance": SIGNIFICANCE},
         "runs": rows,
     }
@@ -271,6 +290,8 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         "activation_rate": _float(valid.get("moe_active")),
         "dropped_fraction": _float(valid.get("moe_dropped")),
         "checkpoint": report.get("checkpoint"),
+        "checkpoint_choice": checkpoint_choice(report.get("checkpoint")),
+        "decoding": {k: (report.get("decoding") or {}).get(k) for k in OUTPUT_DECODING},
     }
     if summaries:
         from moe_mt.config import load_config
@@ -280,6 +301,21 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         row["active_parameters"] = summary.get("active_parameters")
         row["flops_per_token"] = summary.get("flops_per_token")
     return row
+
+
+def checkpoint_choice(checkpoint: dict | None) -> str:
+    """``last``, ``best``, ``average of 10 (checkpoint12.pt ... checkpoint21.pt)`` or a file
+    name: which checkpoint a report scored."""
+    if not checkpoint:
+        return "-"
+    choice = checkpoint.get("choice")
+    if choice == "average":
+        names = [Path(c["path"]).name for c in checkpoint.get("averaged", [])]
+        span = f" ({names[0]} ... {names[-1]})" if len(names) > 1 else ""
+        return f"average of {len(names)}{span}"
+    if choice == "path":
+        return Path(checkpoint.get("path", "?")).name
+    return str(choice)
 
 
 def _float(value) -> float | None:
@@ -298,7 +334,15 @@ def markdown_table(result: dict) -> str:
     columns = ["run", "arch", *metrics, "params", "active/token", "ckpt updates", "updates",
                "epochs", "train wall s", "train CPU s", "sent/s", "act. rate",
                "dropped"]  # fmt: skip
+    differs = result.get("decoding_differs") or []
+    warning = (
+        ["**Decoded otherwise than the baseline** (part of these differences is the decoding's): "
+         + "; ".join(differs) + ".", ""]
+        if differs
+        else []
+    )  # fmt: skip
     lines = [
+        *warning,
         (f"Split `{result['split']}`" if result["split"] else "Test files (eval.source)")
         + f" ({result['lines']} lines, reports "
         f"`eval/{result['eval_name']}`); "
@@ -337,6 +381,19 @@ def markdown_table(result: dict) -> str:
         for row in result["runs"]:
             cells = [direction_cell(row, d, "BLEU") for d in result["directions"]]
             lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "How each row was evaluated:",
+        "",
+        "| run | checkpoint | " + " | ".join(OUTPUT_DECODING) + " |",
+        "|" + " --- |" * (len(OUTPUT_DECODING) + 2),
+        *(
+            f"| {row['name']} | {row['checkpoint_choice']} | "
+            + " | ".join(_fmt(row["decoding"][k], "") for k in OUTPUT_DECODING)
+            + " |"
+            for row in result["runs"]
+        ),
+    ]
     lines += [
         "",
         "Scores are sacreBLEU's"

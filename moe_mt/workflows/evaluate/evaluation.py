@@ -161,15 +161,39 @@ def _name_for(source: Path) -> str:
     return name or "source"
 
 
-def _check_same_source(report_path: Path, tests: list[TestSet], name_given: bool) -> None:
-    """Refuse to replace a report made from other source files (sha256 in the report) unless
-    ``eval.name`` names it: the first test set's scores would be lost without a word."""
+#: The eval keys that make a report another evaluation of the same model (the checkpoint choice
+#: and the decoding options that change the hypotheses), compared before a report is replaced.
+EVALUATION_KEYS = (
+    "checkpoint", "average_last", "average_over", "beam", "lenpen", "max_len_a", "max_len_b",
+    "no_repeat_ngram_size",
+)  # fmt: skip
+
+
+def _check_same_source(
+    report_path: Path, tests: list[TestSet], name_given: bool, ev: DictConfig | None = None
+) -> None:
+    """Refuse to replace a report made from other source files (sha256 in the report), or with
+    another checkpoint choice or decoding (:data:`EVALUATION_KEYS`), unless ``eval.name`` names
+    it: the earlier scores would be lost without a word."""
     if name_given or not report_path.is_file():
         return
     try:
-        directions = read_report(report_path)["directions"]
+        report = read_report(report_path)
+        directions = report["directions"]
     except (MoeMtError, KeyError, TypeError):
         return  # not a report this can read: nothing of value to protect
+    before = report.get("eval_config") or {}  # reports before it: nothing to compare
+    if ev is not None and before:
+        keys = [k for k in EVALUATION_KEYS if k in before]
+        if before.get("checkpoint") != "average" and ev.checkpoint != "average":
+            keys = [k for k in keys if k not in ("average_last", "average_over")]
+        changed = [f"{k}: {before[k]} -> {ev[k]}" for k in keys if before[k] != ev[k]]
+        if changed:
+            raise MoeMtError(
+                f"{report_path}: made with other eval settings ({'; '.join(changed)}); give "
+                f"eval.name=NAME to keep both, or eval.name={report_path.parent.name} to "
+                "replace it"
+            )
     for test in tests:
         before = (directions.get(test.direction.name) or {}).get("files", {}).get("source", {})
         if before.get("sha256") not in (None, file_sha256(test.source)):
@@ -248,7 +272,9 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
                 "eval.tokenized_bleu=true needs data prepared with data.subword=bpe or none "
                 "(sentencepiece text has no tokenised form; eval.legacy_bleu tokenises it)"
             )
-        _check_same_source(run_dir.eval / name / REPORT, tests, name_given=ev.name is not None)
+        _check_same_source(
+            run_dir.eval / name / REPORT, tests, name_given=ev.name is not None, ev=ev
+        )
         chosen = choose_checkpoint(
             run_dir.checkpoints, ev.checkpoint, ev.average_last, ev.average_over
         )
