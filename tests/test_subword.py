@@ -249,3 +249,20 @@ def test_tokenized_bleu_refuses_sentencepiece_runs(tmp_path, trained_demo):
     cfg = load_config(run, ["eval.tokenized_bleu=true"])
     with pytest.raises(MoeMtError, match="eval.tokenized_bleu=true needs data prepared with"):
         evaluate(cfg)
+
+
+def test_dry_run_names_the_subwords_it_would_use(tmp_path, wu2021):
+    from moe_mt.workflows.prep.plan import prep_plan
+
+    given = "\n".join(prep_plan(_config(tmp_path / "run", wu2021)).lines)
+    assert "vocabulary: the files' own tokens (segmented already)" in given
+    assert "sentencepiece" not in given and "spm.model" not in given
+    codes = wu2021 / "bpe.codes"
+    bpe = "\n".join(
+        prep_plan(
+            _config(tmp_path / "run", wu2021, "data.subword=bpe", "data.moses=true",
+                    f"data.bpe.codes={codes}")
+        ).lines
+    )  # fmt: skip
+    assert f"vocabulary: Moses tokens, subword-nmt BPE from {codes}" in bpe
+    assert str(tmp_path / "run" / "data" / "bpe.codes") in bpe

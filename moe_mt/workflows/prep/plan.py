@@ -159,19 +159,32 @@ def _produced(
     spm_cfg = data.spm
     all_langs = sorted({lang for langs in splits.values() for lang in langs})
     joint = "joint" if spm_cfg.joint else "per language"
+    subwords = {
+        "sentencepiece": f"sentencepiece {spm_cfg.model_type}, {spm_cfg.vocab_size:,} pieces, "
+        f"{joint}",
+        "bpe": ("Moses tokens, " if data.moses else "")
+        + (
+            f"subword-nmt BPE from {data.bpe.codes}"
+            if data.bpe.codes
+            else f"subword-nmt BPE, {data.bpe.merges:,} joint merges"
+        ),
+        "none": "the files' own tokens (segmented already)",
+    }.get(data.subword, data.subword)
     plan.add(
-        f"vocabulary: sentencepiece {spm_cfg.model_type}, {spm_cfg.vocab_size:,} pieces, "
-        f"{joint}; {'one joined' if data.joined_dictionary else 'one per language'} fairseq "
-        f"dictionary; lowercase: {bool(data.lowercase)}"
+        f"vocabulary: {subwords}; {'one joined' if data.joined_dictionary else 'one per language'}"
+        f" fairseq dictionary; lowercase: {bool(data.lowercase)}"
     )
     plan.add(f"splits: {', '.join(splits)} (train cleaned; valid/test copied as references)")
     data_dir = plan.run_dir / "data"
     plan.add("would write:")
     plan.add(f"  {plan.run_dir / 'config.yaml'}")
     plan.add(f"  {data_dir / 'manifest.json'}")
-    models = ["spm"] if spm_cfg.joint else [f"spm.{lang}" for lang in all_langs]
-    for model in models:
-        plan.add(f"  {data_dir / model}.model, .vocab")
+    if data.subword == "sentencepiece":
+        models = ["spm"] if spm_cfg.joint else [f"spm.{lang}" for lang in all_langs]
+        for model in models:
+            plan.add(f"  {data_dir / model}.model, .vocab")
+    elif data.subword == "bpe":
+        plan.add(f"  {data_dir / 'bpe.codes'}")
     for lang in all_langs:
         plan.add(f"  {data_dir / 'bin' / f'dict.{lang}.txt'}")
     for key, (a, b) in splits.items():
