@@ -158,9 +158,19 @@ def load_segmenter(data_dir: Path, files: dict, lang: str):
     if kind == "sentencepiece":
         import sentencepiece
 
-        return sentencepiece.SentencePieceProcessor(model_file=str(data_dir / files["spm"][lang]))
-    codes = data_dir / files["bpe_codes"] if kind == "bpe" else None
+        model = _prepared_file(data_dir, files["spm"][lang])
+        return sentencepiece.SentencePieceProcessor(model_file=str(model))
+    codes = _prepared_file(data_dir, files["bpe_codes"]) if kind == "bpe" else None
     return Segmenter(lang, bool(files.get("moses")), codes)
+
+
+def _prepared_file(data_dir: Path, name: str) -> Path:
+    """A file of the prepared data, or one line saying it is gone (sentencepiece and
+    subword-nmt would fail on it with their own errors, ``RuntimeError: NOT_FOUND``)."""
+    path = data_dir / name
+    if not path.is_file():
+        raise MoeMtError(f"{path}: missing from the prepared data; run `moemt prep` again")
+    return path
 
 
 def learn_joint_bpe(train_token_files: list[Path], merges: int, codes: Path) -> None:

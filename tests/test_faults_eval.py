@@ -5,12 +5,13 @@ tests/test_translate.py).
 Cases: unequal line counts, a busy run directory, an unprepared split, a source without a
 reference, invalid UTF-8, a direction the run does not translate, a checkpoint that does not fit
 the data (prepared again since), an unloadable or malicious checkpoint, a report made from
-another source under the same name, a read-only run directory.
+another source under the same name, a read-only run directory, a deleted sentencepiece model.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -181,3 +182,24 @@ def test_run_dir_that_is_a_file(run_copy, tmp_path):
     path.write_text("not a run")
     line = one_error_line(invoke("eval", run_copy, f"run_dir={path}"))
     assert line == f"run_dir={path}: exists and is not a directory"
+
+
+def test_a_deleted_sentencepiece_model_is_one_line_and_prep_rebuilds_it(trained_demo, tmp_path):
+    """Issue R2: a deleted data/spm.model was sentencepiece's `RuntimeError: NOT_FOUND` in eval
+    and translate, and prep called the data up to date."""
+    from moe_mt.workflows.prep.pipeline import prep
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_demo, run)
+    model = run / "data" / "spm.model"
+    model.unlink()
+    line = one_error_line(invoke("eval", run))
+    assert line == f"{model}: missing from the prepared data; run `moemt prep` again"
+    assert not (run / "eval").exists()
+    # The same config and inputs: prep rebuilds the same data (the checkpoints still fit).
+    result = prep(_cfg(run))
+    assert not result.up_to_date and model.is_file()
+    assert (
+        result.manifest["fingerprint"]
+        == json.loads((trained_demo / "data" / "manifest.json").read_text())["fingerprint"]
+    )

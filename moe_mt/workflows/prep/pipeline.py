@@ -87,7 +87,11 @@ def prep(cfg: DictConfig, console: Console | None = None, overwrite: bool = Fals
         }
         fingerprint = _fingerprint(cfg.data, inputs)
         existing = _read_manifest(run_dir.manifest)
-        if existing is not None and existing.get("fingerprint") == fingerprint:
+        if (
+            existing is not None
+            and existing.get("fingerprint") == fingerprint
+            and not _missing_files(run_dir.data, existing)
+        ):
             atomic_write_text(run_dir.config, to_yaml(cfg))
             return PrepResult(run_dir.root, existing, up_to_date=True)
         if existing is not None and not overwrite:
@@ -167,6 +171,16 @@ def _fingerprint(data_cfg: DictConfig, inputs: dict) -> str:
     if data_cfg.subword == "bpe" and data_cfg.bpe.codes is not None:
         payload["bpe_codes"] = file_sha256(Path(data_cfg.bpe.codes))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _missing_files(data_dir: Path, manifest: dict) -> list[str]:
+    """The segmentation files and dictionaries a manifest names that are gone (deleted by hand):
+    such data are rebuilt, not called up to date."""
+    files = manifest.get("files") or {}
+    names = [*(files.get("spm") or {}).values(), *(files.get("dictionaries") or {}).values()]
+    if files.get("bpe_codes"):
+        names.append(files["bpe_codes"])
+    return [name for name in dict.fromkeys(names) if not (data_dir / name).is_file()]
 
 
 def _tools(data_cfg) -> tuple[str, ...]:
