@@ -31,7 +31,10 @@ err_console = Console(stderr=True)
 def print_error(message: str) -> None:
     """One line on stderr: ``error: message``."""
     message = rich.markup.escape(message)  # paths and messages may hold [brackets]
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # ... and :name: text, which rich would turn into an emoji (`root:x:0:0` into root❌0:0)
+    err_console.print(
+        f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, emoji=False
+    )
 
 
 # click's exceptions, wherever this typer takes click from (newer releases vendor it).

@@ -21,6 +21,7 @@ compose into one run (``name: europarl_en_ro_${model.family}`` names the run aft
 """
 
 # No `from __future__ import annotations` here: omegaconf 2.0 reads the dataclass field types.
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional
@@ -1199,7 +1200,12 @@ def _merge(base: DictConfig, extra: DictConfig, origin: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, extra)
     except ConfigKeyError as exc:
-        raise MoeMtError(f"{origin}: unknown key '{_full_key(exc)}'") from exc
+        key = str(_full_key(exc))
+        if not re.fullmatch(r"[A-Za-z_][\w.\-]{0,99}", key):
+            # Not a key a recipe could mean (another kind of file read as YAML): its text is not
+            # quoted back, it may be anything (`include: [/etc/passwd]`).
+            raise MoeMtError(f"{origin}: not a recipe (its entries are not recipe keys)") from exc
+        raise MoeMtError(f"{origin}: unknown key '{key}'") from exc
     except ValidationError as exc:
         raise MoeMtError(f"{origin}: {_full_key(exc)}: {_first_line(exc)}") from exc
     except OmegaConfBaseException as exc:

@@ -89,3 +89,25 @@ def test_a_write_error_nobody_named_is_still_one_line(tmp_path, monkeypatch):
 def test_expected_errors_keep_their_line(tmp_path):
     line = one_error_line(invoke("eval", tmp_path / "nope.yaml"))
     assert line == f"{tmp_path / 'nope.yaml'}: no such recipe file"
+
+
+def test_an_included_file_that_is_not_a_recipe_is_not_quoted(tmp_path):
+    """Issue C5: `include: [/etc/passwd]` printed 1,255 bytes of that file in its error line,
+    with rich turning `:x:` into an emoji."""
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/bin/false\n")
+    piece = tmp_path / "piece.yaml"
+    piece.write_text(f"include: [{secret}]\nname: x\n")
+    line = one_error_line(invoke("config", piece))
+    assert line == f"{secret}: not a recipe (its entries are not recipe keys)"
+    # A recipe's misspelt key is still named.
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: x\ntrain:\n  max_updates: 5\n")
+    assert one_error_line(invoke("config", typo)) == f"{typo}: unknown key 'train.max_updates'"
+
+
+def test_error_lines_print_paths_as_they_are(tmp_path):
+    """Issue P2: rich markup and emoji codes in a path are printed as written."""
+    odd = tmp_path / "exp[seed1]:smile:"
+    odd.mkdir()
+    assert one_error_line(invoke("eval", odd)) == f"{odd}: not a run directory (no config.yaml)"
