@@ -1029,6 +1029,7 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
     origins.setdefault("model.arch", NAMED_BY_FAMILY_AND_SIZE)
     if not OmegaConf.is_missing(cfg, "name"):
         cfg.name = cfg.name  # resolved: `europarl_en_ro_${model.family}` becomes the run's name
+    _check_name(cfg, origins.get("name", str(path)))
     if cfg.run_dir is None:
         cfg.run_dir = _default_run_dir(cfg)
     _check_mandatory(cfg, origin=str(path))
@@ -1160,6 +1161,19 @@ def _with_includes(path: Path, loaded: DictConfig, chain: tuple) -> list:
         pieces += _with_includes(target, _read_yaml(target), chain)
     own = OmegaConf.masked_copy(loaded, [k for k in loaded if k != INCLUDE_KEY])
     return [*pieces, (path, own)]
+
+
+def _check_name(cfg: DictConfig, origin: str) -> None:
+    """A run's name is one directory name under ``runs/``: ``name=../../x`` wrote a run two
+    levels above it."""
+    if OmegaConf.is_missing(cfg, "name"):
+        return
+    name = str(cfg.name)
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise MoeMtError(
+            f"{origin}: name={name!r}: a run's name is one directory name under runs/ (no '/', "
+            "'..'); give run_dir=PATH for a run elsewhere"
+        )
 
 
 def _default_run_dir(cfg: DictConfig) -> str:

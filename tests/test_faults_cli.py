@@ -111,3 +111,20 @@ def test_error_lines_print_paths_as_they_are(tmp_path):
     odd = tmp_path / "exp[seed1]:smile:"
     odd.mkdir()
     assert one_error_line(invoke("eval", odd)) == f"{odd}: not a run directory (no config.yaml)"
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", "."])
+def test_a_run_name_that_leaves_runs_is_refused(tmp_path, monkeypatch, name):
+    """Issue S1: `name=../../x` wrote data/, config.yaml and .lock two levels above runs/."""
+    from moe_mt.config import load_config
+    from moe_mt.errors import MoeMtError
+
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+    with pytest.raises(MoeMtError, match=r"a run's name is one directory name under runs/"):
+        load_config(recipe, [f"name={name}"])
+    line = one_error_line(invoke("prep", recipe, f"name={name}"))
+    assert line.startswith(f"override: name={name!r}: ")
+    assert list(tmp_path.iterdir()) == []  # nothing written anywhere
+    # Elsewhere is said with run_dir.
+    assert load_config(recipe, ["name=x", f"run_dir={tmp_path / 'elsewhere'}"]).name == "x"
