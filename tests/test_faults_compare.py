@@ -59,3 +59,40 @@ def test_a_run_without_report(file_pair_runs, tmp_path):
     line = one_error_line(invoke("compare", a, tmp_path, "--eval-name", "test"))
     report = tmp_path / "eval" / "test" / "report.json"
     assert line == f"{report}: no eval report; run `moemt eval` on its run first"
+
+
+def test_compare_options_and_damaged_hypotheses(file_pair_runs, tmp_path):
+    """Issue Q2-Q5: a hyp.txt cut short, --out naming a file, a run given twice, --resamples 0."""
+    from moe_mt.workflows.compare.comparison import compare
+
+    a, b, _ = file_pair_runs
+    args = ("--eval-name", "test", "--resamples", "20")
+    # Q4: a run given twice is one row (and one bootstrap).
+    result = compare([a, b, b], tmp_path / "twice", resamples=20, summaries=False, eval_name="test")
+    assert [r["name"] for r in result["runs"]] == ["a", "b"]
+    # Q3: --out is a file.
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    line = one_error_line(invoke("compare", a, b, "--out", taken, *args))
+    assert line == f"{taken}: not a directory (--out is where compare.md and .json go)"
+    # Q5: the option is named as compare's.
+    line = one_error_line(invoke("compare", a, b, "--out", tmp_path / "o", "--resamples", "0"))
+    assert line == "--resamples must be at least 1, not 0"
+    # Q2: hypotheses cut to fewer lines than the report scored.
+    cut = tmp_path / "cut"
+    shutil.copytree(b, cut)
+    hyp = cut / "eval" / "test" / "en-de" / "hyp.txt"
+    hyp.write_text(hyp.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    line = one_error_line(invoke("compare", a, cut, "--out", tmp_path / "o2", *args))
+    assert line == f"{hyp}: 1 lines, but the report scored 3; evaluate the run again"
+    assert not (tmp_path / "o2").exists()
+
+
+def test_a_length_limit_below_one_token_is_refused(file_pair_runs):
+    """Issue E2: eval.max_len_a=0 eval.max_len_b=0 passed the bounds (each is at least 0) and
+    ended in fairseq's AssertionError."""
+    line = one_error_line(invoke("eval", file_pair_runs[0], "eval.max_len_a=0", "eval.max_len_b=0"))
+    assert line == (
+        "eval.max_len_a=0.0, eval.max_len_b=0: the length limit max_len_a * source length + "
+        "max_len_b must allow at least 1 token"
+    )

@@ -109,6 +109,13 @@ def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> R
     hypotheses = {
         d: read_lines(hypotheses_file(report_path, report, d)) for d in report["directions"]
     }
+    for d, lines in hypotheses.items():
+        expected = report["directions"][d]["lines"]
+        if len(lines) != expected:  # cut or grown since eval: its scores are not these lines'
+            raise MoeMtError(
+                f"{hypotheses_file(report_path, report, d)}: {len(lines)} lines, but the report "
+                f"scored {expected}; evaluate the run again"
+            )
     summary_path = run_dir / "logs" / "train_summary.json"
     train = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     return RunRecord(name, run_dir, report_path.resolve(), report, hypotheses, train)
@@ -166,9 +173,17 @@ def compare(
     """
     if not run_dirs:
         raise MoeMtError("compare needs at least one run directory")
+    if resamples < 1:  # before anything is read, and named as compare's option
+        raise MoeMtError(f"--resamples must be at least 1, not {resamples}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MoeMtError(f"{out_dir}: not a directory (--out is where compare.md and .json go)")
     base = load_run(baseline if baseline is not None else run_dirs[0], split, eval_name)
-    others = [load_run(d, split, eval_name) for d in run_dirs]
-    runs = [base] + [run for run in others if run.report_path != base.report_path]
+    runs, seen = [base], {base.report_path}
+    for run in (load_run(d, split, eval_name) for d in run_dirs):
+        if run.report_path not in seen:  # a run given twice is one row
+            runs.append(run)
+            seen.add(run.report_path)
     check_comparable(runs)
     directions = base.report["directions"]
     segmenters = _segmenters(base.run_dir, directions)
@@ -243,7 +258,6 @@ def compare(
         "bootstrap": {"resamples": resamples, "seed": seed, "significance": SIGNIFICANCE},
         "runs": rows,
     }
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result["plots"] = write_plots(runs, out_dir)
     atomic_write_text(out_dir / "compare.md", markdown_table(result))

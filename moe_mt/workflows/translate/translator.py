@@ -62,6 +62,12 @@ class DecodeOptions:
             raise MoeMtError(f"eval.beam must be at least 1, not {self.beam}")
         if self.max_tokens is None and self.batch_size is None:
             raise MoeMtError("eval.max_tokens or eval.batch_size must be set")
+        if self.max_len_a == 0 and self.max_len_b < 1:  # negatives: the config's bounds
+            # fairseq's generator asserts a length limit of at least one token.
+            raise MoeMtError(
+                f"eval.max_len_a={self.max_len_a}, eval.max_len_b={self.max_len_b}: the length "
+                "limit max_len_a * source length + max_len_b must allow at least 1 token"
+            )
         for key in ("max_tokens", "batch_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
