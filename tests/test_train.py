@@ -37,7 +37,11 @@ def test_trained_run_directory(trained_demo):
     assert "meta:" in config and "git_commit" in config and "fairseq: 0.12.2" in config
     summary = json.loads((run.logs / "train_summary.json").read_text())
     assert summary["num_updates"] == 30 and summary["wall_seconds"] > 0
-    assert float(summary["last_valid"]["loss"]) > 0
+    # Numbers, not fairseq's log strings (issue 34, item 10).
+    assert isinstance(summary["train_loss"], float) and summary["epoch"] == 1
+    assert isinstance(summary["last_valid"]["loss"], float) and summary["last_valid"]["loss"] > 0
+    assert summary["last_valid"]["num_updates"] == 30
+    assert all(isinstance(v["loss"], float) for v in summary["valid_history"])
     log = (run.logs / "train.log").read_text()
     assert '"num_updates": "30"' in log and "fairseq-train" in log
 

@@ -505,10 +505,10 @@ def _run_logged(
         if cpu_seconds is None:
             cpu_seconds = _cpu_seconds() - started_cpu
         summary = {
-            "num_updates": monitor.train.get("num_updates"),
-            "epoch": monitor.train.get("epoch"),
-            "train_loss": monitor.epoch_end.get("loss", monitor.train.get("loss")),
-            "last_valid": monitor.valid,
+            "num_updates": _number(monitor.train.get("num_updates")),
+            "epoch": _number(monitor.train.get("epoch")),
+            "train_loss": _number(monitor.epoch_end.get("loss", monitor.train.get("loss"))),
+            "last_valid": _numbers(monitor.valid),
             # Each validation with its cumulative training wall-clock time (over resumes).
             "valid_history": _valid_history(previous, monitor.valid_history),
             "wall_seconds": round(previous.get("wall_seconds", 0) + time.time() - started_wall, 1),
@@ -532,11 +532,29 @@ PROGRESS_KEY = "moemt_progress"
 
 def _valid_history(previous: dict, validations: list[dict]) -> list[dict]:
     """The validations before this process (``previous``'s) and this process's, each with its
-    cumulative training wall-clock time."""
+    cumulative training wall-clock time; values as numbers (fairseq logs them as strings)."""
     offset = previous.get("wall_seconds", 0)
-    return previous.get("valid_history", []) + [
-        {**v, "wall_seconds": round(offset + v["elapsed_seconds"], 1)} for v in validations
+    return [_numbers(v) for v in previous.get("valid_history", [])] + [
+        _numbers({**v, "wall_seconds": round(offset + v["elapsed_seconds"], 1)})
+        for v in validations
     ]
+
+
+def _number(value):
+    """fairseq's JSON logs hold numbers as strings ("4.87"): the number; anything else as it
+    is."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _numbers(stats: dict | None) -> dict | None:
+    return None if stats is None else {k: _number(v) for k, v in stats.items()}
 
 
 def _recorded_progress(run_dir: RunDir) -> dict:
