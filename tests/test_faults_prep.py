@@ -180,6 +180,24 @@ def test_data_of_a_trained_run_are_not_replaced(tmp_path, corpus):
     assert json.loads(run.manifest.read_text())["config"]["spm"]["vocab_size"] == 250
 
 
+def test_a_trained_runs_unreadable_manifest_does_not_let_prep_replace_its_data(tmp_path, corpus):
+    """Issue R5: with manifest.json damaged, prep replaced a trained run's data with another
+    vocabulary and exited 0; without a readable manifest the guard must refuse."""
+    run = _trained(tmp_path, corpus)
+    run.manifest.write_text("{ not json")
+    vocab = (run.data / "bin" / "dict.en.txt").read_bytes()
+    recipe = str(_recipe(tmp_path, corpus))
+    code, message = _run(recipe, "data.spm.vocab_size=250")
+    assert code == 1
+    assert message == (
+        f"error: {run.manifest}: missing or unreadable, and {run.checkpoints} holds checkpoints "
+        "trained on these data; use --overwrite to prepare them anyway, or another run_dir"
+    )
+    assert (run.data / "bin" / "dict.en.txt").read_bytes() == vocab
+    code, _ = _run(recipe, "data.spm.vocab_size=250", "--overwrite")
+    assert code == 0
+
+
 def test_a_trained_run_may_change_its_test_set(tmp_path, corpus):
     """The same data are nothing to do; another test set is not what the checkpoints were
     trained on (nor another data.test or data.zero_shot: tests/test_multilingual.py)."""

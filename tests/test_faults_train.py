@@ -187,7 +187,7 @@ def test_training_time_and_validations_survive_a_lost_summary(trained_demo, tmp_
     first = json.loads((run_dir / "logs" / "train_summary.json").read_text())
     state = torch.load(last, weights_only=True)
     recorded = state["extra_state"][PROGRESS_KEY]
-    assert [v["num_updates"] for v in recorded["valid_history"]] == ["10", "20", "30"]
+    assert [v["num_updates"] for v in recorded["valid_history"]] == [10, 20, 30]
     assert 0 < recorded["wall_seconds"] <= first["wall_seconds"]
     # As if the first process had been killed after its last checkpoint, having trained for an
     # hour: no summary, only what the checkpoint holds.
@@ -200,6 +200,6 @@ def test_training_time_and_validations_survive_a_lost_summary(trained_demo, tmp_
     summary = json.loads((run_dir / "logs" / "train_summary.json").read_text())
     assert summary["wall_seconds"] > 3600
     history = summary["valid_history"]
-    assert [v["num_updates"] for v in history] == ["10", "20", "30", "35"]
+    assert [v["num_updates"] for v in history] == [10, 20, 30, 35]
     assert history[:3] == recorded["valid_history"] and history[3]["wall_seconds"] > 3600
     assert summary["cpu_seconds"] > recorded["cpu_seconds"]

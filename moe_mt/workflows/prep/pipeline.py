@@ -96,6 +96,14 @@ def prep(cfg: DictConfig, console: Console | None = None, overwrite: bool = Fals
             return PrepResult(run_dir.root, existing, up_to_date=True)
         if existing is not None and not overwrite:
             _guard_trained_data(run_dir, existing, cfg.data, inputs)
+        if existing is None and not overwrite and _has_checkpoints(run_dir):
+            # Without a readable manifest nothing says which data the checkpoints were trained
+            # on: replacing them could give the run another vocabulary without a word.
+            raise MoeMtError(
+                f"{run_dir.manifest}: missing or unreadable, and {run_dir.checkpoints} holds "
+                "checkpoints trained on these data; use --overwrite to prepare them anyway, or "
+                "another run_dir"
+            )
 
         started = time.time()
         with building_dir(run_dir.data) as tmp, progress_bar(console) as progress:
@@ -118,7 +126,7 @@ def _guard_trained_data(run_dir: RunDir, existing: dict, data_cfg, inputs: dict)
     """Refuse to replace prepared data that the run's checkpoints were trained on (another
     vocabulary would no longer fit them); say what changed, as train's resume guard does
     (``key: old -> new``). Test sets may change."""
-    if not run_dir.checkpoints.is_dir() or not any(run_dir.checkpoints.glob("*.pt")):
+    if not _has_checkpoints(run_dir):
         return
     changes = differences(
         existing.get("config", {}),
@@ -138,6 +146,10 @@ def _guard_trained_data(run_dir: RunDir, existing: dict, data_cfg, inputs: dict)
             f"data, and prep would replace them ({'; '.join(changes)}); use --overwrite to "
             "prepare them anyway, or another run_dir"
         )
+
+
+def _has_checkpoints(run_dir: RunDir) -> bool:
+    return run_dir.checkpoints.is_dir() and any(run_dir.checkpoints.glob("*.pt"))
 
 
 def _changed_inputs(existing: dict, inputs: dict) -> list[str]:
