@@ -110,7 +110,7 @@ def test_only_rank0_writes_the_run_directory(two_rank_run, prepped_demo):
         assert sum(once in line for line in log) == 1, once
     summary = json.loads((two_rank_run / "logs" / "train_summary.json").read_text())
     assert summary["num_updates"] == UPDATES and summary["world_size"] == 2
-    assert summary["last_valid"]["num_updates"] == str(UPDATES)
+    assert summary["last_valid"]["num_updates"] == UPDATES  # a number, not the log's string
     config = (two_rank_run / "config.yaml").read_text()
     assert "distributed_world_size: 2" in config
 
