@@ -70,9 +70,13 @@ def moses_tokenize(line: str, lang: str) -> str:
     # closing quote" rule (``(\.+)"(\s*[^<])``, every language but en and cs) matches as
     # ``[^<]``: a quote at the end of a line moves before the period there. sacremoses strips
     # its input's newline itself, after applying its rules, so the newline is given back here.
-    normalized = _normalizer(lang).normalize(line.rstrip("\n") + "\n")
+    return moses_tokens(_normalizer(lang).normalize(line.rstrip("\n") + "\n"), lang)
+
+
+def moses_tokens(text: str, lang: str) -> str:
+    """``tokenizer.perl -l lang`` alone (default mode, escaped) on one line."""
     return _tokenizer(lang).tokenize(
-        normalized, aggressive_dash_splits=False, return_str=True, escape=True
+        text, aggressive_dash_splits=False, return_str=True, escape=True
     )
 
 

@@ -52,7 +52,13 @@ from pathlib import Path
 from moe_mt.errors import MoeMtError
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.common.text import read_lines
-from moe_mt.workflows.evaluate.report import REPORT, decoding_speed, hypotheses_file, read_report
+from moe_mt.workflows.evaluate.report import (
+    OUTPUT_DECODING,
+    REPORT,
+    decoding_speed,
+    hypotheses_file,
+    read_report,
+)
 from moe_mt.workflows.evaluate.scoring import (
     METRICS,
     TOKENIZED_BLEU,
@@ -61,8 +67,6 @@ from moe_mt.workflows.evaluate.scoring import (
 )
 
 SIGNIFICANCE = 0.05
-#: The decoding options that change the hypotheses (batching does not).
-OUTPUT_DECODING = ("beam", "lenpen", "max_len_a", "max_len_b", "no_repeat_ngram_size")
 
 
 @dataclass

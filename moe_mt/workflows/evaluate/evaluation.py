@@ -60,6 +60,7 @@ from moe_mt.workflows.evaluate.legacy_bleu import legacy_bleu, tokenized_bleu
 from moe_mt.workflows.evaluate.report import (
     EXPERT_USAGE_PNG,
     HYPOTHESES,
+    OUTPUT_DECODING,
     REPORT,
     REPORT_FORMAT,
     hypotheses_file,
@@ -163,10 +164,7 @@ def _name_for(source: Path) -> str:
 
 #: The eval keys that make a report another evaluation of the same model (the checkpoint choice
 #: and the decoding options that change the hypotheses), compared before a report is replaced.
-EVALUATION_KEYS = (
-    "checkpoint", "average_last", "average_over", "beam", "lenpen", "max_len_a", "max_len_b",
-    "no_repeat_ngram_size",
-)  # fmt: skip
+EVALUATION_KEYS = ("checkpoint", "average_last", "average_over", *OUTPUT_DECODING)
 
 
 def _check_same_source(

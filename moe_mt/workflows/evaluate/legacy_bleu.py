@@ -8,10 +8,11 @@ every hyphen between two non-space characters is split off as ``##AT##-##AT##``,
 
 The three steps, each done by the library that implements its reference:
 
-1. :func:`moses_tokenize`: Moses ``tokenizer.perl -l LANG`` in its default mode, through
-   sacremoses' ``MosesTokenizer`` (the Python port fairseq's ``--tokenizer moses`` uses, with
-   Moses' full per-language non-breaking prefix lists): ``aggressive_dash_splits=False`` is
-   tokenizer.perl without ``-a`` (what the scripts above run: hyphens stay inside words), and
+1. :func:`moses_tokenize` (:func:`.segmentation.moses_tokens`): Moses ``tokenizer.perl -l LANG``
+   in its default mode, through sacremoses' ``MosesTokenizer`` (the Python port fairseq's
+   ``--tokenizer moses`` uses, with Moses' full per-language non-breaking prefix lists):
+   ``aggressive_dash_splits=False`` is tokenizer.perl without ``-a`` (what the scripts above run:
+   hyphens stay inside words), and
    ``escape=True`` escapes ``& | < > ' " [ ]`` as tokenizer.perl does. A language code without a
    prefix list (``xx``) falls back to the English list, as tokenizer.perl does (with a warning);
    its apostrophes still follow the generic rule (``'`` split off on both sides), not English's.
@@ -35,27 +36,14 @@ The three steps, each done by the library that implements its reference:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
 import regex
+
+from moe_mt.data_prep.segmentation import moses_tokens as moses_tokenize
 
 NOTE = "tokenised BLEU (Moses tokenizer, multi-bleu.perl); not comparable to sacreBLEU"
 
 _COMPOUND = regex.compile(r"(\S)-(\S)")
-
-
-@cache
-def _tokenizer(lang: str):
-    from sacremoses import MosesTokenizer
-
-    return MosesTokenizer(lang)
-
-
-def moses_tokenize(text: str, lang: str) -> str:
-    """One line tokenised as Moses ``tokenizer.perl -l lang`` (default mode, escaped)."""
-    return _tokenizer(lang).tokenize(
-        text, aggressive_dash_splits=False, return_str=True, escape=True
-    )
 
 
 def compound_split(text: str) -> str:
@@ -73,22 +61,51 @@ class MultiBleu:
 
     def format(self) -> str:
         """multi-bleu.perl's output line."""
-        p = "/".join(f"{x:.1f}" for x in self.precisions)
-        ratio = self.sys_len / self.ref_len if self.ref_len else 0.0
         return (
-            f"BLEU = {self.score:.2f}, {p} (BP={self.brevity_penalty:.3f}, ratio={ratio:.3f}, "
-            f"hyp_len={self.sys_len}, ref_len={self.ref_len})"
+            f"BLEU = {self.score:.2f}, {self._precisions()} (BP={self.brevity_penalty:.3f}, "
+            f"ratio={self._ratio():.3f}, hyp_len={self.sys_len}, ref_len={self.ref_len})"
         )
+
+    def fairseq_format(self) -> str:
+        """fairseq-generate's line for the same numbers."""
+        return (
+            f"BLEU4 = {self.score:.2f}, {self._precisions()} (BP={self.brevity_penalty:.3f}, "
+            f"ratio={self._ratio():.3f}, syslen={self.sys_len}, reflen={self.ref_len})"
+        )
+
+    def entry(self, formatted: str, tokenizer: str, note: str) -> dict:
+        """The fields a ``report.json`` BLEU entry shares, rounded as the report shows them."""
+        return {
+            "score": round(self.score, 2),
+            "formatted": formatted,
+            "precisions": [round(p, 2) for p in self.precisions],
+            "brevity_penalty": round(self.brevity_penalty, 4),
+            "sys_len": self.sys_len,
+            "ref_len": self.ref_len,
+            "tokenizer": tokenizer,
+            "case_sensitive": True,
+            "note": note,
+        }
+
+    def _precisions(self) -> str:
+        return "/".join(f"{x:.1f}" for x in self.precisions)
+
+    def _ratio(self) -> float:
+        return self.sys_len / self.ref_len if self.ref_len else 0.0
+
+
+def multi_bleu_metric():
+    """sacreBLEU's ``BLEU`` set up as multi-bleu.perl (see the module's docstring, step 3)."""
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(tokenize="none", smooth_method="none", effective_order=False, force=True)
 
 
 def multi_bleu(hypotheses: list[str], references: list[str]) -> MultiBleu:
     """Corpus BLEU of whitespace-tokenised lines against one reference each (multi-bleu.perl)."""
-    from sacrebleu.metrics import BLEU
-
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    bleu = BLEU(tokenize="none", smooth_method="none", effective_order=False, force=True)
-    result = bleu.corpus_score(hypotheses, [references])
+    result = multi_bleu_metric().corpus_score(hypotheses, [references])
     return MultiBleu(
         result.score, tuple(result.precisions), result.bp, result.sys_len, result.ref_len
     )
@@ -105,21 +122,11 @@ def legacy_bleu(
         return compound_split(tokens) if compound else tokens
 
     result = multi_bleu([prepare(h) for h in hypotheses], [prepare(r) for r in references])
-    return {
-        "score": round(result.score, 2),
-        "formatted": result.format(),
-        "precisions": [round(p, 2) for p in result.precisions],
-        "brevity_penalty": round(result.brevity_penalty, 4),
-        "sys_len": result.sys_len,
-        "ref_len": result.ref_len,
-        "tokenizer": (
-            f"moses tokenizer.perl -l {lang} (default mode, escaped; "
-            f"sacremoses {version('sacremoses')})"
-        ),
-        "compound_split": compound,
-        "case_sensitive": True,
-        "note": NOTE,
-    }
+    tokenizer = (
+        f"moses tokenizer.perl -l {lang} (default mode, escaped; "
+        f"sacremoses {version('sacremoses')})"
+    )
+    return {**result.entry(result.format(), tokenizer, NOTE), "compound_split": compound}
 
 
 TOKENIZED_NOTE = (
@@ -139,19 +146,4 @@ def tokenized_bleu(hypotheses: list[str], references: list[str], convention: str
     difference: generate scores against the binarised reference, whose out-of-dictionary tokens
     read ``<<unk>>`` and never match; here the reference text is scored as it is."""
     result = multi_bleu(hypotheses, references)
-    p = "/".join(f"{x:.1f}" for x in result.precisions)
-    ratio = result.sys_len / result.ref_len if result.ref_len else 0.0
-    return {
-        "score": round(result.score, 2),
-        "formatted": (
-            f"BLEU4 = {result.score:.2f}, {p} (BP={result.brevity_penalty:.3f}, "
-            f"ratio={ratio:.3f}, syslen={result.sys_len}, reflen={result.ref_len})"
-        ),
-        "precisions": [round(x, 2) for x in result.precisions],
-        "brevity_penalty": round(result.brevity_penalty, 4),
-        "sys_len": result.sys_len,
-        "ref_len": result.ref_len,
-        "tokenizer": convention,
-        "case_sensitive": True,
-        "note": TOKENIZED_NOTE,
-    }
+    return result.entry(result.fairseq_format(), convention, TOKENIZED_NOTE)

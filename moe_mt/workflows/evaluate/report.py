@@ -28,6 +28,10 @@ from pathlib import Path
 from moe_mt.errors import MoeMtError
 from moe_mt.workflows.evaluate.scoring import macro_average
 
+#: The decoding options that change the hypotheses, as ``report.json``'s ``decoding`` records them:
+#: eval compares them before it replaces a report, compare shows and checks them for every row.
+OUTPUT_DECODING = ("beam", "lenpen", "max_len_a", "max_len_b", "no_repeat_ngram_size")
+
 REPORT_FORMAT = 2
 REPORT = "report.json"
 HYPOTHESES = "hyp.txt"

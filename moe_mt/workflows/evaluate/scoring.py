@@ -69,10 +69,9 @@ TOKENIZED_BLEU = "BLEU4 tok"
 def tokenized_bleu_metrics() -> dict:
     """multi-bleu.perl's BLEU as a sacrebleu metric (:func:`.legacy_bleu.multi_bleu`'s), for a
     paired bootstrap on tokenised lines."""
-    from sacrebleu.metrics import BLEU
+    from moe_mt.workflows.evaluate.legacy_bleu import multi_bleu_metric
 
-    metric = BLEU(tokenize="none", smooth_method="none", effective_order=False, force=True)
-    return {TOKENIZED_BLEU: metric}
+    return {TOKENIZED_BLEU: multi_bleu_metric()}
 
 
 def paired_bootstrap(
