@@ -20,14 +20,12 @@ names the URL or the file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
 import os
 import re
 import socket
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +46,7 @@ from rich.progress import (
 from moe_mt.data_prep.download_extract import ExtractError, extract
 from moe_mt.data_prep.source_text import TextError, read_part
 from moe_mt.data_prep.sources import Archive, Format, Part, SacrebleuPart, Source, get_source
+from moe_mt.locking import exclusive
 
 __all__ = [
     "ChecksumError",
@@ -155,15 +154,12 @@ def _exclusive(lock: Path, what: str, wait: bool = False):
     """Hold an exclusive lock on ``lock`` (released if the process dies); unless ``wait``,
     refuse when another process holds it."""
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise DownloadError(f"{what} is in use by another process ({lock})") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def refused() -> DownloadError:
+        return DownloadError(f"{what} is in use by another process ({lock})")
+
+    with open(lock, "a") as handle, exclusive(handle, refused, wait=wait):
+        yield
 
 
 def _download(url, dest, sha256, md5, progress, timeout, retries, backoff) -> tuple[Path, str]:
@@ -582,23 +578,3 @@ def resolve_sacrebleu(part: SacrebleuPart) -> Part:
     )
     fmt = Format.SGML if files[0].endswith((".sgm", ".xml")) else Format.TEXT
     return Part(archive, {src: files[0], tgt: files[1]}, format=fmt)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m moe_mt.data_prep.download NAME CACHE_DIR``: fetch one corpus."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m moe_mt.data_prep.download NAME CACHE_DIR", file=sys.stderr)
-        return 2
-    try:
-        corpus = fetch_corpus(argv[0], argv[1])
-    except (DownloadError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    for split, files in corpus.files.items():
-        print(split, corpus.lines[split], *(str(p) for p in files.values()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -38,7 +38,6 @@ from moe_mt.errors import MoeMtError, writing
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
-CHOICES = ("last", "best", "average")
 AVERAGE_KEY = "moemt_average"  # top-level key of an averaged checkpoint: what it was made of
 AVERAGE_FORMAT = 1
 

@@ -1,6 +1,6 @@
 """Every dispatch path equals a slow per-token reference, in outputs and gradients.
 
-The references (``reference_*``) are imported by the other MoE tests."""
+The references (``reference_*``, ``dense_expert_mean``) are imported by the other MoE tests."""
 
 import pytest
 import torch
@@ -17,7 +17,6 @@ from moe_mt.moe import (
     soft_dispatch,
 )
 from moe_mt.moe.experts import ACTIVATIONS
-from moe_mt.moe.layer import dense_expert_mean
 
 
 def expert_on_token(bank: ExpertBank, e: int, x_i: torch.Tensor) -> torch.Tensor:
@@ -25,6 +24,13 @@ def expert_on_token(bank: ExpertBank, e: int, x_i: torch.Tensor) -> torch.Tensor
     h = x_i @ bank.w1[e] + (bank.b1[e] if bank.b1 is not None else 0)
     h = ACTIVATIONS[bank.activation](h)
     return h @ bank.w2[e] + (bank.b2[e] if bank.b2 is not None else 0)
+
+
+def dense_expert_mean(experts: ExpertBank, x: torch.Tensor) -> torch.Tensor:
+    """Mean of all experts' outputs on each row of ``x`` ``[t, d]`` -> ``[t, o]``: what a layer
+    that sends every token to every expert with equal weight (THOR's ``mean`` inference, the
+    random router's ``mean`` mode) must give."""
+    return torch.stack([experts.forward_expert(x, e) for e in range(experts.num_experts)]).mean(0)
 
 
 def reference_kept(expert_index, num_experts, capacity, pad_mask):

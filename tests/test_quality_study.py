@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -13,11 +14,17 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_study_produces_complete_signed_tables(shared_data, tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    monkeypatch.setattr(sys, "path", sys.path)
-    import quality
+@pytest.fixture
+def quality(monkeypatch):
+    """benchmarks/quality.py as a module. benchmarks/ is no package: its folder goes on sys.path
+    for this test only, and the module leaves sys.modules after it, so that a later
+    ``import quality`` elsewhere does not find this one."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    yield importlib.import_module("quality")
+    sys.modules.pop("quality", None)
 
+
+def test_tiny_study_produces_complete_signed_tables(shared_data, tmp_path, quality):
     out = tmp_path / "study"
     assert (
         quality.main(["--tiny", "--out", str(out), "--data", str(shared_data / "multi30k_en_de")])

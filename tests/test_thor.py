@@ -18,9 +18,9 @@ from moe_mt.criterions.thor_criterion import CRITERION_NAME, symmetric_kl
 from moe_mt.models import thor
 from moe_mt.models.moe_layers import observe_moe
 from moe_mt.models.thor import MODEL_NAME, ThorRouter, ThorTransformerModel
-from moe_mt.moe.layer import dense_expert_mean
 from moe_mt.workflows.train.trainer import train
 from tests.conftest import REPO
+from tests.test_moe_reference import dense_expert_mean
 from tests.test_switch import batch, build, moe_config
 
 moe_mt.register()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from moe_mt.moe.conventions import RoutingConventions, fairseq_capacity, renormalize_kept
@@ -223,8 +222,3 @@ class MoEFeedForward(nn.Module):
         out = self.forward(flat, flat_mask, sentence_index_tbd(n, b))
         out.y = unflatten_tbd(out.y, n, b)
         return out
-
-
-def dense_expert_mean(experts: ExpertBank, x: Tensor) -> Tensor:
-    """Reference: mean of all experts' outputs on each row of ``x`` ``[t, d]`` -> ``[t, o]``."""
-    return torch.stack([experts.forward_expert(x, e) for e in range(experts.num_experts)]).mean(0)

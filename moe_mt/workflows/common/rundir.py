@@ -13,7 +13,6 @@ is removed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from moe_mt.errors import MoeMtError, is_write_error, write_error, writing
+from moe_mt.locking import exclusive
 
 LOCK_FILE = ".lock"
 
@@ -85,25 +85,25 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
             handle = open(path, "a+")
         _last_locked = self.root
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+
+        def refused() -> MoeMtError:  # the holder wrote its pid in the file
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            handle.close()
-            raise MoeMtError(f"{self.root}: run directory is in use by {holder}") from None
-        try:
-            with writing(path):
+            return MoeMtError(f"{self.root}: run directory is in use by {holder}")
+
+        # Released in reverse order: the pid is erased, then the lock released, then the file
+        # closed (also when another process holds it).
+        with handle, exclusive(handle, refused):
+            try:
+                with writing(path):
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(f"pid {os.getpid()}\n")
+                    handle.flush()
+                yield self
+            finally:
                 handle.seek(0)
                 handle.truncate()
-                handle.write(f"pid {os.getpid()}\n")
-                handle.flush()
-            yield self
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
