@@ -22,18 +22,6 @@ EPILOG = """Examples:
   moemt config runs/demo   # a run directory's config.yaml"""
 
 
-def section_help(section: str) -> str:
-    """A help paragraph naming the keys of a recipe section (from the schema, so always true)."""
-    from moe_mt.config import schema_keys
-
-    docs = schema_keys()
-    keys = [k for k, doc in docs.items() if k.startswith(f"{section}.") and not doc.section]
-    return (
-        f"Recipe keys (override as key=value): {', '.join(keys)}. "
-        f"`moemt config RECIPE {section}` prints each with its value, origin and help."
-    )
-
-
 def split_key(arguments: list[str]) -> tuple[str | None, list[str]]:
     """``[PIECE.yaml ...] [KEY] [key=value ...]``: the one argument that is neither a recipe piece
     (``*.yaml``) nor ``key=value`` is KEY; the others go to the loader."""

@@ -10,6 +10,8 @@ import inspect
 
 from rich.table import Table
 
+from moe_mt.cli.common import section_help
+
 
 def distill_table(report: dict) -> Table:
     """Teacher, student and baseline side by side: BLEU, chrF2, parameters, speed."""
@@ -52,7 +54,6 @@ EXAMPLES = """Examples:
 
 def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
     """Add ``distill`` to ``app``."""
-    from moe_mt.cli.config_command import section_help
 
     def distill_command(config: config_arg, overrides: overrides_arg = None) -> None:
         """Distil the teacher run distill.teacher into the dense student of CONFIG.

@@ -8,7 +8,8 @@
 - criteria: moemt's registered fairseq criterions and fairseq's label-smoothed cross-entropy
   (the dense baseline's), with the families that train with each by default.
 
-:func:`register` adds the command to the ``moemt`` app (see :mod:`moe_mt.cli.main`).
+:func:`register` adds the command to the ``moemt`` app; it receives main's helpers (error
+mapping, argument types, consoles) so that this module does not import ``moe_mt.cli.main``.
 """
 
 # No `from __future__ import annotations`: typer reads the parameter annotations.
@@ -168,7 +169,7 @@ LISTINGS = {
 }
 
 
-def register(app, *, user_errors, console, **_) -> None:
+def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
     """Add ``ls`` to ``app``."""
 
     def ls_command(

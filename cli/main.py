@@ -1,9 +1,11 @@
-"""The ``moemt`` command: parse, load the config, call one workflow, print the result.
+"""The ``moemt`` command: the app, the arguments every command shares, the error guard.
 
-No logic lives here beyond turning arguments into a config and results into tables; the
-workflows in :mod:`moe_mt.workflows` are what tests call directly. A :class:`MoeMtError` becomes
-one line on stderr and exit code 1; so does any other exception, its traceback saved to a file
-that the line names (:mod:`moe_mt.cli.unexpected`; ``MOEMT_DEBUG=1`` shows it instead).
+Each command is one module, ``<command>_command.py``: it parses, loads the config, calls one
+workflow and prints its result table; its ``register`` adds it to the app with this module's
+helpers. The workflows in :mod:`moe_mt.workflows` are what tests call directly. A
+:class:`MoeMtError` becomes one line on stderr and exit code 1; so does any other exception, its
+traceback saved to a file that the line names (:mod:`moe_mt.cli.unexpected`; ``MOEMT_DEBUG=1``
+shows it instead).
 """
 
 from __future__ import annotations
@@ -18,8 +20,19 @@ import typer
 import typer.core
 from rich.console import Console
 
-import moe_mt
-from moe_mt.cli import report, unexpected
+from moe_mt.cli import (
+    compare_command,
+    config_command,
+    distill_command,
+    eval_command,
+    export_command,
+    ls_command,
+    prep_command,
+    train_command,
+    translate_command,
+    unexpected,
+    version_command,
+)
 from moe_mt.errors import MoeMtError
 
 console = Console()
@@ -127,114 +140,20 @@ def main() -> None:
     """moemt: one experiment directory per run; see README.md."""
 
 
-PREP_EXAMPLES = """Examples:
-
-  moemt prep recipes/demo.yaml --dry-run   # the plan only: nothing written
-  moemt prep recipes/demo.yaml
-  moemt prep recipes/demo_switch.yaml data.spm.vocab_size=4000"""
-
-
-@app.command(epilog=PREP_EXAMPLES)
-@user_errors
-def prep(
-    config: ConfigArg,
-    overrides: OverridesArg = None,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="Print what would be downloaded (URLs, sizes, checksums, cache) and written.",
-        ),
-    ] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Replace data that this run's checkpoints were trained on (refused otherwise).",
-        ),
-    ] = False,
-) -> None:
-    """Validate, clean, tokenise (sentencepiece) and binarise a parallel corpus.
-
-    Recipe keys: the data section (`moemt config RECIPE data` prints each with its help).
-    """
-    from moe_mt.config import load_config
-    from moe_mt.workflows.prep.pipeline import prep as run_prep
-
-    cfg = load_config(config, overrides or [])
-    if dry_run:
-        from moe_mt.workflows.prep.plan import prep_plan
-
-        for line in prep_plan(cfg).lines:
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
-        return
-    result = run_prep(cfg, console=err_console, overwrite=overwrite)
-    if result.up_to_date:
-        console.print(
-            f"data in {result.run_dir}/data is up to date (same inputs and config): nothing to do"
-        )
-    console.print(report.prep_table(result.manifest))
-    console.print(f"wrote {result.run_dir}/data (manifest.json)")
-
-
-TRAIN_EXAMPLES = """Examples:
-
-  moemt train recipes/demo_switch.yaml --dry-run   # parameters, FLOPs
-  moemt train recipes/demo.yaml train.max_update=3000
-  moemt train recipes/europarl/en_ro.yaml recipes/families/switch.yaml model.moe.top_k=2"""
-
-
-@app.command(epilog=TRAIN_EXAMPLES)
-@user_errors
-def train(
-    config: ConfigArg,
-    overrides: OverridesArg = None,
-    overwrite: Annotated[
-        bool,
-        typer.Option("--overwrite", help="Delete this run's checkpoints and logs, start over."),
-    ] = False,
-    finetune_from: Annotated[
-        str | None,
-        typer.Option(help="Start from this checkpoint or run directory's weights (new optimizer)."),
-    ] = None,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="Print the resolved config, fairseq arguments and parameter/FLOP summary only.",
-        ),
-    ] = False,
-) -> None:
-    """Train (or resume) the model of CONFIG with fairseq, in its run directory.
-
-    Recipe keys: the model and train sections (`moemt config RECIPE model`, `... train`);
-    architectures: `moemt ls archs`.
-    """
-    import shlex
-
-    from moe_mt.config import load_config, to_yaml
-    from moe_mt.workflows.train.trainer import train as run_train
-
-    cfg = load_config(config, overrides or [])
-    result = run_train(
-        cfg, overwrite=overwrite, finetune_from=finetune_from, dry_run=dry_run, console=err_console
-    )
-    if dry_run:
-        console.print(to_yaml(cfg), highlight=False, markup=False)
-        console.print(
-            "fairseq-train " + shlex.join(result.fairseq_args), highlight=False, markup=False
-        )
-        from moe_mt.workflows.train.model_summary import model_summary, summary_table
-
-        console.print(summary_table(model_summary(cfg)))
-        return
-    if result.rank == 0:  # under torchrun/srun, rank 0 alone reports
-        console.print(report.train_table(result))
-
-
-def _register(module) -> None:
-    """Add the commands of ``module`` (its ``register``) to the app, with main's helpers."""
-    module.register(
+# Typer lists the commands in the order they are added: the pipeline's, then the helpers.
+for _command in (
+    prep_command,
+    train_command,
+    eval_command,
+    translate_command,
+    distill_command,
+    export_command,
+    compare_command,
+    config_command,
+    ls_command,
+    version_command,
+):
+    _command.register(
         app,
         user_errors=user_errors,
         config_arg=ConfigArg,
@@ -242,78 +161,6 @@ def _register(module) -> None:
         console=console,
         err_console=err_console,
     )
-
-
-# Typer lists the commands in the order they are added: the pipeline's, then the helpers.
-from moe_mt.cli import (  # noqa: E402
-    config_command,
-    distill_command,
-    eval_commands,
-    export_command,
-    ls_command,
-)
-
-_register(eval_commands)  # eval, translate
-_register(distill_command)
-_register(export_command)
-
-
-COMPARE_EXAMPLES = """Examples:
-
-  moemt compare runs/demo runs/demo_switch
-  moemt compare runs/demo runs/demo_switch runs/demo_thor --out compare/demo"""
-
-
-@app.command(epilog=COMPARE_EXAMPLES)
-@user_errors
-def compare(
-    run_dirs: Annotated[
-        list[str],
-        typer.Argument(
-            help="Evaluated run directories, or a run's eval directory (RUN_DIR/eval/NAME: e.g. "
-            "its CTranslate2 export's report, eval/test-ct2-int8)."
-        ),
-    ],
-    baseline: Annotated[
-        str | None, typer.Option(help="Run directory of the baseline (default: the first run).")
-    ] = None,
-    split: Annotated[str, typer.Option(help="The evaluated split to compare.")] = "test",
-    out: Annotated[
-        str, typer.Option(help="Directory for compare.md, .json and plots.")
-    ] = "compare",
-    resamples: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Paired bootstrap seed.")] = 12345,
-    eval_name: Annotated[
-        str | None,
-        typer.Option(help="Compare the reports in eval/NAME (`moemt eval ... eval.name=NAME`)."),
-    ] = None,
-) -> None:
-    """Evaluated runs side by side, with paired bootstrap against the baseline."""
-    from moe_mt.workflows.compare.comparison import compare as run_compare
-
-    result = run_compare(run_dirs, out, baseline, split, resamples, seed, eval_name=eval_name)
-    console.print(report.compare_table(result))
-    for line in result["decoding_differs"]:
-        console.print(f"warning: decoded otherwise than the baseline: {line}", highlight=False)
-    console.print(
-        f"wrote {out} (compare.md, compare.json, {', '.join(result['plots']) or 'no plots'})"
-    )
-
-
-_register(config_command)
-_register(ls_command)
-
-
-@app.command(epilog="Examples:\n\n  moemt version\n  moemt version | grep fairseq")
-@user_errors
-def version() -> None:
-    """Print the moemt version and the versions it runs with."""
-    from moe_mt.provenance import provenance
-
-    info = provenance()
-    console.print(f"moemt {moe_mt.__version__} (commit {info['git_commit']})")
-    for name, value in info["versions"].items():
-        console.print(f"  {name} {value}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_mt.workflows.distill.student_init import student_state_from_teacher
+from moe_mt.workflows.common.student_init import student_state_from_teacher
 from tests.test_switch import build
 
 DENSE = "model.arch=moemt_transformer_demo"

@@ -9,4 +9,7 @@
 - :mod:`.progress`: the rich progress bar every long step shows.
 - :mod:`.model_init`: a model's initial weights from another model, tensor by tensor, with a
   report (distillation's student, sparse upcycling).
+- :mod:`.student_init`: a dense model's weights from an MoE model's (non-expert weights copied
+  where shapes agree, the FFN from the experts' mean or one expert): distillation's student,
+  THOR with one fixed expert for export.
 """

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from moe_mt.config import DataConfig
 from moe_mt.errors import MoeMtError
 
 MANIFEST_FORMAT = 2
@@ -53,6 +54,26 @@ def parse_direction(text: str, key: str) -> Direction:
     return Direction(src, tgt)
 
 
+def directions(data_cfg: DictConfig) -> list[Direction]:
+    """The trained directions, in order, each once: those of ``data.pairs``, or the one
+    ``data.src``-``data.tgt`` of a single-pair recipe."""
+    if not data_cfg.pairs:
+        return [parse_direction(f"{data_cfg.src}-{data_cfg.tgt}", "data.src/data.tgt")]
+    parsed = [parse_direction(p, "data.pairs") for p in data_cfg.pairs]
+    seen = set()
+    for d in parsed:
+        if d in seen:
+            raise MoeMtError(f"data.pairs: {d} is listed twice")
+        seen.add(d)
+    return parsed
+
+
+def languages(dirs: list[Direction]) -> list[str]:
+    """Every language of ``dirs``, sorted: the order of fairseq's ``--langs`` (stable, so that
+    the language tokens keep their ids whichever order the pairs are listed in)."""
+    return sorted({lang for d in dirs for lang in (d.src, d.tgt)})
+
+
 #: ``data.*`` keys that change how prep runs, never what it writes: left out of the data config
 #: a manifest records and compares.
 RUN_ONLY_DATA_KEYS = ("workers",)
@@ -68,8 +89,6 @@ def recorded_data_config(manifest: dict) -> dict | None:
     """The data config a manifest records, in :func:`prepared_data_config`'s form, with the keys
     added to the schema since it was written at their defaults: data prepared before a key
     existed stay usable by the runs trained on them. None where it no longer fits the schema."""
-    from moe_mt.config import DataConfig
-
     try:
         merged = OmegaConf.merge(OmegaConf.structured(DataConfig), manifest.get("config") or {})
     except Exception:  # noqa: BLE001 - omegaconf raises several types for a key it refuses

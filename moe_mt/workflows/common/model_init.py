@@ -2,7 +2,7 @@
 
 One implementation for the two directions moemt initialises in:
 
-- ``moemt distill`` (:mod:`moe_mt.workflows.distill.student_init`): a dense student from a
+- ``moemt distill`` (:mod:`moe_mt.workflows.common.student_init`): a dense student from a
   (dense or MoE) teacher, its FFNs from the teacher's experts;
 - sparse upcycling, ``moemt train ... train.upcycle_from=...``
   (:mod:`moe_mt.workflows.train.upcycle`): an MoE model from a dense one, every expert a copy of
@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+import moe_mt
 from moe_mt.checkpoints import atomic_torch_save
 from moe_mt.workflows.common.rundir import RunDir
 
@@ -113,12 +114,12 @@ def same_name_rule(name: str, source: Mapping[str, Tensor]) -> Source:
 def build_model_state(cfg: DictConfig, run_dir: RunDir) -> dict[str, Tensor]:
     """A freshly initialised model's state dict, built as ``moemt train`` builds it (seeded
     with ``train.seed``; the run's prepared data gives the dictionaries)."""
-    import moe_mt
-
     moe_mt.register()
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    # common/ sits below train/: the one import against the layers (tests/test_layering.py),
+    # until the callers hand in the fairseq arguments.
     from moe_mt.workflows.train.fairseq_args import train_args
 
     parser = options.get_training_parser()

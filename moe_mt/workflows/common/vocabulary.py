@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from moe_mt.errors import MoeMtError
+from moe_mt.workflows.common.manifest import directions, languages
 
 #: The embedding of each side in a fairseq encoder-decoder's state dict.
 EMBEDDINGS = {"source": "encoder.embed_tokens.weight", "target": "decoder.embed_tokens.weight"}
@@ -27,8 +28,6 @@ def model_dictionaries(data_cfg: DictConfig, bin_dir: Path):
     from fairseq.data import Dictionary
 
     if data_cfg.pairs:  # multilingual: one dictionary, with the task's language tokens
-        from moe_mt.workflows.prep.corpora import task_dictionary
-
         joint = task_dictionary(data_cfg, bin_dir)
         return joint, joint
     paths = [bin_dir / f"dict.{data_cfg.src}.txt", bin_dir / f"dict.{data_cfg.tgt}.txt"]
@@ -40,6 +39,26 @@ def model_dictionaries(data_cfg: DictConfig, bin_dir: Path):
     for i in range(data_cfg.spm.vocab_size):
         vocab.add_symbol(f"w{i}")
     return vocab, vocab
+
+
+def task_dictionary(data_cfg: DictConfig, bin_dir: Path):
+    """The dictionary a model of ``data.pairs`` embeds: the prepared joint one (before prep, a
+    stand-in of ``data.spm.vocab_size`` symbols) with the ``__<lang>__`` token of every
+    language added as ``translation_multi_simple_epoch`` adds them (fairseq's
+    ``augment_dictionary``, default token style)."""
+    from fairseq.data import Dictionary
+    from fairseq.data.multilingual.multilingual_utils import augment_dictionary
+
+    langs = languages(directions(data_cfg))
+    path = bin_dir / f"dict.{langs[0]}.txt"
+    if path.is_file():
+        dictionary = Dictionary.load(str(path))
+    else:
+        dictionary = Dictionary()
+        for i in range(data_cfg.spm.vocab_size):
+            dictionary.add_symbol(f"w{i}")
+    augment_dictionary(dictionary, langs, lang_tok_style="multilingual")
+    return dictionary
 
 
 def check_fits_data(checkpoint: Path, model_state: dict, data_cfg: DictConfig, bin_dir: Path):

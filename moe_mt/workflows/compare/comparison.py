@@ -49,7 +49,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_mt.config import load_config
+from moe_mt.data_prep.segmentation import text_segmenter
 from moe_mt.errors import MoeMtError
+from moe_mt.workflows.common.manifest import read_manifest
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.common.text import read_lines
 from moe_mt.workflows.evaluate.report import (
@@ -65,6 +68,7 @@ from moe_mt.workflows.evaluate.scoring import (
     paired_bootstrap,
     tokenized_bleu_metrics,
 )
+from moe_mt.workflows.train.model_summary import model_summary
 
 SIGNIFICANCE = 0.05
 
@@ -272,9 +276,6 @@ def compare(
 def _segmenters(run_dir: Path, directions: dict) -> dict:
     """Per direction, the target side's segmenter of the run's prepared data (None for
     sentencepiece data, or a run whose data are gone)."""
-    from moe_mt.data_prep.segmentation import text_segmenter
-    from moe_mt.workflows.common.manifest import read_manifest
-
     run = RunDir(run_dir)
     if not run.manifest.is_file():
         return dict.fromkeys(directions)
@@ -312,9 +313,6 @@ def _row(run: RunRecord, summaries: bool) -> dict:
         "decoding": {k: (report.get("decoding") or {}).get(k) for k in OUTPUT_DECODING},
     }
     if summaries:
-        from moe_mt.config import load_config
-        from moe_mt.workflows.train.model_summary import model_summary
-
         summary = model_summary(load_config(run.run_dir))
         row["active_parameters"] = summary.get("active_parameters")
         row["flops_per_token"] = summary.get("flops_per_token")

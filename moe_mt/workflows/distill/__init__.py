@@ -2,8 +2,9 @@
 
 - :mod:`.distillation`: :func:`distill`: teacher checkpoint, word- or sequence-level data
   (teacher translations written resumably), the student's training, the report (gain kept).
-- :mod:`.student_init`: the student's initial weights from the teacher's (non-expert weights
-  copied where shapes agree, the FFN from the experts' mean or one expert), each logged.
+
+The student's initial weights from the teacher's are :mod:`moe_mt.workflows.common.student_init`
+(export makes THOR with one fixed expert dense with the same copy).
 """
 
 from moe_mt.workflows.distill.distillation import DistillResult, distill

@@ -15,8 +15,9 @@ model(s) and dictionaries). Steps, each resumable:
    ``distill.mix_original``.
 2. **initialisation** (``distill.init_from_teacher``): the student starts from the teacher's
    non-expert weights where names and shapes agree, its FFNs from the teacher's experts
-   (``distill.init``: mean | expert | none; :mod:`.student_init`); each tensor copied is listed
-   in ``logs/distill.log`` and ``distill/init.json``. Only before the first update.
+   (``distill.init``: mean | expert | none; :mod:`moe_mt.workflows.common.student_init`); each
+   tensor copied is listed in ``logs/distill.log`` and ``distill/init.json``. Only before the
+   first update.
 3. **training** (:func:`moe_mt.workflows.train.train`): word-level KD (``distill.mode=word``)
    uses the criterion ``distill_label_smoothed_cross_entropy`` with the teacher's checkpoint and
    ``distill.teacher_weight``; sequence-level KD the recipe's own criterion. Rerunning resumes.
@@ -40,6 +41,8 @@ from rich.console import Console
 
 from moe_mt.checkpoints import LAST, choose_checkpoint, load_state
 from moe_mt.config import load_config
+from moe_mt.data_prep import binarize, spm
+from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
 from moe_mt.workflows.common.manifest import (
@@ -49,6 +52,7 @@ from moe_mt.workflows.common.manifest import (
     train_text,
     trained_directions,
 )
+from moe_mt.workflows.common.model_init import build_model_state, save_init_checkpoint
 from moe_mt.workflows.common.progress import progress_bar
 from moe_mt.workflows.common.rundir import (
     RunDir,
@@ -56,9 +60,14 @@ from moe_mt.workflows.common.rundir import (
     atomic_write_text,
     building_dir,
 )
+from moe_mt.workflows.common.student_init import student_state_from_teacher
 from moe_mt.workflows.common.text import read_lines
 from moe_mt.workflows.common.vocabulary import check_fits_data
-from moe_mt.workflows.evaluate.report import decoding_speed
+from moe_mt.workflows.evaluate.evaluation import evaluate
+from moe_mt.workflows.evaluate.report import REPORT, decoding_speed, read_report
+from moe_mt.workflows.train.fairseq_args import train_args
+from moe_mt.workflows.train.trainer import check_model, parse_fairseq_args, train
+from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
 
 MODES = ("word", "sequence")
 REPORT_FORMAT = 1
@@ -231,8 +240,6 @@ def _read_chunk(path: Path, expected: int) -> list[str] | None:
 def teacher_outputs(cfg, teacher_cfg, chosen, student_dir: RunDir, console) -> tuple[Path, dict]:
     """Translate the teacher's cleaned training source with the teacher (resumably); return the
     file of translations and what made it."""
-    from moe_mt.data_prep.download import file_sha256
-    from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
 
     teacher_dir = RunDir(teacher_cfg.run_dir)
     manifest = read_manifest(teacher_dir.manifest)
@@ -292,8 +299,6 @@ def prepare_student_data(cfg, teacher_cfg, student_dir: RunDir, outputs: dict | 
     (sequence-level KD); rebuilt only when its inputs changed. Returns the manifest."""
     from fairseq.data import Dictionary
 
-    from moe_mt.data_prep import binarize, spm
-
     teacher_dir = RunDir(teacher_cfg.run_dir)
     manifest = read_manifest(teacher_dir.manifest)
     record = {
@@ -345,8 +350,6 @@ def prepare_student_data(cfg, teacher_cfg, student_dir: RunDir, outputs: dict | 
 
 def write_init_checkpoint(cfg, student_cfg, chosen, student_dir: RunDir, console) -> Path:
     """``STUDENT/distill/init.pt``: the student with the teacher's tensors copied in."""
-    from moe_mt.workflows.common.model_init import build_model_state, save_init_checkpoint
-    from moe_mt.workflows.distill.student_init import student_state_from_teacher
 
     student = build_model_state(student_cfg, student_dir)
     teacher = load_state(chosen.path)["model"]
@@ -369,9 +372,6 @@ def write_init_checkpoint(cfg, student_cfg, chosen, student_dir: RunDir, console
 def _evaluated(run_cfg: DictConfig, console: Console) -> dict:
     """The eval report of ``run_cfg``: an existing one of the same checkpoint and decoding
     options, or a new evaluation."""
-    from moe_mt.workflows.evaluate.evaluation import evaluate
-    from moe_mt.workflows.evaluate.report import REPORT, read_report
-    from moe_mt.workflows.translate.translator import DecodeOptions
 
     run_dir = RunDir(run_cfg.run_dir)
     ev = run_cfg.eval
@@ -468,8 +468,6 @@ def distill_report(cfg, teacher_cfg, student_cfg, console, extra: dict) -> dict:
 def distill(cfg: DictConfig, console: Console | None = None) -> DistillResult:
     """Distil the teacher ``cfg.distill.teacher`` into the student of ``cfg`` in ``cfg.run_dir``;
     rerunning resumes (teacher translation chunks, student training) and refreshes the report."""
-    from moe_mt.workflows.train.fairseq_args import train_args
-    from moe_mt.workflows.train.trainer import check_model, parse_fairseq_args, train
 
     console = console or Console(stderr=True)
     check_distill_config(cfg)

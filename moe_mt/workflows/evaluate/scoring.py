@@ -15,6 +15,7 @@ from pathlib import Path
 
 from moe_mt.errors import MoeMtError
 from moe_mt.workflows.common.text import check_same_length
+from moe_mt.workflows.evaluate.legacy_bleu import multi_bleu_metric
 
 METRICS = ("BLEU", "chrF2", "TER")
 
@@ -69,8 +70,6 @@ TOKENIZED_BLEU = "BLEU4 tok"
 def tokenized_bleu_metrics() -> dict:
     """multi-bleu.perl's BLEU as a sacrebleu metric (:func:`.legacy_bleu.multi_bleu`'s), for a
     paired bootstrap on tokenised lines."""
-    from moe_mt.workflows.evaluate.legacy_bleu import multi_bleu_metric
-
     return {TOKENIZED_BLEU: multi_bleu_metric()}
 
 

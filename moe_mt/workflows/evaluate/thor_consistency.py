@@ -25,11 +25,10 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 
 from moe_mt.errors import MoeMtError
+from moe_mt.models.thor import ThorTransformerModel
 
 
 def thor_models(translator) -> list:
-    from moe_mt.models.thor import ThorTransformerModel
-
     return [m for m in translator.models if isinstance(m, ThorTransformerModel)]
 
 

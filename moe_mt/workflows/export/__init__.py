@@ -12,6 +12,8 @@
   batches and decoding options mapped one to one.
 - :mod:`.engine`: ``eval.engine`` (fairseq | ctranslate2): the translator of either, and the
   eval report's ``engine`` entry.
+- :mod:`.stream`: :func:`translate_stream`, ``moemt translate``: lines through the checkpoint
+  ``eval.checkpoint`` chooses, in the engine ``eval.engine`` names.
 """
 
 from moe_mt.workflows.export.exporter import ExportResult, export

@@ -8,7 +8,7 @@ CTranslate2 runs dense Transformers: every token goes through the same FFN in ev
   in every expert layer and has no gate (Zuo et al. 2022): structurally the dense model whose
   FFN there is that expert. It is rebuilt as ``moemt_transformer`` with the expert's weights in
   ``fc1`` / ``fc2``, through the same copy that initialises a distillation student from one
-  expert (:func:`moe_mt.workflows.distill.student_init.student_state_from_teacher`);
+  expert (:func:`moe_mt.workflows.common.student_init.student_state_from_teacher`);
 - every routed model is refused with one line naming the way out: Switch, X-MoE, MH-MoE and
   Soft MoE choose experts per token (or mix tokens into slots), THOR ``random`` per sentence and
   ``mean`` runs every expert. No fixed dense network reproduces them; ``moemt distill`` makes
@@ -23,6 +23,10 @@ from dataclasses import dataclass
 import torch
 
 from moe_mt.errors import MoeMtError
+from moe_mt.models.moe_layers import MoETransformerModel
+from moe_mt.models.thor import ThorTransformerModel
+from moe_mt.models.transformer import MoeMtTransformerModel
+from moe_mt.workflows.common.student_init import student_state_from_teacher
 
 
 @dataclass
@@ -41,9 +45,6 @@ def dense_model(model: torch.nn.Module, arch: str, task, checkpoint) -> DenseMod
     Raises:
         MoeMtError: a routed MoE model (one line: why, and the way out).
     """
-    from moe_mt.models.moe_layers import MoETransformerModel
-    from moe_mt.models.thor import ThorTransformerModel
-
     if not isinstance(model, MoETransformerModel):
         _check_dense(model, arch, checkpoint)
         return DenseModel(model, arch, "dense", None)
@@ -77,9 +78,6 @@ def _check_dense(model, arch: str, checkpoint) -> None:
 
 def _thor_fixed_as_dense(model, arch: str, task, checkpoint) -> DenseModel:
     """The dense ``moemt_transformer`` whose FFN in each THOR expert layer is the fixed expert."""
-    from moe_mt.models.transformer import MoeMtTransformerModel
-    from moe_mt.workflows.distill.student_init import student_state_from_teacher
-
     experts = {router.fixed_expert for router in model.routers()}
     (expert,) = experts  # set_inference / the fixed override give every layer the same one
     # The THOR architecture's args hold every size option already filled in; the dense model

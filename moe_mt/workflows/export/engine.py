@@ -30,6 +30,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from moe_mt.errors import MoeMtError
+from moe_mt.workflows.export.ct2_translator import Ct2Translator
+from moe_mt.workflows.export.exporter import ensure_export
 from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
 
 ENGINES = ("fairseq", "ctranslate2")
@@ -55,10 +57,7 @@ def open_translator(
             cfg.run_dir, chosen.path, options, model_overrides(cfg.eval), direction
         )
         return translator, {"name": "fairseq", "quantization": "float32", "threads": threads}
-    import ctranslate2
-
-    from moe_mt.workflows.export.ct2_translator import Ct2Translator
-    from moe_mt.workflows.export.exporter import ensure_export
+    import ctranslate2  # the fairseq engine runs without it
 
     exported = ensure_export(cfg, chosen)
     translator = Ct2Translator.load(exported.out_dir, exported.info, options, direction, threads)

@@ -1,4 +1,5 @@
-"""The directions of a run and the corpora that serve them: what ``moemt prep`` reads.
+"""The corpora that serve a run's directions (:func:`.common.manifest.directions`): what
+``moemt prep`` reads.
 
 A single-pair recipe (``data.src``/``data.tgt``, files ``<prefix>.<lang>`` or the registry corpus
 ``data.source``) is the one-direction case: one direction, one corpus named ``<src>-<tgt>``.
@@ -31,30 +32,10 @@ from omegaconf import DictConfig
 from moe_mt.data_prep import download, fetch_source
 from moe_mt.data_prep.sources import Source, SourceError, get_source
 from moe_mt.errors import MoeMtError
-from moe_mt.workflows.common.manifest import Direction, parse_direction
+from moe_mt.workflows.common.manifest import Direction, directions, languages, parse_direction
 
 PLACEHOLDER = "{pair}"
 SPLITS = ("train", "valid", "test")
-
-
-def directions(data_cfg: DictConfig) -> list[Direction]:
-    """The trained directions, in order, each once: those of ``data.pairs``, or the one
-    ``data.src``-``data.tgt`` of a single-pair recipe."""
-    if not data_cfg.pairs:
-        return [parse_direction(f"{data_cfg.src}-{data_cfg.tgt}", "data.src/data.tgt")]
-    parsed = [parse_direction(p, "data.pairs") for p in data_cfg.pairs]
-    seen = set()
-    for d in parsed:
-        if d in seen:
-            raise MoeMtError(f"data.pairs: {d} is listed twice")
-        seen.add(d)
-    return parsed
-
-
-def languages(dirs: list[Direction]) -> list[str]:
-    """Every language of ``dirs``, sorted: the order of fairseq's ``--langs`` (stable, so that
-    the language tokens keep their ids whichever order the pairs are listed in)."""
-    return sorted({lang for d in dirs for lang in (d.src, d.tgt)})
 
 
 def corpora(dirs: list[Direction]) -> dict[str, tuple[str, str]]:
@@ -238,23 +219,3 @@ def _existing_local_files(data_cfg: DictConfig) -> dict[str, dict[str, Path]]:
             if not path.is_file():
                 raise MoeMtError(f"{path}: no such file (data.{split}={data_cfg[split]})")
     return files
-
-
-def task_dictionary(data_cfg: DictConfig, bin_dir: Path):
-    """The dictionary a model of ``data.pairs`` embeds: the prepared joint one (before prep, a
-    stand-in of ``data.spm.vocab_size`` symbols) with the ``__<lang>__`` token of every
-    language added as ``translation_multi_simple_epoch`` adds them (fairseq's
-    ``augment_dictionary``, default token style)."""
-    from fairseq.data import Dictionary
-    from fairseq.data.multilingual.multilingual_utils import augment_dictionary
-
-    langs = languages(directions(data_cfg))
-    path = bin_dir / f"dict.{langs[0]}.txt"
-    if path.is_file():
-        dictionary = Dictionary.load(str(path))
-    else:
-        dictionary = Dictionary()
-        for i in range(data_cfg.spm.vocab_size):
-            dictionary.add_symbol(f"w{i}")
-    augment_dictionary(dictionary, langs, lang_tok_style="multilingual")
-    return dictionary

@@ -48,7 +48,13 @@ from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import package_versions
 from moe_mt.workflows.common.differences import differences
-from moe_mt.workflows.common.manifest import MANIFEST_FORMAT, prepared_data_config, upgraded
+from moe_mt.workflows.common.manifest import (
+    MANIFEST_FORMAT,
+    directions,
+    languages,
+    prepared_data_config,
+    upgraded,
+)
 from moe_mt.workflows.common.progress import progress_bar
 from moe_mt.workflows.common.rundir import (
     RunDir,
@@ -214,9 +220,9 @@ def _read_manifest(path: Path) -> dict | None:
 
 def build(data_cfg, files, inputs, out: Path, progress: Progress) -> dict:
     """Prepare every corpus of the run into ``out`` (the building ``data/``); the manifest."""
-    dirs = corpora.directions(data_cfg)
+    dirs = directions(data_cfg)
     names = corpora.corpora(dirs)
-    langs = corpora.languages(dirs)
+    langs = languages(dirs)
     text_dir, work_dir, bin_dir = out / "text", out / "pieces", out / "bin"
     for d in (text_dir, work_dir, bin_dir):
         d.mkdir()

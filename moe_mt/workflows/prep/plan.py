@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from moe_mt.data_prep import download as dl
 from moe_mt.data_prep import fetch_source
 from moe_mt.data_prep.sources import Source
+from moe_mt.workflows.common.manifest import directions
+from moe_mt.workflows.prep import corpora
 
 SPLITS = fetch_source.SPLITS
 
@@ -47,9 +49,7 @@ def prep_plan(cfg: DictConfig) -> PrepPlan:
         splits = {f"{data.src}-{data.tgt}/{split}": pair for split, pair in found.items()}
     text_only = set()
     if data.get("pairs"):  # test-only corpora of zero-shot directions: text, nothing binarised
-        from moe_mt.workflows.prep.corpora import zero_shot_corpora
-
-        text_only = {f"{name}/test" for name in zero_shot_corpora(data)}
+        text_only = {f"{name}/test" for name in corpora.zero_shot_corpora(data)}
     _produced(data, splits, plan, text_only)
     plan.add("dry run: nothing was downloaded or written")
     return plan
@@ -119,19 +119,17 @@ def _local_inputs(data: DictConfig, plan: PrepPlan) -> dict[str, tuple[str, str]
 
 
 def _multilingual_inputs(cfg: DictConfig, plan: PrepPlan) -> dict[str, tuple[str, str]]:
-    from moe_mt.workflows.prep import corpora as multilingual
-
     data = cfg.data
-    sources = multilingual.check_inputs(data)
-    trained = multilingual.corpora(multilingual.directions(data))
+    sources = corpora.check_inputs(data)
+    trained = corpora.corpora(directions(data))
     origin = "registry corpora" if sources else "local files"
     if sources and not all(name in sources for name in trained):
         origin = "registry corpora and local files"
     plan.add(f"inputs: {origin}, multilingual ({', '.join(data.pairs)})")
-    zero_shot = multilingual.zero_shot_directions(data)
+    zero_shot = corpora.zero_shot_directions(data)
     if zero_shot:
         plan.add(f"zero-shot directions, tested only: {', '.join(d.name for d in zero_shot)}")
-    files = multilingual.local_files(data, sources)
+    files = corpora.local_files(data, sources)
     for key, langs in files.items():
         for path in langs.values():
             size = _size(path.stat().st_size) if path.is_file() else "MISSING"
@@ -144,8 +142,8 @@ def _multilingual_inputs(cfg: DictConfig, plan: PrepPlan) -> dict[str, tuple[str
         cache = fetch_source.cache_dir(data) / fetch_source.LOWERCASED_DIR
         plan.add(f"lowercased copies: {cache}")
     splits = {}
-    test_only = multilingual.zero_shot_corpora(data)
-    for name, pair in multilingual.all_corpora(data).items():
+    test_only = corpora.zero_shot_corpora(data)
+    for name, pair in corpora.all_corpora(data).items():
         for split in ("test",) if name in test_only else SPLITS:
             from_source = name in sources and split in sources[name].split_names
             if f"{name}/{split}" in files or (from_source and (split != "test" or not data.test)):

@@ -182,7 +182,7 @@ def multilingual_task_args(cfg: DictConfig) -> list[str]:
     """fairseq's ``translation_multi_simple_epoch``: every direction of ``data.pairs``, language
     tokens, temperature sampling over the directions (p_ij ~ (n_ij / n)^(1/T), Arivazhagan et
     al. 2019)."""
-    from moe_mt.workflows.prep.corpora import directions, languages
+    from moe_mt.workflows.common.manifest import directions, languages
 
     dirs = directions(cfg.data)
     train = cfg.train

@@ -20,21 +20,23 @@ output (:meth:`Translator._language_tokens`);
 from __future__ import annotations
 
 import copy
-import functools
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+import moe_mt
 from moe_mt.checkpoints import load_state, state_num_updates
 from moe_mt.config import load_config
+from moe_mt.data_prep.segmentation import load_segmenter
 from moe_mt.errors import MoeMtError
 from moe_mt.models.transformer import BETTERTRANSFORMER_PARAMS
-from moe_mt.workflows.common.manifest import parse_direction, read_manifest, trained_directions
+from moe_mt.moe.router_random import MODES
+from moe_mt.workflows.common.manifest import read_manifest, trained_directions
 from moe_mt.workflows.common.rundir import RunDir
 from moe_mt.workflows.common.vocabulary import check_fits_data
 
@@ -142,12 +144,8 @@ class Translator:
         """Load ``checkpoint`` with the task, dictionaries and spm model(s) of ``run_dir``;
         ``model_overrides`` replace model args of the checkpoint (see :func:`model_overrides`).
         Multilingual runs translate ``direction`` (``(src, tgt)``; default: the first trained)."""
-        import moe_mt
-
         moe_mt.register()
         from fairseq import checkpoint_utils
-
-        from moe_mt.data_prep.segmentation import load_segmenter
 
         run = RunDir(run_dir)
         manifest = read_manifest(run.manifest)
@@ -328,8 +326,6 @@ def check_languages(known, src: str, tgt: str) -> None:
 def model_overrides(eval_cfg: DictConfig) -> dict:
     """Model args that ``eval`` sets at load time: THOR's inference mode, expert and seed
     (``eval.thor_inference``, ``eval.thor_expert``, ``eval.seed``; other models ignore them)."""
-    from moe_mt.moe.router_random import MODES
-
     if eval_cfg.thor_inference not in MODES:
         raise MoeMtError(f"eval.thor_inference={eval_cfg.thor_inference}: expected one of {MODES}")
     return {
@@ -349,81 +345,3 @@ def _generation_config(options: DecodeOptions):
         max_len_b=options.max_len_b,
         no_repeat_ngram_size=options.no_repeat_ngram_size,
     )
-
-
-@dataclass
-class StreamSummary:
-    checkpoint: object  # moe_mt.checkpoints.ChosenCheckpoint
-    lines: int
-    seconds: float
-    generated_tokens: int
-    truncated: int
-    engine: dict  # the eval report's engine entry: name, quantization, threads, ...
-
-
-def translate_stream(
-    cfg: DictConfig,
-    lines: Iterable[str],
-    write: Callable[[list[str]], None],
-    chunk_lines: int = 10_000,
-) -> StreamSummary:
-    """Translate ``lines`` with the checkpoint and options of ``cfg.eval``; ``write`` receives
-    the translations of each chunk of ``chunk_lines`` input lines, in input order.
-
-    The run directory is locked only while the checkpoint is chosen, and only when that may
-    write (``eval.checkpoint=average``), so that a run in training can still be sampled.
-    """
-    from moe_mt.checkpoints import choose_checkpoint
-
-    run_dir = RunDir(cfg.run_dir)
-    options = DecodeOptions.from_config(cfg.eval)
-    choose = functools.partial(
-        choose_checkpoint, run_dir.checkpoints, cfg.eval.checkpoint, cfg.eval.average_last
-    )
-    if cfg.eval.checkpoint == "average":
-        with run_dir.locked():
-            chosen = choose()
-    else:
-        chosen = choose()
-    # The engine (eval.engine) is chosen one level up, where the export lives; imported here
-    # when called, since export builds on this module.
-    from moe_mt.workflows.export.engine import open_translator
-
-    translator, engine = open_translator(cfg, chosen, options, stream_direction(cfg))
-    summary = StreamSummary(chosen, 0, 0.0, 0, 0, engine)
-    for chunk in _chunks(lines, chunk_lines):
-        result = translator.translate(chunk)
-        write(result.hypotheses)
-        summary.lines += len(chunk)
-        summary.seconds += result.seconds
-        summary.generated_tokens += result.generated_tokens
-        summary.truncated += result.truncated
-    return summary
-
-
-def stream_direction(cfg: DictConfig) -> tuple[str, str]:
-    """The one direction ``translate`` takes: ``eval.directions`` (one), else the run's only
-    trained direction (a single-pair run's)."""
-    from moe_mt.workflows.prep.corpora import directions
-
-    trained = directions(cfg.data)
-    if not cfg.eval.directions and len(trained) == 1:
-        return trained[0].src, trained[0].tgt
-    if len(cfg.eval.directions) != 1:
-        raise MoeMtError(
-            "translate takes one direction: give --src and --tgt (or eval.directions=[src-tgt]); "
-            f"trained: {', '.join(d.name for d in trained)}"
-        )
-    direction = parse_direction(cfg.eval.directions[0], "eval.directions")
-    return direction.src, direction.tgt
-
-
-def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

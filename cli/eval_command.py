@@ -1,25 +1,31 @@
-"""``moemt eval`` and ``moemt translate``: parse, load the config, call the workflow, print.
+"""``moemt eval``: parse, load the config, call the workflow, print the scores.
 
-:func:`register` adds both commands to the ``moemt`` app; it receives main's helpers (error
+:func:`register` adds the command to the ``moemt`` app; it receives main's helpers (error
 mapping, argument types, consoles) so that this module does not import ``moe_mt.cli.main``.
 """
 
 # No `from __future__ import annotations`: typer reads the parameter annotations, which are
 # the argument types handed to register().
 import inspect
-import sys
-from typing import Annotated
 
-import typer
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
+
+from moe_mt.cli.common import section_help
+from moe_mt.config import load_config
+
+EXAMPLES = """Examples:
+
+  moemt eval recipes/demo.yaml
+  moemt eval runs/demo eval.engine=ctranslate2 eval.quantization=int8   # eval/test-ct2-int8
+  moemt eval recipes/demo_switch.yaml eval.bootstrap_baseline=runs/demo"""
 
 
 def eval_table(report: dict):
     """One row per direction (BLEU, chrF2, TER, speed); with several, the macro average of the
     trained ones, then the zero-shot ones and theirs; the signatures and the checkpoint below."""
-    from rich.console import Group
-    from rich.text import Text
-
+    # The workflows (torch, fairseq) are imported when a command runs, not at start-up.
     from moe_mt.workflows.evaluate.scoring import METRICS
 
     directions = report["directions"]
@@ -113,55 +119,11 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def _read_stdin_lines():
-    """Lines of stdin as UTF-8 text, newline removed, read lazily."""
-    stream = getattr(sys.stdin, "buffer", None)
-    if stream is None:  # a text-only stream (some embedding hosts)
-        for line in sys.stdin:
-            yield line.rstrip("\n")
-        return
-    from moe_mt.errors import MoeMtError
-
-    for number, raw in enumerate(stream, start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MoeMtError(f"<stdin>:{number}: invalid UTF-8") from None
-        yield text[:-1] if text.endswith("\n") else text
-
-
-def _write_stdout(lines: list[str]) -> None:
-    data = "".join(line + "\n" for line in lines)
-    stream = getattr(sys.stdout, "buffer", None)
-    if stream is None:
-        sys.stdout.write(data)
-        sys.stdout.flush()
-    else:
-        sys.stdout.flush()
-        stream.write(data.encode("utf-8"))
-        stream.flush()
-
-
-EVAL_EXAMPLES = """Examples:
-
-  moemt eval recipes/demo.yaml
-  moemt eval runs/demo eval.engine=ctranslate2 eval.quantization=int8   # eval/test-ct2-int8
-  moemt eval recipes/demo_switch.yaml eval.bootstrap_baseline=runs/demo"""
-
-TRANSLATE_EXAMPLES = """Examples:
-
-  echo "Where is the station?" | moemt translate runs/demo
-  moemt translate runs/demo --engine ctranslate2 eval.quantization=int8 < input.en
-  moemt translate recipes/demo.yaml eval.beam=1 < input.en > output.de"""
-
-
 def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
-    """Add ``eval`` and ``translate`` to ``app``."""
-    from moe_mt.cli.config_command import section_help
+    """Add ``eval`` to ``app``."""
 
     def eval_command(config: config_arg, overrides: overrides_arg = None) -> None:
         """Translate a test set with a checkpoint and score it (BLEU, chrF2, TER; sacrebleu)."""
-        from moe_mt.config import load_config
         from moe_mt.workflows.evaluate.evaluation import evaluate
 
         cfg = load_config(config, overrides or [])
@@ -176,51 +138,5 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         written = "report.json, <src>-<tgt>/hyp.txt" + (", <src>-<tgt>/expert_usage.png" * plots)
         console.print(f"wrote {result.out_dir} ({written})", highlight=False)
 
-    def translate_command(
-        config: config_arg,
-        overrides: overrides_arg = None,
-        src: Annotated[
-            str | None, typer.Option("--src", help="Multilingual runs: source language.")
-        ] = None,
-        tgt: Annotated[
-            str | None, typer.Option("--tgt", help="Multilingual runs: target language.")
-        ] = None,
-        engine: Annotated[
-            str | None,
-            typer.Option(
-                "--engine",
-                help="fairseq | ctranslate2 (the run's export, made on demand; "
-                "eval.quantization sets its weight type). Default: eval.engine.",
-            ),
-        ] = None,
-    ) -> None:
-        """Translate the lines of stdin to stdout, one per line, with eval's checkpoint choice."""
-        from moe_mt.config import load_config
-        from moe_mt.errors import MoeMtError
-        from moe_mt.workflows.translate.translator import translate_stream
-
-        if (src is None) != (tgt is None):
-            raise MoeMtError("--src and --tgt go together")
-        direction = [f"eval.directions=[{src}-{tgt}]"] if src is not None else []
-        chosen_engine = [f"eval.engine={engine}"] if engine is not None else []
-        cfg = load_config(config, [*(overrides or []), *direction, *chosen_engine])
-        # Interactive: answer each line at once; piped: batch up to 10,000 lines at a time.
-        chunk = 1 if sys.stdin.isatty() else 10_000
-        summary = translate_stream(cfg, _read_stdin_lines(), _write_stdout, chunk_lines=chunk)
-        chosen, used = summary.checkpoint, summary.engine
-        how = used["name"]
-        if how != "fairseq":
-            how += f" {used['quantization']}"
-        err_console.print(
-            f"translated {summary.lines:,} lines in {summary.seconds:.1f} s with "
-            f"{chosen.path} ({chosen.num_updates:,} updates, {how})"
-            + (f"; {summary.truncated} over-long sources cut" if summary.truncated else ""),
-            highlight=False,
-        )
-
-    for name, command, examples in (
-        ("eval", eval_command, EVAL_EXAMPLES),
-        ("translate", translate_command, TRANSLATE_EXAMPLES),
-    ):
-        help_text = f"{inspect.cleandoc(command.__doc__)}\n\n{section_help('eval')}"
-        app.command(name, help=help_text, epilog=examples)(user_errors(command))
+    help_text = f"{inspect.cleandoc(eval_command.__doc__)}\n\n{section_help('eval')}"
+    app.command("eval", help=help_text, epilog=EXAMPLES)(user_errors(eval_command))
