@@ -30,6 +30,14 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from moe_mt.bounds import (
+    ALL_OR_AT_LEAST_0,
+    AT_LEAST_0,
+    AT_LEAST_1,
+    POSITIVE,
+    PROBABILITY,
+    Bound,
+)
 from moe_mt.errors import MoeMtError
 from moe_mt.models import families
 
@@ -293,7 +301,6 @@ def _moe_help(declared) -> str:
 
 _declare_moe_fields()
 families.on_options_changed(_declare_moe_fields)
-families.load_plugins()  # $MOEMT_PLUGINS: families defined outside moemt
 
 
 @dataclass
@@ -409,9 +416,14 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, stopping, checkpointing and logging (fairseq's options of the same name)."""
 
-    criterion: str = field(
-        default="label_smoothed_cross_entropy",
-        metadata={"help": "fairseq criterion (`moemt ls criteria`); MoE families need their own"},
+    criterion: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "fairseq criterion (`moemt ls criteria`); null: the model family's own "
+                "(dense: label_smoothed_cross_entropy, MoE families: their auxiliary losses')"
+            )
+        },
     )
     label_smoothing: float = field(
         default=0.1, metadata={"help": "label smoothing epsilon of the cross-entropy"}
@@ -801,33 +813,6 @@ class ExperimentConfig:
     )
 
 
-class Bound(NamedTuple):
-    """The values a numeric key accepts: ``low <= value <= high`` (``<`` where open), None for
-    no bound."""
-
-    low: Optional[float] = None
-    high: Optional[float] = None
-    open_low: bool = False
-    open_high: bool = False
-
-    def refuses(self, value: float) -> bool:
-        below = self.low is not None and (value <= self.low if self.open_low else value < self.low)
-        above = self.high is not None and (
-            value >= self.high if self.open_high else value > self.high
-        )
-        return below or above
-
-    def describe(self) -> str:
-        if self.high is None:
-            return f"must be {'>' if self.open_low else 'at least'} {self.low}"
-        left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
-        return f"must be in {left}{self.low}, {self.high}{right}"
-
-
-AT_LEAST_0, AT_LEAST_1, POSITIVE = Bound(0), Bound(1), Bound(0, open_low=True)
-ALL_OR_AT_LEAST_0 = Bound(-1)  # -1 means "all" / "never" where fairseq says so
-PROBABILITY = Bound(0.0, 1.0)
-
 #: The bounds of numeric keys, checked when a config is loaded (so `--dry-run` sees them too): a
 #: negative size or a probability above 1 is one line naming the key and where it was set, not
 #: a trainer's traceback after the model is built. A null value (where allowed) is not checked;
@@ -853,18 +838,6 @@ BOUNDS: Dict[str, Bound] = {
     "model.attention_dropout": PROBABILITY,
     "model.activation_dropout": PROBABILITY,
     "model.expert_parallel_size": AT_LEAST_1,
-    "model.moe.num_experts": AT_LEAST_1,
-    "model.moe.top_k": AT_LEAST_1,
-    "model.moe.freq": AT_LEAST_1,
-    "model.moe.offset": AT_LEAST_0,
-    "model.moe.router_dim": AT_LEAST_1,
-    "model.moe.jitter": PROBABILITY,
-    "model.moe.expert_dropout": PROBABILITY,
-    "model.moe.balance_weight": AT_LEAST_0,
-    "model.moe.z_loss_weight": AT_LEAST_0,
-    "model.moe.heads": AT_LEAST_1,
-    "model.moe.slots_per_expert": AT_LEAST_1,
-    "model.moe.consistency_alpha": AT_LEAST_0,
     "train.upcycle_noise": AT_LEAST_0,
     "train.label_smoothing": Bound(0.0, 1.0, open_high=True),
     "train.adam_eps": AT_LEAST_0,
@@ -911,16 +884,26 @@ BOUNDS: Dict[str, Bound] = {
 
 
 def _check_bounds(cfg: DictConfig, origins: Dict[str, str], default_origin: str) -> None:
-    """Refuse the first value outside its :data:`BOUNDS`: ``ORIGIN: key=value: must be ...``."""
+    """Refuse the first value outside its :data:`BOUNDS`, or a ``model.moe`` value outside its
+    option's bound or choices: ``ORIGIN: key=value: must be ...``."""
+
+    def refuse(key: str, value, problem: str) -> None:
+        origin = origins.get(key, default_origin)
+        if origin == DEFAULT_ORIGIN:
+            origin = default_origin
+        raise MoeMtError(f"{origin}: {key}={value}: {problem}")
+
     for key, bound in BOUNDS.items():
-        value = OmegaConf.select(cfg, key)  # None where a family does not declare it
+        value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if bound.refuses(value):
-            origin = origins.get(key, default_origin)
-            if origin == DEFAULT_ORIGIN:
-                origin = default_origin
-            raise MoeMtError(f"{origin}: {key}={value}: {bound.describe()}")
+            refuse(key, value, bound.describe())
+    for name, declared in families.option_specs().items():
+        value = cfg.model.moe.get(name)
+        problem = declared[0][1].problem(value)  # a shared option's bound is the same everywhere
+        if problem:
+            refuse(f"model.moe.{name}", value, problem)
 
 
 def schema() -> DictConfig:
@@ -982,6 +965,7 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
     """The one loading path of :func:`load_config`; records each value's origin in ``origins``
     when given (a later file or the overrides replace an earlier one's)."""
     origins = {} if origins is None else origins  # bound errors name where a value was set
+    families.load_plugins()  # $MOEMT_PLUGINS: families defined outside moemt, and their keys
     source = Path(source)
     from_run_dir = source.is_dir()
     path = source / RUN_CONFIG if from_run_dir else source
@@ -1022,6 +1006,7 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
         apply(override_cfg, OVERRIDE_ORIGIN)
 
     resolve_architecture(cfg.model, origin=str(path))
+    fill_family_defaults(cfg, origins)
     # What no source set was named by the others (or is a default).
     if "model.arch" in origins:
         origins.setdefault("model.family", NAMED_BY_ARCH)
@@ -1050,6 +1035,27 @@ def _family_and_size(arch: str) -> tuple:
     if not sep or not prefix or not size:
         return None, None
     return ("dense" if prefix == "moemt" else prefix), size
+
+
+def family_default_origin(family: str) -> str:
+    """The origin ``moemt config`` names for a value the model family's declaration gave."""
+    return f"default of family {family}"
+
+
+def fill_family_defaults(cfg: DictConfig, origins: Dict[str, str]) -> None:
+    """Write what the model's family (:class:`moe_mt.models.families.Family`) gives a key left
+    null: its criterion (``train.criterion``) and its ``model.moe`` defaults, so that a run's
+    config.yaml, its fingerprints and ``moemt config`` hold the values the model trains with.
+    An architecture of no family (fairseq's own) trains with fairseq's label-smoothed CE."""
+    family = families.family_of_arch(cfg.model.arch)
+    if cfg.train.criterion is None:
+        cfg.train.criterion = family.criterion if family else families.DENSE_CRITERION
+        if family:
+            origins.setdefault("train.criterion", family_default_origin(family.name))
+    for option in family.all_options() if family else ():
+        if option.recipe and option.default is not None and cfg.model.moe.get(option.name) is None:
+            cfg.model.moe[option.name] = option.default
+            origins[f"model.moe.{option.name}"] = family_default_origin(family.name)
 
 
 def _latest_names_architecture(model: DictConfig, piece: DictConfig) -> tuple:

@@ -17,6 +17,7 @@ from moe_mt.config import (
     OVERRIDE_ORIGIN,
     ExperimentConfig,
     MoEConfig,
+    family_default_origin,
     load_config,
     load_config_with_origins,
     schema_keys,
@@ -60,7 +61,8 @@ def test_origins_name_recipe_piece_override_and_default():
     # one loading path, the same result
     assert cfg == load_config(recipe, [str(family), "eval.beam=4"])
     assert origins["model.size"] == str(recipe)
-    assert origins["model.moe.num_experts"] == str(family)
+    assert origins["model.family"] == str(family)
+    assert origins["model.moe.num_experts"] == family_default_origin("switch")  # not restated
     assert Path(origins["data.source"]).name == "iwslt14_de_en.yaml"
     assert origins["eval.beam"] == OVERRIDE_ORIGIN
     assert origins["train.fairseq_args"] == DEFAULT_ORIGIN

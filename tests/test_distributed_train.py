@@ -153,12 +153,19 @@ def test_resume_on_another_number_of_ranks_warns(tmp_path):
     """Same global batch, other world size: allowed, with a warning on the epoch's position."""
     from omegaconf import OmegaConf
 
-    from moe_mt.config import RUN_CONFIG, resolve_architecture, schema, to_yaml
+    from moe_mt.config import (
+        RUN_CONFIG,
+        fill_family_defaults,
+        resolve_architecture,
+        schema,
+        to_yaml,
+    )
     from moe_mt.workflows.common.rundir import RunDir
     from moe_mt.workflows.train.trainer import _guard
 
     a = schema()
     resolve_architecture(a.model, "test")  # as loading a recipe does
+    fill_family_defaults(a, {})
     a.name, a.run_dir, a.train.distributed_world_size, a.train.update_freq = "x", "r", 1, 2
     a.data.src, a.data.tgt = "en", "de"
     a.data.train, a.data.valid = str(tmp_path / "t"), str(tmp_path / "v")

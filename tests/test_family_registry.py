@@ -62,7 +62,7 @@ def test_the_schema_holds_each_shared_key_once_with_every_family_default():
     fields = {f.name: f for f in dataclasses.fields(MoEConfig)}
     help_text = fields["num_experts"].metadata["help"]
     assert help_text.startswith("experts per MoE layer (")
-    assert "thor: 2" in help_text and "switch, xmoe, mhmoe, soft_moe: 8" in help_text
+    assert "thor: 2" in help_text and "mhmoe, soft_moe, switch, xmoe: 8" in help_text
     assert "heads" in fields and "slots_per_expert" in fields and "granularity" in fields
     assert all(f.default is None for f in fields.values())
 
@@ -82,6 +82,28 @@ def test_the_toy_option_is_in_the_schema_with_its_help(toy, tmp_path):
     with pytest.raises(MoeMtError, match="unknown key 'model.moe.shared_dimm'"):
         demo_config(tmp_path / "run", "model.moe.shared_dimm=16")
     assert families.family_of_arch(TOY_ARCH) is toy.FAMILY
+
+
+def test_one_option_declaration_reaches_argparse_schema_bounds_config_and_defaults(toy, tmp_path):
+    """The toy's ``shared_dim`` is declared once (an OptionSpec); everything else follows."""
+    from fairseq import options
+
+    from moe_mt.config import schema_keys
+    from moe_mt.workflows.common.rundir import RunDir
+    from moe_mt.workflows.train.fairseq_args import train_args
+
+    assert schema_keys()["model.moe.shared_dim"].help.startswith(toy.SHARED_DIM.help)
+    with pytest.raises(MoeMtError, match=r"model.moe.shared_dim=0: must be at least 1$"):
+        demo_config(tmp_path / "run", f"model.arch={TOY_ARCH}", "model.moe.shared_dim=0")
+    cfg = demo_config(tmp_path / "run", f"model.arch={TOY_ARCH}")
+    assert cfg.train.criterion == toy.FAMILY.criterion  # the family's, with no override
+    argv = train_args(cfg, RunDir(cfg.run_dir))
+    parsed = options.parse_args_and_arch(options.get_training_parser(), argv)
+    assert parsed.moe_shared_dim == toy.SHARED_DIM.default  # the architecture fills it in
+    given = options.parse_args_and_arch(
+        options.get_training_parser(), argv + ["--moe-shared-dim", "7"]
+    )
+    assert given.moe_shared_dim == 7
 
 
 def test_the_toy_family_survives_a_second_import(toy):
@@ -122,7 +144,7 @@ def test_a_block_no_family_counts_is_an_error(prepped_demo):
     message = str(error.value)
     assert "\n" not in message
     assert "test_family_registry.UnregisteredBlock holds experts" in message
-    assert "moe_mt.models.families.register_family" in message
+    assert "moe_mt.models.families.register_counter" in message
 
     layer.moe = nn.Bilinear(D, D, D)  # parameters of its own, no counter: not a silent 0
     with pytest.raises(MoeMtError, match="block torch.nn.modules.linear.Bilinear has parameters"):
@@ -137,7 +159,7 @@ def test_moemt_train_trains_the_toy_family_named_in_moemt_plugins(prepped_demo, 
         sys.executable, "-m", "moe_mt.cli.main", "train", str(REPO / "recipes" / "demo.yaml"),
         f"run_dir={run_dir}", "data.spm.vocab_size=2000", *TINY_MODEL, f"model.arch={TOY_ARCH}",
         f"model.moe.shared_dim={SHARED}", "model.moe.num_experts=2", "model.moe.freq=1",
-        "train.criterion=moe_label_smoothed_cross_entropy", "train.max_update=4",
+        "train.max_update=4",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != families.PLUGINS_ENV}
     refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -156,3 +178,17 @@ def test_moemt_train_trains_the_toy_family_named_in_moemt_plugins(prepped_demo, 
     assert state["encoder.layers.0.moe.shared.0.weight"].shape == (SHARED, D)
     assert "moe_balance" in (run_dir / "logs" / "train.log").read_text()
     assert f"shared_dim: {SHARED}" in (run_dir / "config.yaml").read_text()
+
+
+def test_declared_choices_are_the_layers_own():
+    """The light option modules repeat the choice tuples of the torch modules that implement
+    them (the schema must not import torch); they must not drift apart."""
+    from moe_mt.models import switch_options, thor_options
+    from moe_mt.moe import conventions, router_random
+
+    assert switch_options.BALANCE_CHOICES.choices == conventions.BALANCE_CHOICES
+    assert switch_options.RENORMALIZE.choices == conventions.RENORMALIZE
+    assert switch_options.SECOND_EXPERT_POLICY.choices == conventions.SECOND_EXPERT_POLICIES
+    assert switch_options.CAPACITY_FORMULA.choices == conventions.CAPACITY_FORMULAS
+    assert thor_options.GRANULARITY.choices == router_random.GRANULARITIES
+    assert thor_options.INFERENCE.choices == router_random.MODES

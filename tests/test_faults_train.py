@@ -129,7 +129,7 @@ def test_layers_name_num_experts_before_top_k():
         router_init_scale=0.1, jitter=0.0, capacity_factor=1.25, eval_capacity_factor=None,
         expert_dropout=None,
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"^moe_num_experts=0 must be >= 1$"):
+    with pytest.raises(ValueError, match=r"^moe_num_experts=0: must be at least 1$"):
         options.check()
 
 

@@ -311,11 +311,11 @@ def test_regulariser_and_upcycling_demos_compose_the_switch_demo():
     upcycle = load_config(REPO / "recipes" / "demo_upcycle.yaml")
     for cfg in (eom, cmr, upcycle):
         assert cfg.model.arch == "switch_transformer_demo" and cfg.model.moe.num_experts == 8
-    assert (eom.model.moe.eom, eom.model.moe.cmr) == (0.2, None)
+    assert (eom.model.moe.eom, eom.model.moe.cmr) == (0.2, False)
     assert (cmr.model.moe.cmr, cmr.model.moe.cmr_gate_dropout, cmr.model.moe.eom) == (
         True,
         0.2,
-        None,
+        0.0,  # the family's default, written into the config
     )
     # Resolved relative to the recipe, whatever the working directory.
     assert upcycle.train.upcycle_from == str(REPO / "runs/demo/checkpoints/checkpoint_last.pt")

@@ -356,19 +356,26 @@ def test_export_refuses_a_routed_model_with_the_way_out(switch_run, tmp_path):
     assert not out.exists()
 
 
-def test_recipes_load_and_pass_the_moe_keys(tmp_path):
-    from moe_mt.config import load_config
-    from moe_mt.workflows.train.fairseq_args import model_args
+def test_recipes_load_and_the_architecture_fills_the_family_defaults(tmp_path):
+    from fairseq import options
 
+    from moe_mt.config import load_config
+    from moe_mt.workflows.train.fairseq_args import model_args, train_args
+
+    moe_mt.register()
     dense = load_config(REPO / "recipes" / "demo.yaml", [f"run_dir={tmp_path}"])
     assert not any(a.startswith("--moe") for a in model_args(dense.model))
-    for recipe, arch in (("demo_switch", "switch"), ("demo_xmoe", "xmoe")):
+    for recipe, arch, router in (
+        ("demo_switch", "switch", "topk"),
+        ("demo_xmoe", "xmoe", "cosine"),
+    ):
         cfg = load_config(REPO / "recipes" / f"{recipe}.yaml", [f"run_dir={tmp_path}"])
-        args = model_args(cfg.model)
-        assert args[:2] == ["--arch", f"{arch}_transformer_demo"]
-        assert args[args.index("--moe-num-experts") + 1] == "8"
-        assert args[args.index("--moe-top-k") + 1] == "1"
-        assert cfg.train.criterion == "moe_label_smoothed_cross_entropy"
+        assert model_args(cfg.model)[:2] == ["--arch", f"{arch}_transformer_demo"]
+        assert cfg.train.criterion == "moe_label_smoothed_cross_entropy"  # the family's
+        argv = train_args(cfg, RunDir(cfg.run_dir))
+        parsed = options.parse_args_and_arch(options.get_training_parser(), argv)
+        assert (parsed.moe_num_experts, parsed.moe_top_k, parsed.moe_router) == (8, 1, router)
+        assert parsed.moe_balance_weight == 0.01
 
 
 def test_live_view_shows_the_moe_column():

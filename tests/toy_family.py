@@ -2,24 +2,36 @@
 shared expert (the "shared expert" of DeepSeekMoE, Dai et al. 2024), ``y = MoE(x) + S(x)`` with
 ``S`` a dense FFN of width ``model.moe.shared_dim``.
 
-It proves that a family is one module: its option spec, block, fairseq model and architectures,
-summary counter and registration are all here (the walk-through is docs/extending.md). Import it,
-or name it in ``MOEMT_PLUGINS=tests.toy_family`` for a ``moemt`` subprocess.
+It proves that a family is one module: its option (declared once: the schema, fairseq's argument
+and the default come from it), family record with its criterion, block, fairseq model and
+architectures, and summary counter are all here (the walk-through is docs/extending.md). Import
+it, or name it in ``MOEMT_PLUGINS=tests.toy_family`` for a ``moemt`` subprocess.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from moe_mt.models.families import BlockCount, Family, OptionSpec, register_family
-from moe_mt.models.moe_layers import MoEDecoder, MoEEncoder, count_routed_block
-from moe_mt.models.switch import CRITERION, SwitchTransformerModel, moe_defaults
-from moe_mt.models.switch_options import SWITCH_OPTIONS
-from moe_mt.models.transformer import register_model_again, register_sizes
+from moe_mt.bounds import AT_LEAST_1
+from moe_mt.models import families
+from moe_mt.models.families import BlockCount, Family, OptionSpec
+from moe_mt.models.moe_layers import MoEDecoder, MoEEncoder, MoETransformerModel, count_routed_block
+from moe_mt.models.switch_options import MOE_CRITERION, SWITCH_OPTIONS
+from moe_mt.models.transformer import register_family_sizes, register_model_again
 from moe_mt.moe import MoEFeedForward, MoEOutput
 
 MODEL_NAME = "moemt_toy_shared_expert_transformer"
-SHARED_DIM = OptionSpec("shared_dim", int, 64, "toy shared expert: hidden width of the dense FFN")
+SHARED_DIM = OptionSpec(
+    "shared_dim", int, 64, "toy shared expert: hidden width of the dense FFN", bound=AT_LEAST_1
+)
+FAMILY = families.register_family(
+    Family(
+        "toy_shared_expert",
+        ("toy_shared_expert_transformer",),
+        SWITCH_OPTIONS + (SHARED_DIM,),
+        MOE_CRITERION,
+    )
+)
 
 
 class SharedExpertMoE(nn.Module):
@@ -52,14 +64,14 @@ class SharedExpertDecoder(MoEDecoder):
 
 
 @register_model_again(MODEL_NAME)
-class SharedExpertTransformerModel(SwitchTransformerModel):
+class SharedExpertTransformerModel(MoETransformerModel):
     encoder_class = SharedExpertEncoder
     decoder_class = SharedExpertDecoder
 
     @staticmethod
     def add_args(parser):
-        SwitchTransformerModel.add_args(parser)
-        parser.add_argument("--moe-shared-dim", type=int, metavar="S", help=SHARED_DIM.help)
+        MoETransformerModel.add_args(parser)
+        families.add_arguments(parser, (FAMILY.name,), "toy shared expert")
 
 
 def count_shared_expert_block(block: SharedExpertMoE, sentence_tokens: int) -> BlockCount:
@@ -69,17 +81,5 @@ def count_shared_expert_block(block: SharedExpertMoE, sentence_tokens: int) -> B
     return BlockCount(routed.macs + shared, routed.expert_parameters, routed.inactive_parameters)
 
 
-ARCHITECTURES = register_sizes(
-    MODEL_NAME,
-    "toy_shared_expert_transformer",
-    extra=lambda args: moe_defaults(args, moe_shared_dim=SHARED_DIM.default),
-)
-FAMILY = register_family(
-    Family(
-        "toy_shared_expert",
-        ("toy_shared_expert_transformer",),
-        SWITCH_OPTIONS + (SHARED_DIM,),
-        CRITERION,
-        {SharedExpertMoE: count_shared_expert_block},
-    )
-)
+ARCHITECTURES = register_family_sizes(MODEL_NAME, FAMILY)
+families.register_counter(SharedExpertMoE, count_shared_expert_block)

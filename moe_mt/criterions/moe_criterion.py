@@ -22,7 +22,7 @@ the most / least used expert relative to a uniform share: 1.0 = balanced).
 
 # No `from __future__ import annotations`: omegaconf 2.0 reads the config dataclass types.
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from fairseq.criterions import register_criterion
@@ -33,7 +33,9 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from torch import Tensor
 
 from moe_mt.criterions.logging_outputs import log_sample_size_means, logging_output, sample_size_of
+from moe_mt.models.families import criterion_field
 from moe_mt.models.moe_layers import MoELayerOutput
+from moe_mt.models.switch_options import BALANCE_WEIGHT, Z_LOSS, Z_LOSS_WEIGHT
 from moe_mt.moe import combine_aux_losses
 
 CRITERION_NAME = "moe_label_smoothed_cross_entropy"
@@ -43,13 +45,10 @@ STAT_KEYS = ("moe_dropped", "moe_active", "moe_entropy", "moe_load_max", "moe_lo
 
 @dataclass
 class MoELabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
-    moe_balance_weight: float = field(
-        default=0.01, metadata={"help": "weight of the load-balancing loss (Switch: 0.01)"}
-    )
-    moe_z_loss: bool = field(default=False, metadata={"help": "add the router z-loss"})
-    moe_z_loss_weight: float = field(
-        default=0.001, metadata={"help": "weight of the router z-loss (ST-MoE: 0.001)"}
-    )
+    # Declared once, with the model options (moe_mt/models/switch_options.py).
+    moe_balance_weight: float = criterion_field(BALANCE_WEIGHT)
+    moe_z_loss: bool = criterion_field(Z_LOSS)
+    moe_z_loss_weight: float = criterion_field(Z_LOSS_WEIGHT)
 
 
 def aux_coefficients(balance_weight: float, z_loss: bool, z_loss_weight: float) -> dict:

@@ -27,7 +27,7 @@ plain label-smoothed CE, as the dense baseline.
 """
 
 # No `from __future__ import annotations`: omegaconf 2.0 reads the config dataclass types.
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
@@ -38,6 +38,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from torch import Tensor
 
 from moe_mt.criterions.logging_outputs import log_sample_size_means, logging_output, sample_size_of
+from moe_mt.models.families import criterion_field
+from moe_mt.models.thor_options import CONSISTENCY_ALPHA
 
 CRITERION_NAME = "thor_label_smoothed_cross_entropy"
 #: Summed per batch, logged per target token in base 2.
@@ -46,10 +48,7 @@ BITS_KEYS = ("ce_pass1", "ce_pass2", "consistency", "objective")
 
 @dataclass
 class ThorLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
-    moe_consistency_alpha: float = field(
-        default=1.0,
-        metadata={"help": "weight of THOR's consistency loss (authors' code 1.0, paper 5.0)"},
-    )
+    moe_consistency_alpha: float = criterion_field(CONSISTENCY_ALPHA)  # thor_options.py
 
 
 def symmetric_kl(lprobs_p: Tensor, lprobs_q: Tensor, pad_mask: Tensor | None = None) -> Tensor:

@@ -1,18 +1,18 @@
 """fairseq architectures of moemt, one model file per family (or two: switch.py holds X-MoE).
 
-:func:`import_models` imports the model files of :data:`MODEL_MODULES`, which registers their
-models and architectures with fairseq and their families with :mod:`.families`
-(:func:`moe_mt.register` calls it). The package itself imports nothing, so that its light
-modules (:mod:`.families`, the ``*_options`` modules) can be read without fairseq.
+:func:`import_models` imports the model file of every registered family
+(:attr:`.families.Family.model_module`), which registers its models and architectures with
+fairseq and its block counters with :mod:`.families` (:func:`moe_mt.register` calls it). The
+package itself imports only the light registry, so that its light modules (:mod:`.families`,
+the ``*_options`` modules, each holding a family's record) can be read without fairseq.
 """
 
 import importlib
 
-#: The model files, in registration order (dense first: the others build on it).
-MODEL_MODULES = ("transformer", "switch", "thor", "mhmoe", "soft_moe")
+from moe_mt.models import families  # light: no fairseq, no torch
 
 
 def import_models() -> None:
-    """Import every model file (idempotent): fairseq and the family registry then know them."""
-    for name in MODEL_MODULES:
-        importlib.import_module(f"{__name__}.{name}")
+    """Import every family's model file (idempotent): fairseq then knows them."""
+    for name in families.model_modules():
+        importlib.import_module(name)

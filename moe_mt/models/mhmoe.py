@@ -41,9 +41,8 @@ Statistics are the core's, over sub-tokens: ``tokens_per_expert`` counts sub-tok
 ``active_experts`` by :mod:`moe_mt.workflows.evaluate.expert_usage`).
 
 Registered: model ``moemt_mhmoe_transformer``; architectures ``mhmoe_transformer_<size>`` for
-the sizes of :data:`moe_mt.models.transformer.SIZES`. Defaults beyond Switch's
-(:data:`MHMOE_DEFAULTS`, in :mod:`moe_mt.models.mhmoe_options`): ``moe_heads`` 4, ``moe_top_k``
-2, ``moe_merge_placement`` before.
+the sizes of :data:`moe_mt.models.transformer.SIZES`. Options and their defaults (4 heads,
+top-2, merge before the residual): :mod:`moe_mt.models.mhmoe_options`.
 """
 
 from __future__ import annotations
@@ -53,8 +52,9 @@ from contextvars import ContextVar
 
 from torch import Tensor, nn
 
-from moe_mt.models.families import BlockCount, Family, parameter_count, register_family
-from moe_mt.models.mhmoe_options import MHMOE_DEFAULTS, MHMOE_OPTIONS
+from moe_mt.models import families
+from moe_mt.models.families import BlockCount, parameter_count
+from moe_mt.models.mhmoe_options import MERGE_PLACEMENTS, MHMOE
 from moe_mt.models.moe_layers import (
     EXPERT_ACTIVATIONS,
     MoEDecoder,
@@ -62,17 +62,16 @@ from moe_mt.models.moe_layers import (
     MoEEncoder,
     MoEEncoderLayer,
     MoEOptions,
+    MoETransformerModel,
     _activation_dropout,
     count_routed_block,
 )
-from moe_mt.models.switch import CRITERION, SwitchTransformerModel, moe_defaults
-from moe_mt.models.transformer import register_model_again, register_sizes
+from moe_mt.models.switch import SwitchTransformerModel
+from moe_mt.models.transformer import register_family_sizes, register_model_again
 from moe_mt.moe import (
-    CosineRouter,
     ExpertBank,
     MoEFeedForward,
     MoEOutput,
-    TopKRouter,
     flatten_tbd,
     sentence_index_tbd,
     unflatten_tbd,
@@ -80,7 +79,6 @@ from moe_mt.moe import (
 from moe_mt.moe.scoped import scoped_value
 
 MODEL_NAME = "moemt_mhmoe_transformer"
-MERGE_PLACEMENTS = ("before", "after")
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -165,12 +163,7 @@ def build_mhmoe_block(cfg, options: MoEOptions, d_model: int, d_ff: int) -> Mult
     if cfg.activation_fn not in EXPERT_ACTIVATIONS:
         raise ValueError(f"--activation-fn {cfg.activation_fn} has no MoE expert equivalent")
     d_sub, k = d_model // heads, options.top_k
-    if options.router == "cosine":
-        router = CosineRouter(d_sub, options.num_experts, k, d_route=options.router_dim)
-    else:
-        router = TopKRouter(
-            d_sub, options.num_experts, k, options.jitter, options.router_init_scale
-        )
+    router = families.router_kind(options.router).build(d_sub, options, cfg)
     dropout = _activation_dropout(cfg) if options.expert_dropout is None else options.expert_dropout
     experts = ExpertBank(
         options.num_experts, d_sub, max(1, d_ff // k),
@@ -245,18 +238,8 @@ class MHMoETransformerModel(SwitchTransformerModel):
 
     @staticmethod
     def add_args(parser):
-        SwitchTransformerModel.add_args(parser)
-        group = parser.add_argument_group("Multi-Head MoE (moemt)")
-        group.add_argument("--moe-heads", type=int, metavar="H", help="sub-tokens per token")
-        group.add_argument(
-            "--moe-merge-placement",
-            choices=MERGE_PLACEMENTS,
-            help="merge projection before (authors' code) or after the residual (paper)",
-        )
-
-
-def mhmoe_defaults(args) -> None:
-    moe_defaults(args, **MHMOE_DEFAULTS)
+        MoETransformerModel.add_args(parser)
+        families.add_arguments(parser, (MHMOE.name,), "Multi-Head MoE (moemt)")
 
 
 def count_mhmoe_block(block: MultiHeadMoE, sentence_tokens: int) -> BlockCount:
@@ -275,10 +258,5 @@ def count_mhmoe_block(block: MultiHeadMoE, sentence_tokens: int) -> BlockCount:
     )
 
 
-ARCHITECTURES = register_sizes(MODEL_NAME, "mhmoe_transformer", extra=mhmoe_defaults)
-FAMILY = register_family(
-    Family(
-        "mhmoe", ("mhmoe_transformer",), MHMOE_OPTIONS, CRITERION,
-        {MultiHeadMoE: count_mhmoe_block},
-    )
-)  # fmt: skip
+ARCHITECTURES = register_family_sizes(MODEL_NAME, MHMOE)
+families.register_counter(MultiHeadMoE, count_mhmoe_block)

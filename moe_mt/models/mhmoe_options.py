@@ -1,23 +1,28 @@
-"""Options of MH-MoE (``mhmoe_transformer_*``): the routed families' (:mod:`.switch_options`) with
-:data:`MHMOE_DEFAULTS` over Switch's (the defaults table of :mod:`moe_mt.models.mhmoe`), plus
-the sub-token count and the merge projection's placement."""
+"""MH-MoE's family record (``mhmoe_transformer_*``): the routed families' options
+(:mod:`.switch_options`) with top-2 routing by default, plus the sub-token count and the merge
+projection's placement."""
 
 from __future__ import annotations
 
-from moe_mt.models.families import OptionSpec, declare_options
-from moe_mt.models.switch_options import LOSS_OPTIONS, MOE_DEFAULTS, routed_options
+from moe_mt.bounds import AT_LEAST_1
+from moe_mt.models.families import Family, OptionSpec, with_defaults
+from moe_mt.models.switch_options import EXPERT_PARALLEL_SIZE, LOSSES, MOE_CRITERION, ROUTED
 
-MHMOE_DEFAULTS = {"moe_heads": 4, "moe_top_k": 2, "moe_merge_placement": "before"}
-
-MHMOE_OPTIONS = routed_options({**MOE_DEFAULTS, **MHMOE_DEFAULTS}) + LOSS_OPTIONS + (
-    OptionSpec(
-        "heads", int, MHMOE_DEFAULTS["moe_heads"],
-        "MH-MoE: sub-tokens per token (divides model.embed_dim)",
-    ),
-    OptionSpec(
-        "merge_placement", str, MHMOE_DEFAULTS["moe_merge_placement"],
-        "MH-MoE: merge projection before | after the residual",
-    ),
+MERGE_PLACEMENTS = ("before", "after")
+HEADS = OptionSpec(
+    "heads", int, 4, "MH-MoE: sub-tokens per token (divides model.embed_dim)", bound=AT_LEAST_1
+)
+MERGE_PLACEMENT = OptionSpec(
+    "merge_placement", str, "before", "MH-MoE: merge projection before | after the residual",
+    choices=MERGE_PLACEMENTS,
 )  # fmt: skip
 
-declare_options("mhmoe", MHMOE_OPTIONS)
+MHMOE = Family(
+    "mhmoe", ("mhmoe_transformer",),
+    with_defaults(ROUTED, top_k=2) + LOSSES + (HEADS, MERGE_PLACEMENT, EXPERT_PARALLEL_SIZE),
+    MOE_CRITERION,
+    model_module="moe_mt.models.mhmoe",
+)  # fmt: skip
+
+#: Registered, in this order, when the built-in families load (moe_mt.models.families).
+FAMILIES = (MHMOE,)

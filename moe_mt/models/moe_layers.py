@@ -22,7 +22,8 @@ that live exactly as long as one call:
   the outputs are dropped.
 
 :class:`MoEOptions` holds the routing configuration read from fairseq's (legacy) args; the
-families (``moe_mt/models/switch.py``) add the args, state their defaults and build the block.
+options are declared in :mod:`moe_mt.models.switch_options` and the families' model files
+(``moe_mt/models/switch.py``) build the block.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import MISSING, dataclass
 from typing import NamedTuple
 
 import torch.distributed as dist
@@ -38,7 +38,9 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor, nn
 
 from moe_mt.errors import MoeMtError
-from moe_mt.models.families import BlockCount, parameter_count
+from moe_mt.models import families
+from moe_mt.models.families import BlockCount, check_declared, options_record, parameter_count
+from moe_mt.models.switch_options import CONVENTIONS, REGULARISERS, ROUTED
 from moe_mt.models.transformer import (
     MoeMtDecoder,
     MoeMtEncoder,
@@ -65,8 +67,6 @@ from moe_mt.moe.expert_parallel import (
 )
 from moe_mt.moe.scoped import scoped_value
 
-SIDES = ("encoder", "decoder", "both")
-ROUTERS = ("topk", "cosine")
 #: fairseq ``--activation-fn`` -> the expert bank's activation of the same function.
 EXPERT_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_accurate": "gelu_tanh", "swish": "silu"}
 
@@ -100,66 +100,21 @@ def _padding_scope(mask: Tensor | None) -> contextlib.AbstractContextManager[Non
     return scoped_value(_PADDING_MASK, mask)
 
 
-@dataclass(frozen=True)
+@options_record(ROUTED + CONVENTIONS + REGULARISERS)
 class MoEOptions:
-    """Where the MoE layers are and how they route (fairseq's ``--moe-*`` model args).
+    """Where the MoE layers are and how they route: the routed families' model options
+    (:mod:`moe_mt.models.switch_options`, one field each), read from fairseq's (legacy) args.
 
     Layer ``i`` (0-based) of a side in ``sides`` is an MoE layer iff ``i % freq == offset % freq``.
+    ``expert_dropout`` None: the model's activation dropout. :meth:`check` checks choices and
+    bounds (the options'), then what lies between options.
     """
 
-    num_experts: int
-    top_k: int
-    freq: int
-    offset: int
-    sides: str
-    router: str
-    router_dim: int
-    router_init_scale: float
-    jitter: float
-    capacity_factor: float | None
-    eval_capacity_factor: float | None
-    expert_dropout: float | None  # None: the model's activation dropout
-    # Reference conventions and NLLB-MoE's regularisers (Switch, X-MoE); their defaults also
-    # stand for checkpoints written before they existed.
-    balance_choices: str = "all"
-    renormalize: str = "before"
-    second_expert_policy: str = "all"
-    capacity_formula: str = "moemt"
-    eval_capacity_token_fraction: float | None = None
-    eom: float = 0.0
-    cmr: bool = False
-    cmr_gate_dropout: float = 0.0
-
-    @classmethod
-    def from_cfg(cls, cfg) -> MoEOptions:
-        """Read ``cfg.moe_<field>`` (fairseq's TransformerConfig keeps the legacy args)."""
-        values = {}
-        for name, spec in cls.__dataclass_fields__.items():
-            if spec.default is MISSING:
-                values[name] = getattr(cfg, f"moe_{name}")
-            else:  # a newer option: absent (or unset) in older checkpoints' args
-                value = getattr(cfg, f"moe_{name}", None)
-                values[name] = spec.default if value is None else value
-        options = cls(**values)
-        options.check()
-        return options
-
     def check(self) -> None:
-        if self.sides not in SIDES:
-            raise ValueError(f"moe_sides={self.sides!r}: expected one of {SIDES}")
-        if self.router not in ROUTERS:
-            raise ValueError(f"moe_router={self.router!r}: expected one of {ROUTERS}")
-        if self.freq < 1:
-            raise ValueError(f"moe_freq={self.freq} must be >= 1")
-        if self.num_experts < 1:  # before top_k, whose bound it is
-            raise ValueError(f"moe_num_experts={self.num_experts} must be >= 1")
+        check_declared(self)
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"moe_top_k={self.top_k} must be in [1, {self.num_experts}]")
         self.conventions().check(self.top_k)
-        if not 0 <= self.eom < 1:
-            raise ValueError(f"moe_eom={self.eom} must be in [0, 1)")
-        if not 0 <= self.cmr_gate_dropout < 1:
-            raise ValueError(f"moe_cmr_gate_dropout={self.cmr_gate_dropout} must be in [0, 1)")
 
     def conventions(self) -> RoutingConventions:
         return RoutingConventions(
@@ -171,9 +126,11 @@ class MoEOptions:
         return self.sides in (side, "both") and index % self.freq == self.offset % self.freq
 
     def build_block(
-        self, d_model: int, d_ff: int, activation_fn: str, activation_dropout: float
+        self, d_model: int, d_ff: int, activation_fn: str, activation_dropout: float, cfg=None
     ) -> MoEFeedForward | ConditionalMoE:
-        """The MoE FFN: router, ``num_experts`` experts of width ``d_ff``, capacity factors,
+        """The MoE FFN: router (``model.moe.router``, :class:`~moe_mt.models.families.RouterKind`;
+        ``cfg``: fairseq's args, for a plugin router's own options), ``num_experts`` experts of
+        width ``d_ff``, capacity factors,
         conventions and EOM; with ``cmr``, inside :class:`~moe_mt.moe.ConditionalMoE` with a
         shared FFN of the same width (hidden dropout: the model's activation dropout)."""
         if activation_fn not in EXPERT_ACTIVATIONS:
@@ -181,12 +138,7 @@ class MoEOptions:
                 f"--activation-fn {activation_fn} has no MoE expert equivalent; "
                 f"use one of {sorted(EXPERT_ACTIVATIONS)}"
             )
-        if self.router == "cosine":
-            router = CosineRouter(d_model, self.num_experts, self.top_k, d_route=self.router_dim)
-        else:
-            router = TopKRouter(
-                d_model, self.num_experts, self.top_k, self.jitter, self.router_init_scale
-            )
+        router = families.router_kind(self.router).build(d_model, self, cfg)
         dropout = activation_dropout if self.expert_dropout is None else self.expert_dropout
         experts = ExpertBank(
             self.num_experts, d_model, d_ff, activation=EXPERT_ACTIVATIONS[activation_fn],
@@ -201,6 +153,19 @@ class MoEOptions:
         activation = EXPERT_ACTIVATIONS[activation_fn]
         shared = ExpertBank(1, d_model, d_ff, activation=activation, dropout=activation_dropout)
         return ConditionalMoE(block, shared, self.cmr_gate_dropout)
+
+
+def build_topk_router(d_in: int, options: MoEOptions, cfg) -> TopKRouter:
+    """Switch's softmax top-k gate (:class:`~moe_mt.moe.TopKRouter`): ``router_init_scale``,
+    ``jitter``."""
+    return TopKRouter(
+        d_in, options.num_experts, options.top_k, options.jitter, options.router_init_scale
+    )
+
+
+def build_cosine_router(d_in: int, options: MoEOptions, cfg) -> CosineRouter:
+    """X-MoE's cosine router in a ``router_dim`` space (:class:`~moe_mt.moe.CosineRouter`)."""
+    return CosineRouter(d_in, options.num_experts, options.top_k, d_route=options.router_dim)
 
 
 def count_cmr_block(block: ConditionalMoE, sentence_tokens: int) -> BlockCount:
@@ -220,16 +185,16 @@ def count_routed_block(
 ) -> BlockCount:
     """Summary counts of a top-k (or random-draw) MoE FFN per routed row (token or sub-token).
 
-    MACs: the router's weight matrices (``d E``; cosine ``d r + r E``; none for THOR) plus ``k``
-    experts ``d f + f d``. ``reach`` (default ``k``): experts one token can use; the others'
-    weights are inactive (MH-MoE's ``h`` sub-tokens reach ``min(E, h k)``).
+    MACs: the router's own (:meth:`~moe_mt.moe.routing.Router.macs_per_row`: ``d E``; cosine
+    ``d r + r E``; none for THOR) plus ``k`` experts ``d f + f d``. ``reach`` (default ``k``):
+    experts one token can use; the others' weights are inactive (MH-MoE's ``h`` sub-tokens reach
+    ``min(E, h k)``).
     """
     bank, k = block.experts, block.router.k
     reach = k if reach is None else reach
     per_expert = parameter_count(bank.parameters()) // bank.num_experts
-    router = sum(p.numel() for p in block.router.parameters() if p.dim() == 2)
     return BlockCount(
-        macs=router + k * (bank.d_model * bank.d_ff + bank.d_ff * bank.d_out),
+        macs=block.router.macs_per_row() + k * (bank.d_model * bank.d_ff + bank.d_ff * bank.d_out),
         expert_parameters=per_expert * bank.num_experts,
         inactive_parameters=per_expert * (bank.num_experts - reach),
     )
@@ -383,7 +348,9 @@ class MoEEncoder(MoeMtEncoder):
         return self.options_class.from_cfg(cfg)
 
     def build_block(self, cfg, options, d_model: int, d_ff: int) -> nn.Module:
-        return options.build_block(d_model, d_ff, cfg.activation_fn, _activation_dropout(cfg))
+        return options.build_block(
+            d_model, d_ff, cfg.activation_fn, _activation_dropout(cfg), cfg=cfg
+        )
 
     def make_layer(self, cfg, index: int) -> nn.Module:
         options = self.moe_options(cfg)

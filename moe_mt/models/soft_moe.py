@@ -27,8 +27,8 @@ rate is 1.0 by construction; ``router_entropy`` is the mean entropy of the combi
 There are no auxiliary losses.
 
 Registered: model ``moemt_soft_moe_transformer``; architectures ``soft_moe_transformer_<size>``.
-Defaults beyond Switch's (:data:`SOFT_DEFAULTS`, in :mod:`moe_mt.models.soft_moe_options`):
-``moe_sides`` encoder, ``moe_slots_per_expert`` 1, ``moe_soft_decoder`` dense.
+Options and their defaults (the encoder as MoE side, 1 slot per expert, a dense decoder):
+:mod:`moe_mt.models.soft_moe_options`.
 """
 
 from __future__ import annotations
@@ -39,22 +39,22 @@ import torch
 from torch import Tensor, nn
 
 from moe_mt.errors import MoeMtError
-from moe_mt.models.families import BlockCount, Family, parameter_count, register_family
+from moe_mt.models import families
+from moe_mt.models.families import BlockCount, parameter_count
 from moe_mt.models.moe_layers import (
     EXPERT_ACTIVATIONS,
     MoEDecoder,
     MoEEncoder,
     MoEOptions,
+    MoETransformerModel,
     _activation_dropout,
-    count_routed_block,
 )
-from moe_mt.models.soft_moe_options import SOFT_DECODERS, SOFT_DEFAULTS, SOFT_MOE_OPTIONS
-from moe_mt.models.switch import CRITERION, SwitchTransformerModel, moe_defaults
+from moe_mt.models.soft_moe_options import SLOTS_PER_EXPERT, SOFT_DECODER, SOFT_MOE
+from moe_mt.models.switch import SwitchTransformerModel
 from moe_mt.models.transformer import MoeMtDecoder, register_model_again, register_sizes
 from moe_mt.moe import (
     DispatchPlan,
     ExpertBank,
-    MoEFeedForward,
     MoEOutput,
     SoftSlotRouter,
     dispatch_stats,
@@ -75,12 +75,11 @@ def check_soft_moe_args(args) -> None:
             "positions of a sentence, so a causal decoder's token would see later tokens; use "
             "model.moe.sides=encoder (model.moe.soft_decoder=sparse for a sparse decoder)"
         )
-    decoder = getattr(args, "moe_soft_decoder", None)
-    if decoder not in (None, *SOFT_DECODERS):
-        raise MoeMtError(f"model.moe.soft_decoder={decoder}: expected one of {SOFT_DECODERS}")
-    slots = getattr(args, "moe_slots_per_expert", None)
-    if slots is not None and slots < 1:
-        raise MoeMtError(f"model.moe.slots_per_expert={slots} must be >= 1")
+    for option in (SOFT_DECODER, SLOTS_PER_EXPERT):
+        value = getattr(args, f"moe_{option.name}", None)
+        problem = option.problem(value)
+        if problem:
+            raise MoeMtError(f"model.moe.{option.name}={value}: {problem}")
 
 
 class SoftMoEFeedForward(nn.Module):
@@ -173,12 +172,8 @@ class SoftMoETransformerModel(SwitchTransformerModel):
 
     @staticmethod
     def add_args(parser):
-        SwitchTransformerModel.add_args(parser)
-        group = parser.add_argument_group("Soft MoE (moemt)")
-        group.add_argument("--moe-slots-per-expert", type=int, metavar="S", help="slots/expert")
-        group.add_argument(
-            "--moe-soft-decoder", choices=SOFT_DECODERS, help="dense or top-k MoE decoder"
-        )
+        MoETransformerModel.add_args(parser)
+        families.add_arguments(parser, (SOFT_MOE.name,), "Soft MoE (moemt)")
 
     @classmethod
     def build_model(cls, args, task):
@@ -187,8 +182,8 @@ class SoftMoETransformerModel(SwitchTransformerModel):
 
 
 def soft_moe_defaults(args) -> None:
-    check_soft_moe_args(args)
-    moe_defaults(args, **SOFT_DEFAULTS)
+    check_soft_moe_args(args)  # before the defaults hide what the user set
+    families.fill_defaults(args, SOFT_MOE.name)
 
 
 def count_soft_block(block: SoftMoEFeedForward, sentence_tokens: int) -> BlockCount:
@@ -205,10 +200,5 @@ def count_soft_block(block: SoftMoEFeedForward, sentence_tokens: int) -> BlockCo
     )
 
 
-ARCHITECTURES = register_sizes(MODEL_NAME, "soft_moe_transformer", extra=soft_moe_defaults)
-FAMILY = register_family(
-    Family(
-        "soft_moe", ("soft_moe_transformer",), SOFT_MOE_OPTIONS, CRITERION,
-        {SoftMoEFeedForward: count_soft_block, MoEFeedForward: count_routed_block},
-    )
-)  # fmt: skip
+ARCHITECTURES = register_sizes(MODEL_NAME, SOFT_MOE.arch_prefixes[0], extra=soft_moe_defaults)
+families.register_counter(SoftMoEFeedForward, count_soft_block)

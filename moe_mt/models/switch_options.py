@@ -1,108 +1,155 @@
-"""Options of Switch (``switch_transformer_*``) and X-MoE (``xmoe_transformer_*``), the routed
-families; MH-MoE, Soft MoE and THOR reuse the placement and routing ones declared here
-(:data:`ROUTED`). The reference conventions (:mod:`moe_mt.moe.conventions`) and NLLB-MoE's
-regularisers (EOM, CMR) are Switch's and X-MoE's only.
+"""The routed families' options, each declared once, and the Switch (``switch_transformer_*``)
+and X-MoE (``xmoe_transformer_*``) family records. MH-MoE, Soft MoE and THOR take the placement
+and routing options declared here; the reference conventions (:mod:`moe_mt.moe.conventions`) and
+NLLB-MoE's regularisers (EOM, CMR) are Switch's and X-MoE's only.
 
-:data:`MOE_DEFAULTS` is the defaults table of :mod:`moe_mt.models.switch` (X-MoE: the same with
-the cosine router). The loss keys default to None: the criterion's own defaults apply
-(``moe_label_smoothed_cross_entropy``, :mod:`moe_mt.criterions.moe_criterion`).
+``moemt config RECIPE model.moe`` prints every option with each family's default. The loss
+options are the criterion's (``moe_label_smoothed_cross_entropy``,
+:mod:`moe_mt.criterions.moe_criterion`, whose config fields take their defaults from here).
 
 Like every ``moe_mt/models/<family>_options.py``, this module imports neither fairseq nor torch:
-the recipe schema reads it at every ``moemt`` command (:mod:`moe_mt.models.families`).
+the recipe schema reads it at every ``moemt`` command (:mod:`moe_mt.models.families`). The choice
+tuples repeat the layers' own (``moe_mt.moe.conventions``, which imports torch); a test checks
+that they agree.
 """
 
 from __future__ import annotations
 
-from moe_mt.models.families import OptionSpec, declare_options
-
-MOE_DEFAULTS = {
-    "moe_num_experts": 8,
-    "moe_top_k": 1,
-    "moe_freq": 2,
-    "moe_offset": 1,
-    "moe_sides": "both",
-    "moe_router": "topk",
-    "moe_router_dim": 16,
-    "moe_router_init_scale": 0.1,
-    "moe_jitter": 0.0,
-    "moe_capacity_factor": 1.25,
-    "moe_eval_capacity_factor": None,
-    "moe_expert_dropout": None,
-    # Reference conventions (moe_mt/moe/conventions.py): moemt's own by default.
-    "moe_balance_choices": "all",
-    "moe_renormalize": "before",
-    "moe_second_expert_policy": "all",
-    "moe_capacity_formula": "moemt",
-    "moe_eval_capacity_token_fraction": None,
-    # NLLB-MoE's regularisers (moe_mt/moe/eom.py, cmr.py): off by default.
-    "moe_eom": 0.0,
-    "moe_cmr": False,
-    "moe_cmr_gate_dropout": 0.0,
-}
-XMOE_DEFAULTS = {**MOE_DEFAULTS, "moe_router": "cosine"}
-
-#: (type, help) of every routed family's option, in the order recipes list them.
-HELP = {
-    "num_experts": (int, "experts per MoE layer"),
-    "top_k": (int, "experts per token: 1 = Switch, 2 = GShard-style"),
-    "freq": (int, "every freq-th layer of a side is an MoE layer ..."),
-    "offset": (int, "... the layers with index % freq == offset % freq (0-based)"),
-    "sides": (str, "encoder | decoder | both"),
-    "router": (str, "topk (Switch) | cosine (X-MoE)"),
-    "router_dim": (int, "cosine router's routing width"),
-    "router_init_scale": (float, "top-k gate init std sqrt(scale / d)"),
-    "jitter": (float, "top-k gate input noise x * U(1 - j, 1 + j) in training"),
-    "capacity_factor": (float, "training capacity factor (<= 0: no dropping)"),
-    "eval_capacity_factor": (float, "eval capacity factor (null or <= 0: no dropping)"),
-    "expert_dropout": (float, "dropout inside experts (null: model.activation_dropout)"),
-    "balance_choices": (str, "balance loss over all | first (GShard, fairseq) choices"),
-    "renormalize": (str, "top-k weights renormalised before | after (fairseq) capacity drops"),
-    "second_expert_policy": (
-        str,
-        "top-2's second expert: all (argmax) | sampling (GShard, fairseq) | random",
-    ),
-    "capacity_formula": (
-        str,
-        "moemt: ceil(cf k T / E), T non-pad | fairseq: int(cf k ceil(S / E)), S with pads",
-    ),
-    "eval_capacity_token_fraction": (
-        float,
-        "capacity_formula=fairseq: eval capacity ceil(f S) when > 0 (fairseq: 0.25)",
-    ),
-    "eom": (float, "Expert Output Masking: drop a token's expert output with this probability"),
-    "cmr": (bool, "Conditional MoE Routing: y = (1 - g) FFN_shared(x) + g MoE(x)"),
-    "cmr_gate_dropout": (float, "dropout on CMR's gate g (fairseq --cmr-gate-drop)"),
-}
-#: The options every routed family shares (MH-MoE and Soft MoE take these only).
-ROUTED = tuple(HELP)[: tuple(HELP).index("expert_dropout") + 1]
-#: Reference conventions and NLLB-MoE's regularisers: Switch and X-MoE.
-CONVENTIONS = ("balance_choices", "renormalize", "second_expert_policy", "capacity_formula",
-               "eval_capacity_token_fraction")  # fmt: skip
-REGULARISERS = ("eom", "cmr", "cmr_gate_dropout")
-#: The criterion's keys (moe_label_smoothed_cross_entropy), defaults in its config dataclass.
-LOSS_OPTIONS = (
-    OptionSpec("balance_weight", float, None, "criterion: weight of the load-balancing loss"),
-    OptionSpec("z_loss", bool, None, "criterion: add the router z-loss"),
-    OptionSpec("z_loss_weight", float, None, "criterion: weight of the router z-loss"),
+from moe_mt.bounds import AT_LEAST_0, AT_LEAST_1, PROBABILITY, Bound
+from moe_mt.models.families import (
+    Family,
+    OptionSpec,
+    RouterKind,
+    router_names,
+    with_defaults,
 )
 
+BELOW_1 = Bound(0.0, 1.0, open_high=True)
+MOE_CRITERION = "moe_label_smoothed_cross_entropy"
 
-def routed_options(defaults: dict, names=ROUTED) -> tuple[OptionSpec, ...]:
-    """The specs of ``names`` (keys of :data:`HELP`) with their defaults from ``defaults``."""
-    return tuple(
-        OptionSpec(name, HELP[name][0], defaults.get(f"moe_{name}"), HELP[name][1])
-        for name in names
-    )
-
-
-SWITCH_OPTIONS = (
-    routed_options(MOE_DEFAULTS) + LOSS_OPTIONS
-    + routed_options(MOE_DEFAULTS, CONVENTIONS + REGULARISERS)
+# -- placement and routing: every routed family ---------------------------------------------
+NUM_EXPERTS = OptionSpec("num_experts", int, 8, "experts per MoE layer", bound=AT_LEAST_1)
+TOP_K = OptionSpec(
+    "top_k", int, 1, "experts per token: 1 = Switch, 2 = GShard-style", bound=AT_LEAST_1
+)
+FREQ = OptionSpec(
+    "freq", int, 2, "every freq-th layer of a side is an MoE layer ...", bound=AT_LEAST_1
+)
+OFFSET = OptionSpec(
+    "offset", int, 1, "... the layers with index % freq == offset % freq (0-based)",
+    bound=AT_LEAST_0,
 )  # fmt: skip
-XMOE_OPTIONS = (
-    routed_options(XMOE_DEFAULTS) + LOSS_OPTIONS
-    + routed_options(XMOE_DEFAULTS, CONVENTIONS + REGULARISERS)
+SIDES = OptionSpec(
+    "sides", str, "both", "encoder | decoder | both", choices=("encoder", "decoder", "both")
+)
+ROUTER = OptionSpec(
+    "router", str, "topk", "token-choice router: topk (Switch) | cosine (X-MoE) | a plugin's",
+    choices=router_names,
+)  # fmt: skip
+ROUTER_DIM = OptionSpec("router_dim", int, 16, "cosine router's routing width", bound=AT_LEAST_1)
+ROUTER_INIT_SCALE = OptionSpec(
+    "router_init_scale", float, 0.1, "top-k gate init std sqrt(scale / d)"
+)
+JITTER = OptionSpec(
+    "jitter", float, 0.0, "top-k gate input noise x * U(1 - j, 1 + j) in training",
+    bound=PROBABILITY,
+)  # fmt: skip
+CAPACITY_FACTOR = OptionSpec(
+    "capacity_factor", float, 1.25, "training capacity factor (<= 0: no dropping)"
+)
+EVAL_CAPACITY_FACTOR = OptionSpec(
+    "eval_capacity_factor", float, None, "eval capacity factor (null or <= 0: no dropping)"
+)
+EXPERT_DROPOUT = OptionSpec(
+    "expert_dropout", float, None, "dropout inside experts (null: model.activation_dropout)",
+    bound=PROBABILITY,
+)  # fmt: skip
+#: ``model.expert_parallel_size``, which fairseq receives as a model argument.
+EXPERT_PARALLEL_SIZE = OptionSpec(
+    "expert_parallel_size", int, None,
+    "experts of every MoE layer spread over P ranks (model.expert_parallel_size)",
+    bound=AT_LEAST_1, recipe=False,
 )  # fmt: skip
 
-declare_options("switch", SWITCH_OPTIONS)
-declare_options("xmoe", XMOE_OPTIONS)
+# -- the criterion's keys (moe_label_smoothed_cross_entropy) --------------------------------
+BALANCE_WEIGHT = OptionSpec(
+    "balance_weight", float, 0.01, "criterion: weight of the load-balancing loss",
+    bound=AT_LEAST_0, criterion=True,
+)  # fmt: skip
+Z_LOSS = OptionSpec("z_loss", bool, False, "criterion: add the router z-loss", criterion=True)
+Z_LOSS_WEIGHT = OptionSpec(
+    "z_loss_weight", float, 0.001, "criterion: weight of the router z-loss",
+    bound=AT_LEAST_0, criterion=True,
+)  # fmt: skip
+
+# -- reference conventions (moe_mt/moe/conventions.py): moemt's own by default --------------
+BALANCE_CHOICES = OptionSpec(
+    "balance_choices", str, "all", "balance loss over all | first (GShard, fairseq) choices",
+    choices=("all", "first"),
+)  # fmt: skip
+RENORMALIZE = OptionSpec(
+    "renormalize", str, "before",
+    "top-k weights renormalised before | after (fairseq) capacity drops",
+    choices=("before", "after"),
+)  # fmt: skip
+SECOND_EXPERT_POLICY = OptionSpec(
+    "second_expert_policy", str, "all",
+    "top-2's second expert: all (argmax) | sampling (GShard, fairseq) | random",
+    choices=("all", "sampling", "random"),
+)  # fmt: skip
+CAPACITY_FORMULA = OptionSpec(
+    "capacity_formula", str, "moemt",
+    "moemt: ceil(cf k T / E), T non-pad | fairseq: int(cf k ceil(S / E)), S with pads",
+    choices=("moemt", "fairseq"),
+)  # fmt: skip
+EVAL_CAPACITY_TOKEN_FRACTION = OptionSpec(
+    "eval_capacity_token_fraction", float, None,
+    "capacity_formula=fairseq: eval capacity ceil(f S) when > 0 (fairseq: 0.25)",
+)  # fmt: skip
+
+# -- NLLB-MoE's regularisers (moe_mt/moe/eom.py, cmr.py): off by default ---------------------
+EOM = OptionSpec(
+    "eom", float, 0.0, "Expert Output Masking: drop a token's expert output with this probability",
+    bound=BELOW_1,
+)  # fmt: skip
+CMR = OptionSpec(
+    "cmr", bool, False, "Conditional MoE Routing: y = (1 - g) FFN_shared(x) + g MoE(x)"
+)
+CMR_GATE_DROPOUT = OptionSpec(
+    "cmr_gate_dropout", float, 0.0, "dropout on CMR's gate g (fairseq --cmr-gate-drop)",
+    bound=BELOW_1,
+)  # fmt: skip
+
+# -- the routers model.moe.router names (builders in moe_mt/models/moe_layers.py) ------------
+TOPK_ROUTER = RouterKind(
+    "topk", "moe_mt.models.moe_layers:build_topk_router", (ROUTER_INIT_SCALE, JITTER)
+)
+COSINE_ROUTER = RouterKind("cosine", "moe_mt.models.moe_layers:build_cosine_router", (ROUTER_DIM,))
+
+#: The options every routed family shares (MH-MoE and Soft MoE take these with the losses).
+ROUTED = (
+    NUM_EXPERTS, TOP_K, FREQ, OFFSET, SIDES, ROUTER, ROUTER_DIM, ROUTER_INIT_SCALE, JITTER,
+    CAPACITY_FACTOR, EVAL_CAPACITY_FACTOR, EXPERT_DROPOUT,
+)  # fmt: skip
+LOSSES = (BALANCE_WEIGHT, Z_LOSS, Z_LOSS_WEIGHT)
+CONVENTIONS = (
+    BALANCE_CHOICES, RENORMALIZE, SECOND_EXPERT_POLICY, CAPACITY_FORMULA,
+    EVAL_CAPACITY_TOKEN_FRACTION,
+)  # fmt: skip
+REGULARISERS = (EOM, CMR, CMR_GATE_DROPOUT)
+SWITCH_OPTIONS = ROUTED + LOSSES + CONVENTIONS + REGULARISERS + (EXPERT_PARALLEL_SIZE,)
+
+SWITCH = Family(
+    "switch", ("switch_transformer",), SWITCH_OPTIONS, MOE_CRITERION,
+    model_module="moe_mt.models.switch",
+)  # fmt: skip
+XMOE = Family(
+    "xmoe", ("xmoe_transformer",),
+    with_defaults(SWITCH_OPTIONS, router="cosine"),
+    MOE_CRITERION,
+    model_module="moe_mt.models.switch",
+)  # fmt: skip
+
+#: Registered, in this order, when the built-in families load (moe_mt.models.families).
+ROUTERS = (TOPK_ROUTER, COSINE_ROUTER)
+FAMILIES = (SWITCH, XMOE)

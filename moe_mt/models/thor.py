@@ -23,23 +23,9 @@ families) hold ``moe_num_experts`` FFN experts and no gate. Architectures
   - ``fixed``: expert ``moe_inference_expert`` in every expert layer (the dense model's cost);
   - ``mean``: the average of all experts' outputs (``E`` times the FFN cost of those layers).
 
-Defaults (:data:`THOR_DEFAULTS`, stated once in :mod:`moe_mt.models.thor_options` with the
-options' help; an option left unset takes it):
-
-======================  ========  =========================================================
-option                  default   meaning
-======================  ========  =========================================================
-moe_num_experts         2         experts per expert layer (the authors' IWSLT14 recipe)
-moe_freq                2         every moe_freq-th layer is an expert layer ...
-moe_offset              0         ... index % freq == offset % freq: layers 0, 2, 4 (0-based),
-                                  every other layer from the first, as the authors' code
-moe_sides               both      encoder | decoder | both
-moe_granularity         batch     training draw: batch | sentence | token
-moe_inference           random    random | fixed | mean
-moe_inference_expert    0         the expert of ``fixed``
-moe_inference_seed      1         the seed of ``random``
-moe_expert_dropout      None      dropout inside experts (None: --activation-dropout)
-======================  ========  =========================================================
+Options and their defaults (2 experts in every other layer from the first, as the authors'
+code; batch-level draws; ``random`` inference): :mod:`moe_mt.models.thor_options`, each declared
+once (``moemt config RECIPE model.moe`` lists them).
 
 ``moe_expert_parallel_size`` (default None): the experts of every expert layer spread over that
 many ranks (:mod:`moe_mt.moe.expert_parallel`). Once set, even to 1, the training draws come from
@@ -55,25 +41,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from moe_mt.models.families import Family, register_family
+from moe_mt.models import families
 from moe_mt.models.moe_layers import (
     EXPERT_ACTIVATIONS,
-    SIDES,
     MoEDecoder,
     MoEEncoder,
     MoEOptions,
     MoETransformerModel,
     count_routed_block,
 )
-from moe_mt.models.thor_options import THOR_DEFAULTS, THOR_OPTIONS
-from moe_mt.models.transformer import register_model_again, register_sizes
+from moe_mt.models.thor_options import LAYER_OPTIONS, THOR
+from moe_mt.models.transformer import register_family_sizes, register_model_again
 from moe_mt.moe import ExpertBank, MoEFeedForward, RandomRouter
-from moe_mt.moe.router_random import GRANULARITIES, MODES
+from moe_mt.moe.router_random import MODES
 from moe_mt.moe.scoped import scoped_value
 
 MODEL_NAME = "moemt_thor_transformer"
@@ -192,40 +176,23 @@ class ThorRouter(RandomRouter):
 # -- options, layers, model -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@families.options_record(LAYER_OPTIONS)
 class ThorOptions:
-    """Where THOR's expert layers are and how they draw (fairseq's ``--moe-*`` model args)."""
+    """Where THOR's expert layers are and how they draw (:data:`.thor_options.LAYER_OPTIONS`,
+    read from fairseq's ``--moe-*`` model args; choices and bounds checked by ``from_cfg``)."""
 
-    num_experts: int
-    freq: int
-    offset: int
-    sides: str
-    granularity: str
-    inference: str
-    inference_expert: int
-    inference_seed: int
-    expert_dropout: float | None  # None: the model's activation dropout
-
-    # The same reading of ``cfg.moe_<field>`` and the same placement rule as the routed families.
-    from_cfg = classmethod(MoEOptions.from_cfg.__func__)
+    # The same placement rule as the routed families.
     is_moe_layer = MoEOptions.is_moe_layer
 
     def check(self) -> None:
-        if self.sides not in SIDES:
-            raise ValueError(f"moe_sides={self.sides!r}: expected one of {SIDES}")
-        if self.freq < 1:
-            raise ValueError(f"moe_freq={self.freq} must be >= 1")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"moe_granularity={self.granularity!r}: expected {GRANULARITIES}")
-        if self.inference not in MODES:
-            raise ValueError(f"moe_inference={self.inference!r}: expected one of {MODES}")
+        families.check_declared(self)
         if not 0 <= self.inference_expert < self.num_experts:
             raise ValueError(
                 f"moe_inference_expert={self.inference_expert} not in [0, {self.num_experts})"
             )
 
     def build_block(
-        self, d_model: int, d_ff: int, activation_fn: str, activation_dropout: float
+        self, d_model: int, d_ff: int, activation_fn: str, activation_dropout: float, cfg=None
     ) -> MoEFeedForward:
         """``num_experts`` experts of width ``d_ff`` behind a :class:`ThorRouter`; no capacity
         limit (a batch-level draw sends every token to one expert)."""
@@ -304,21 +271,7 @@ class ThorTransformerModel(MoETransformerModel):
     @staticmethod
     def add_args(parser):
         MoETransformerModel.add_args(parser)
-        group = parser.add_argument_group("THOR stochastic experts (moemt)")
-        add = group.add_argument
-        add("--moe-num-experts", type=int, metavar="N", help="experts per expert layer")
-        add("--moe-freq", type=int, metavar="N", help="every N-th layer is an expert layer")
-        add("--moe-offset", type=int, metavar="I", help="expert layers: index %% freq == I")
-        add("--moe-sides", choices=SIDES, help="expert layers in the encoder, decoder or both")
-        add("--moe-granularity", choices=GRANULARITIES, help="training draw: batch|sentence")
-        add("--moe-inference", choices=MODES, help="inference: random | fixed | mean")
-        add("--moe-inference-expert", type=int, metavar="I", help="the expert of fixed")
-        add("--moe-inference-seed", type=int, metavar="S", help="the seed of random")
-        add("--moe-expert-dropout", type=float, help="dropout inside the experts")
-        add(
-            "--moe-expert-parallel-size", type=int, metavar="P",
-            help="experts of every MoE layer spread over P ranks (model.expert_parallel_size)",
-        )  # fmt: skip
+        families.add_arguments(parser, (THOR.name,), "THOR stochastic experts (moemt)")
 
     def routers(self) -> list[ThorRouter]:
         return [block.router for _, block in self.moe_layers()]
@@ -335,17 +288,5 @@ class ThorTransformerModel(MoETransformerModel):
             router.seed = router.seed if seed is None else seed
 
 
-def thor_defaults(args) -> None:
-    """Fill every ``moe_*`` option left unset (None) from :data:`THOR_DEFAULTS`."""
-    for name, value in THOR_DEFAULTS.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
-
-
-ARCHITECTURES = register_sizes(MODEL_NAME, "thor_transformer", extra=thor_defaults)
-FAMILY = register_family(
-    Family(
-        "thor", ("thor_transformer",), THOR_OPTIONS, "thor_label_smoothed_cross_entropy",
-        {MoEFeedForward: count_routed_block},
-    )
-)  # fmt: skip
+ARCHITECTURES = register_family_sizes(MODEL_NAME, THOR)
+families.register_counter(MoEFeedForward, count_routed_block)

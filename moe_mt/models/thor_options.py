@@ -1,35 +1,56 @@
-"""Options of THOR (``thor_transformer_*``): :data:`THOR_DEFAULTS` is the defaults table of
-:mod:`moe_mt.models.thor`; placement keys are the routed families' (:mod:`.switch_options`),
-the draw and inference keys THOR's. ``consistency_alpha`` is the criterion's
-(``thor_label_smoothed_cross_entropy``, default in its config dataclass)."""
+"""THOR's family record (``thor_transformer_*``) and its own options: the placement keys are the
+routed families' (:mod:`.switch_options`) with the defaults of the authors' IWSLT'14 script
+(2 experts in every other layer from the first), the draw and inference keys THOR's.
+``consistency_alpha`` is the criterion's (``thor_label_smoothed_cross_entropy``); the inference
+keys are set from ``eval.thor_*`` when a checkpoint is loaded, so they are no recipe keys."""
 
 from __future__ import annotations
 
-from moe_mt.models.families import OptionSpec, declare_options
-from moe_mt.models.switch_options import routed_options
+from moe_mt.bounds import AT_LEAST_0
+from moe_mt.models.families import Family, OptionSpec, with_defaults
+from moe_mt.models.switch_options import (
+    EXPERT_DROPOUT,
+    EXPERT_PARALLEL_SIZE,
+    FREQ,
+    NUM_EXPERTS,
+    OFFSET,
+    SIDES,
+)
 
-THOR_DEFAULTS = {
-    "moe_num_experts": 2,
-    "moe_freq": 2,
-    "moe_offset": 0,
-    "moe_sides": "both",
-    "moe_granularity": "batch",
-    "moe_inference": "random",
-    "moe_inference_expert": 0,
-    "moe_inference_seed": 1,
-    "moe_expert_dropout": None,
-}
+THOR_CRITERION = "thor_label_smoothed_cross_entropy"
 
-THOR_OPTIONS = routed_options(
-    THOR_DEFAULTS, ("num_experts", "freq", "offset", "sides", "expert_dropout")
-) + (
-    OptionSpec(
-        "granularity", str, THOR_DEFAULTS["moe_granularity"],
-        "THOR: training expert draw: batch | sentence | token",
-    ),
-    OptionSpec(
-        "consistency_alpha", float, None, "THOR criterion: weight of the consistency loss"
-    ),
+GRANULARITY = OptionSpec(
+    "granularity", str, "batch", "THOR: training expert draw: batch | sentence | token",
+    choices=("batch", "sentence", "token"),
+)  # fmt: skip
+CONSISTENCY_ALPHA = OptionSpec(
+    "consistency_alpha", float, 1.0,
+    "THOR criterion: weight of the consistency loss (authors' code 1.0, paper 5.0)",
+    bound=AT_LEAST_0, criterion=True,
+)  # fmt: skip
+INFERENCE = OptionSpec(
+    "inference", str, "random", "THOR inference: random | fixed | mean (eval.thor_inference)",
+    choices=("random", "fixed", "mean"), recipe=False,
+)  # fmt: skip
+INFERENCE_EXPERT = OptionSpec(
+    "inference_expert", int, 0, "THOR: the expert of fixed inference (eval.thor_expert)",
+    bound=AT_LEAST_0, recipe=False,
+)  # fmt: skip
+INFERENCE_SEED = OptionSpec(
+    "inference_seed", int, 1, "THOR: the seed of random inference", recipe=False
+)
+
+#: The options of THOR's layers (``ThorOptions``), in the order they are read.
+LAYER_OPTIONS = with_defaults(
+    (NUM_EXPERTS, FREQ, OFFSET, SIDES, GRANULARITY, INFERENCE, INFERENCE_EXPERT, INFERENCE_SEED,
+     EXPERT_DROPOUT),
+    num_experts=2, offset=0,
+)  # fmt: skip
+THOR = Family(
+    "thor", ("thor_transformer",),
+    LAYER_OPTIONS + (CONSISTENCY_ALPHA, EXPERT_PARALLEL_SIZE), THOR_CRITERION,
+    model_module="moe_mt.models.thor",
 )  # fmt: skip
 
-declare_options("thor", THOR_OPTIONS)
+#: Registered, in this order, when the built-in families load (moe_mt.models.families).
+FAMILIES = (THOR,)

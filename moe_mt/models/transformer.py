@@ -47,7 +47,7 @@ from fairseq.modules.transformer_layer import (
 from torch import nn
 
 import moe_mt  # noqa: F401  (compat patches before fairseq is imported)
-from moe_mt.models.families import Family, register_family
+from moe_mt.models import families
 
 MODEL_NAME = "moemt_transformer"
 
@@ -196,5 +196,13 @@ def register_sizes(model_name: str, prefix: str, extra=None) -> list[str]:
     return names
 
 
+def register_family_sizes(model_name: str, family: families.Family) -> list[str]:
+    """Register ``<family's prefix>_<size>`` for every size, each filling in the family's
+    option defaults (:func:`~moe_mt.models.families.fill_defaults`); return the names."""
+    return register_sizes(
+        model_name, family.arch_prefixes[0],
+        extra=lambda args: families.fill_defaults(args, family.name),
+    )  # fmt: skip
+
+
 ARCHITECTURES = register_sizes(MODEL_NAME, MODEL_NAME)
-FAMILY = register_family(Family("dense", arch_prefixes=(MODEL_NAME,)))

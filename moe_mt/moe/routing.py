@@ -113,6 +113,13 @@ class Router(torch.nn.Module):
     ) -> Routing:
         raise NotImplementedError
 
+    def macs_per_row(self) -> int:
+        """Multiply-accumulates per routed row (token or sub-token), for model summaries: one
+        per element of the router's weight matrices (a linear gate ``d E``; cosine ``d r + r
+        E``; none for a router without weights). A router that computes otherwise overrides it.
+        """
+        return sum(p.numel() for p in self.parameters() if p.dim() == 2)
+
 
 def route_top_k(
     logits: Tensor, k: int, pad_mask: Tensor | None = None, normalize_top_k: bool = True

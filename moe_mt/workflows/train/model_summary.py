@@ -6,9 +6,9 @@ dictionary of ``data.spm.vocab_size`` symbols (plus fairseq's 4 specials). Param
 here, from the modules, not by fairseq (whose encoder layers would count unused copies, see
 :mod:`moe_mt.models.transformer`); shared tensors (tied embeddings) count once.
 
-Every MoE block is counted by the counter its model family registers
+Every MoE block is counted by the counter its model file registers
 (:mod:`moe_mt.models.families`; the formulas below are those of the built-in families' counters,
-in their model files); a module that holds experts or parameters of its own and that no family
+in their model files); a module that holds experts or parameters of its own and that nothing
 counts is an error, never a silent zero.
 
 Counts:
@@ -134,8 +134,9 @@ NO_MACS = (nn.Embedding, nn.LayerNorm)
 class _Tally:
     """Walks a module tree: MACs per token, and expert / inactive / projection parameters.
 
-    An MoE block is counted by its family's counter (:func:`moe_mt.models.families.block_counter`),
-    an ``nn.Linear`` as ``in x out``; anything else is a container whose children are walked.
+    An MoE block is counted by its registered counter
+    (:func:`moe_mt.models.families.block_counter`), an ``nn.Linear`` as ``in x out``; anything
+    else is a container whose children are walked.
     """
 
     def __init__(self, sentence_tokens: int) -> None:
@@ -143,9 +144,9 @@ class _Tally:
         self.experts = self.inactive = self.projections = self.moe_layers = 0
 
     def macs(self, module: nn.Module) -> int:
-        found = families.block_counter(type(module))
-        if found is not None:
-            count = found[1](module, self.sentence_tokens)
+        counter = families.block_counter(type(module))
+        if counter is not None:
+            count = counter(module, self.sentence_tokens)
             self.moe_layers += 1
             self.experts += count.expert_parameters
             self.inactive += count.inactive_parameters
@@ -170,9 +171,9 @@ def _refuse_unknown(module: nn.Module) -> None:
         cls = type(module)
         what = "holds experts" if holds_experts else "has parameters of its own"
         raise MoeMtError(
-            f"model summary: block {cls.__module__}.{cls.__qualname__} {what} but no model "
-            "family counts it: register a counter for it with "
-            "moe_mt.models.families.register_family (see docs/extending.md)"
+            f"model summary: block {cls.__module__}.{cls.__qualname__} {what} but nothing "
+            "counts it: register a counter for it with "
+            "moe_mt.models.families.register_counter (see docs/extending.md)"
         )
 
 
