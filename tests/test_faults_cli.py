@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.faults import invoke, one_error_line
 from tests.test_prep import _recipe, _write_corpus
 
@@ -128,3 +129,28 @@ def test_a_run_name_that_leaves_runs_is_refused(tmp_path, monkeypatch, name):
     assert list(tmp_path.iterdir()) == []  # nothing written anywhere
     # Elsewhere is said with run_dir.
     assert load_config(recipe, ["name=x", f"run_dir={tmp_path / 'elsewhere'}"]).name == "x"
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        (None, r"MOEMT_PLUGINS: cannot import family module {m}: No module named '{m}'$"),
+        ("x = (\n", r"MOEMT_PLUGINS: family module {m}: .*{m}\.py:1: '\(' was never closed$"),
+        (
+            "import os\nraise RuntimeError('boom')\n",
+            r"MOEMT_PLUGINS: cannot import family module {m}: .*{m}\.py:2: RuntimeError: boom$",
+        ),
+    ],
+    ids=["missing", "syntax-error", "raises"],
+)
+def test_a_broken_plugin_is_one_line_naming_module_and_place(
+    source, expected, tmp_path, monkeypatch
+):
+    """Issue 35, P1: a plugin that cannot be imported is one line, not a traceback."""
+    module = f"moemt_probe_plugin_{len(expected)}"
+    if source is not None:
+        (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MOEMT_PLUGINS", module)
+    line = one_error_line(invoke("config", REPO / "recipes" / "demo.yaml", "model.arch"))
+    assert re.match(expected.format(m=module), line), line
