@@ -19,7 +19,7 @@ def export_table(info: dict, out_dir, reused: bool) -> Table:
     table.add_column("", justify="left")
     table.add_column("", justify="left")
     checkpoint, arch = info["checkpoint"], info["architecture"]
-    thor = info.get("thor")
+    single = info.get("single_expert")
     languages = info["languages"]
     rows = [
         ("source run", info["source_run"]),
@@ -27,7 +27,7 @@ def export_table(info: dict, out_dir, reused: bool) -> Table:
                        f"{checkpoint['num_updates']:,} updates)"),
         ("sha256", checkpoint["sha256"]),
         ("model", f"{arch['arch']} ({arch['parameters']:,} parameters)"
-                  + (f", THOR expert {thor['expert']} in every expert layer" if thor else "")),
+                  + (f", expert {single['expert']} in every MoE layer" if single else "")),
         ("quantization", info["quantization"]),
         ("directions", ", ".join(languages["directions"])
                        + (" (language tokens)" if languages["tokens"] else "")),

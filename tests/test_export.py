@@ -104,7 +104,8 @@ def test_export_directory_and_export_json(run_copy, exported):
     assert info["architecture"]["arch"].startswith("moemt_transformer")
     assert info["architecture"]["family"] == "dense"
     assert (info["architecture"]["encoder_layers"], info["architecture"]["embed_dim"]) == (1, 64)
-    assert info["quantization"] == "float32" and info["thor"] is None
+    assert info["quantization"] == "float32" and info["single_expert"] is None
+    assert info["inputs"]["model_arguments"] == {}  # a dense model's eval sets none
     assert info["spm"] == {"en": "spm.model", "de": "spm.model"}
     assert (out / "spm.model").read_bytes() == (run_copy / "data" / "spm.model").read_bytes()
     assert info["versions"]["ctranslate2"] and info["versions"]["fairseq"] == "0.12.2"

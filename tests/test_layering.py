@@ -204,3 +204,83 @@ def test_a_cycle_is_found_and_named():
     graph = {"a": [edge("a", "b")], "b": [edge("b", "c"), edge("b", "d")], "d": [edge("d", "b")]}
     assert [(e.importer, e.imported) for e in _cycle(graph)] == [("b", "d"), ("d", "b")]
     assert _cycle({"a": [edge("a", "b")], "b": [edge("b", "c")]}) is None
+
+
+#: The built-in families whose knowledge belongs in their records and model files.
+FAMILY_NAMES = ("switch", "xmoe", "thor", "mhmoe", "soft_moe")
+#: Their model and record modules, which the workflows and the CLI never import.
+FAMILY_MODULES = {
+    f"moe_mt.models.{name}{suffix}"
+    for name in ("switch", "thor", "mhmoe", "soft_moe")
+    for suffix in ("", "_options")
+}
+#: Modules that still special-case a family, and why; the list only shrinks.
+FAMILY_SPECIAL_CASES = {
+    "moe_mt/workflows/distill/distillation.py": (
+        "a THOR teacher's inference mode and expert (distill.teacher_inference, the distill "
+        "criterion's --distill-teacher-inference/--distill-teacher-expert)"
+    ),
+    "moe_mt/workflows/evaluate/thor_consistency.py": "THOR's consistency across expert draws",
+    "moe_mt/workflows/evaluate/evaluation.py": "calls thor_consistency, report key thor",
+    "moe_mt/workflows/evaluate/report.py": "the report's thor key",
+}
+
+
+def _names_a_family(text: str) -> bool:
+    """``thor``, ``thor_models``, ``_is_thor``: a family's name as a ``_``-separated part."""
+    parts = text.lower().split("_")
+    joined = [f"{a}_{b}" for a, b in zip(parts, parts[1:], strict=False)]
+    return any(part in FAMILY_NAMES for part in parts + joined)
+
+
+def _family_mentions(path: Path) -> list[str]:
+    """Where the code of ``path`` (not its docstrings, comments or prose) names a family: an
+    import of a family's module, a string that is a family's name or architecture prefix, an
+    identifier made of one."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        what = None
+        if isinstance(node, ast.Import):
+            what = next((a.name for a in node.names if a.name in FAMILY_MODULES), None)
+        elif isinstance(node, ast.ImportFrom):
+            modules = {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+            what = next(iter(sorted(modules & FAMILY_MODULES)), None)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            token = node.value.strip().rstrip("_")
+            if id(node) not in docstrings and " " not in token and _names_a_family(token):
+                what = repr(node.value)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and _names_a_family(node.name):
+            what = node.name
+        elif isinstance(node, ast.Name) and _names_a_family(node.id):
+            what = node.id
+        elif isinstance(node, ast.Attribute) and _names_a_family(node.attr):
+            what = node.attr
+        if what is not None:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {what}")
+    return found
+
+
+def test_no_workflow_or_command_special_cases_a_model_family():
+    """What a family does differently lives in its record (moe_mt/models/<name>_options.py) and
+    model file; the workflows and the CLI ask the registry or the model."""
+    mentions, special = [], set()
+    for folder in (REPO / "moe_mt" / "workflows", REPO / "cli"):
+        for path in sorted(folder.rglob("*.py")):
+            found = _family_mentions(path)
+            key = str(path.relative_to(REPO))
+            if key in FAMILY_SPECIAL_CASES:
+                special.add(key)
+                assert found, f"{key} no longer names a family: drop it from FAMILY_SPECIAL_CASES"
+            else:
+                mentions += found
+    assert not mentions, "\n".join(mentions)
+    assert special == set(FAMILY_SPECIAL_CASES)

@@ -337,13 +337,14 @@ def test_train_logs_both_passes_and_the_consistency(thor_run):
 
 def test_checkpoint_reloads_with_the_eval_inference_mode(thor_run):
     from moe_mt.config import load_config
-    from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
+    from moe_mt.models.families import eval_overrides
+    from moe_mt.workflows.translate.translator import DecodeOptions, Translator
 
     cfg = load_config(thor_run, ["eval.thor_inference=fixed", "eval.thor_expert=1"])
     options = DecodeOptions.from_config(cfg.eval)
     translator = Translator.load(
         thor_run, thor_run / "checkpoints" / "checkpoint_last.pt", options,
-        model_overrides=model_overrides(cfg.eval),
+        model_overrides=eval_overrides(cfg.eval),
     )  # fmt: skip
     model = translator.models[0]
     assert isinstance(model, ThorTransformerModel) and translator.arch == ARCH
@@ -359,9 +360,10 @@ def test_fixed_expert_exports_as_the_dense_model_fairseq_runs(thor_run, tmp_path
     and translates as fairseq's THOR with that fixed expert; random and mean are refused."""
     from moe_mt.config import load_config
     from moe_mt.errors import MoeMtError
+    from moe_mt.models.families import eval_overrides
     from moe_mt.workflows.export.ct2_translator import Ct2Translator
     from moe_mt.workflows.export.exporter import export
-    from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
+    from moe_mt.workflows.translate.translator import DecodeOptions, Translator
     from tests.test_export import assert_same_scores, token_log_probs
 
     sources = ["Hello.", "I like tea.", "Where is the station?", "Tom is here today."]
@@ -372,12 +374,15 @@ def test_fixed_expert_exports_as_the_dense_model_fairseq_runs(thor_run, tmp_path
         result = export(cfg, out=tmp_path / f"expert{expert}")
         assert result.info["architecture"]["family"] == "thor"
         dense_parameters = result.info["architecture"]["parameters"]
-        assert result.info["thor"] == {
-            "inference": "fixed", "expert": expert,
-            "expert_layers": ["decoder.layers.0", "encoder.layers.0"],
+        assert result.info["single_expert"] == {
+            "expert": expert, "expert_layers": ["decoder.layers.0", "encoder.layers.0"],
+        }  # fmt: skip
+        assert result.info["inputs"]["model_arguments"] == {
+            "moe_inference": "fixed", "moe_inference_expert": expert,
+            "moe_inference_seed": cfg.eval.seed,
         }  # fmt: skip
         for options in (DecodeOptions(beam=1), DecodeOptions(beam=1, no_repeat_ngram_size=2)):
-            fairseq = Translator.load(thor_run, checkpoint, options, model_overrides(cfg.eval))
+            fairseq = Translator.load(thor_run, checkpoint, options, eval_overrides(cfg.eval))
             ct2 = Ct2Translator.load(result.out_dir, result.info, options, ("en", "de"), 1)
             assert ct2.translate(sources).hypotheses == fairseq.translate(sources).hypotheses
         assert_same_scores(fairseq, ct2, sources)
@@ -394,13 +399,14 @@ def test_fixed_expert_exports_as_the_dense_model_fairseq_runs(thor_run, tmp_path
 
 def test_consistency_report_over_random_draws(thor_run):
     from moe_mt.config import load_config
+    from moe_mt.models.families import eval_overrides
     from moe_mt.workflows.evaluate.thor_consistency import thor_consistency
-    from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
+    from moe_mt.workflows.translate.translator import DecodeOptions, Translator
 
     cfg = load_config(thor_run, ["eval.thor_draws=3", "eval.beam=2"])
     translator = Translator.load(
         thor_run, thor_run / "checkpoints" / "checkpoint_last.pt",
-        DecodeOptions.from_config(cfg.eval), model_overrides=model_overrides(cfg.eval),
+        DecodeOptions.from_config(cfg.eval), model_overrides=eval_overrides(cfg.eval),
     )  # fmt: skip
     sources = ["Hello.", "I like tea.", "Where is the station?", "Tom is here."]
     references = ["Hallo.", "Ich mag Tee.", "Wo ist der Bahnhof?", "Tom ist hier."]

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from moe_mt.errors import MoeMtError
+from moe_mt.models.mhmoe_options import UPCYCLE_REFUSAL
 from moe_mt.moe import Router, Routing
 from moe_mt.workflows.common.rundir import RunDir
 from moe_mt.workflows.train.trainer import train
 from moe_mt.workflows.train.upcycle import (
-    MHMOE_REFUSAL,
     _check_vocabulary,
     check_upcyclable,
     upcycled_state,
@@ -110,7 +110,7 @@ def test_other_dictionaries_are_another_vocabulary(tmp_path):
 def test_mhmoe_and_dense_targets_are_refused(tmp_path):
     with pytest.raises(MoeMtError, match="MH-MoE cannot be upcycled: its experts take d/h-wide"):
         check_upcyclable(moe_config(tmp_path, arch="mhmoe_transformer_demo"))
-    assert "sub-tokens" in MHMOE_REFUSAL
+    assert "sub-tokens" in UPCYCLE_REFUSAL
     with pytest.raises(MoeMtError, match="has no experts to upcycle into"):
         check_upcyclable(moe_config(tmp_path, arch="moemt_transformer_demo"))
 

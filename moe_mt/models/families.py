@@ -132,6 +132,15 @@ class Family:
     #: The module that registers its fairseq model and architectures (imported by
     #: ``moe_mt.models.import_models``); None: the module that registered the family (a plugin).
     model_module: str | None = None
+    #: ``(eval key, model option)``: the model arguments that ``moemt eval`` / ``translate`` /
+    #: ``export`` / ``distill`` set from the eval config when they load a checkpoint (THOR's
+    #: inference mode, expert and seed), checked against the option's choices and bound.
+    eval_arguments: tuple[tuple[str, OptionSpec], ...] = ()
+    #: Whether ``train.upcycle_from`` can start it from a dense checkpoint (its experts have the
+    #: dense FFN's shape); ``upcycle_refusal``: why not, where there is more to say than "no
+    #: experts".
+    upcyclable: bool = False
+    upcycle_refusal: str = ""
 
     def all_options(self) -> tuple[OptionSpec, ...]:
         """Its options, and, for a family that takes ``router``, the options of every registered
@@ -298,6 +307,25 @@ def families() -> list[Family]:
     """The registered families, in registration order."""
     _load_builtin_families()
     return list(_FAMILIES.values())
+
+
+def eval_overrides(eval_cfg, arch: str | None = None) -> dict:
+    """The model arguments the eval config sets at load time (:attr:`Family.eval_arguments`):
+    those of ``arch``'s family, or of every family (a model ignores arguments it does not read).
+
+    Raises:
+        MoeMtError: a value outside its option's choices or bound (``eval.<key>=...: ...``).
+    """
+    chosen = [family_of_arch(arch)] if arch is not None else families()
+    overrides = {}
+    for fam in chosen:
+        for key, option in fam.eval_arguments if fam is not None else ():
+            value = eval_cfg[key]
+            problem = option.problem(value)
+            if problem:
+                raise MoeMtError(f"eval.{key}={value}: {problem}")
+            overrides[f"moe_{option.name}"] = value
+    return overrides
 
 
 def model_modules() -> list[str]:

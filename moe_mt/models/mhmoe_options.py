@@ -9,6 +9,11 @@ from moe_mt.models.families import Family, OptionSpec, with_defaults
 from moe_mt.models.switch_options import EXPERT_PARALLEL_SIZE, LOSSES, MOE_CRITERION, ROUTED
 
 MERGE_PLACEMENTS = ("before", "after")
+UPCYCLE_REFUSAL = (
+    "MH-MoE cannot be upcycled: its experts take d/h-wide sub-tokens behind multi-head and "
+    "merge projections that the dense model lacks, so no expert can copy the dense FFN; "
+    "upcycle a Switch, X-MoE or THOR model instead"
+)
 HEADS = OptionSpec(
     "heads", int, 4, "MH-MoE: sub-tokens per token (divides model.embed_dim)", bound=AT_LEAST_1
 )
@@ -22,6 +27,7 @@ MHMOE = Family(
     with_defaults(ROUTED, top_k=2) + LOSSES + (HEADS, MERGE_PLACEMENT, EXPERT_PARALLEL_SIZE),
     MOE_CRITERION,
     model_module="moe_mt.models.mhmoe",
+    upcycle_refusal=UPCYCLE_REFUSAL,
 )  # fmt: skip
 
 #: Registered, in this order, when the built-in families load (moe_mt.models.families).

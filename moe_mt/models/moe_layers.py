@@ -400,6 +400,20 @@ class MoETransformerModel(MoeMtTransformerModel):
         """``(name, block)`` of every MoE layer, encoder first."""
         return [(m.moe_name, m.moe) for m in self.modules() if isinstance(m, _MoEFFNMixin)]
 
+    def single_expert(self) -> int | None:
+        """The expert that every token goes through in every MoE layer at inference, when there
+        is one: the model is then the dense network whose FFN there is that expert (export
+        makes it one). None: it routes (the routed families)."""
+        return None
+
+    def not_dense_because(self) -> str:
+        """Why the model is no dense network at inference, and the way out (one line, after the
+        checkpoint and architecture)."""
+        return (
+            "routes each token to experts, which CTranslate2 cannot run (dense Transformers "
+            "only); distil it into a dense model with `moemt distill` and export the student"
+        )
+
     @classmethod
     def build_model(cls, args, task):
         """fairseq's build; with sharded experts (expert parallelism on ``P > 1`` ranks) also

@@ -23,6 +23,7 @@ SOFT_MOE = Family(
     + (SLOTS_PER_EXPERT, SOFT_DECODER, EXPERT_PARALLEL_SIZE),
     MOE_CRITERION,
     model_module="moe_mt.models.soft_moe",
+    upcyclable=True,
 )  # fmt: skip
 
 #: Registered, in this order, when the built-in families load (moe_mt.models.families).

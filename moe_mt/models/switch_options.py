@@ -142,12 +142,14 @@ SWITCH_OPTIONS = ROUTED + LOSSES + CONVENTIONS + REGULARISERS + (EXPERT_PARALLEL
 SWITCH = Family(
     "switch", ("switch_transformer",), SWITCH_OPTIONS, MOE_CRITERION,
     model_module="moe_mt.models.switch",
+    upcyclable=True,
 )  # fmt: skip
 XMOE = Family(
     "xmoe", ("xmoe_transformer",),
     with_defaults(SWITCH_OPTIONS, router="cosine"),
     MOE_CRITERION,
     model_module="moe_mt.models.switch",
+    upcyclable=True,
 )  # fmt: skip
 
 #: Registered, in this order, when the built-in families load (moe_mt.models.families).

@@ -276,6 +276,23 @@ class ThorTransformerModel(MoETransformerModel):
     def routers(self) -> list[ThorRouter]:
         return [block.router for _, block in self.moe_layers()]
 
+    def single_expert(self) -> int | None:
+        """With ``fixed`` inference, expert ``moe_inference_expert`` in every expert layer and no
+        gate (Zuo et al. 2022): structurally the dense model whose FFN is that expert."""
+        routers = self.routers()
+        if {r.inference for r in routers} != {"fixed"}:
+            return None
+        (expert,) = {r.fixed_expert for r in routers}  # set_inference gives every layer one
+        return expert
+
+    def not_dense_because(self) -> str:
+        modes = "/".join(sorted({r.inference for r in self.routers()}))
+        return (
+            f"with eval.thor_inference={modes} uses several experts per layer, which CTranslate2 "
+            "cannot run; export it with eval.thor_inference=fixed (one expert per layer, "
+            "eval.thor_expert) or distil it into a dense model with `moemt distill`"
+        )
+
     def set_inference(self, mode: str, expert: int | None = None, seed: int | None = None) -> None:
         """Switch every expert layer's inference mode (and ``fixed`` expert, ``random`` seed)."""
         if mode not in MODES:

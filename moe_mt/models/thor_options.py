@@ -50,6 +50,10 @@ THOR = Family(
     "thor", ("thor_transformer",),
     LAYER_OPTIONS + (CONSISTENCY_ALPHA, EXPERT_PARALLEL_SIZE), THOR_CRITERION,
     model_module="moe_mt.models.thor",
+    upcyclable=True,
+    eval_arguments=(
+        ("thor_inference", INFERENCE), ("thor_expert", INFERENCE_EXPERT), ("seed", INFERENCE_SEED),
+    ),
 )  # fmt: skip
 
 #: Registered, in this order, when the built-in families load (moe_mt.models.families).

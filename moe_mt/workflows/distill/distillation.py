@@ -44,6 +44,7 @@ from moe_mt.config import load_config
 from moe_mt.data_prep import binarize, spm
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
+from moe_mt.models import families
 from moe_mt.provenance import provenance
 from moe_mt.workflows.common.manifest import (
     Direction,
@@ -67,7 +68,7 @@ from moe_mt.workflows.evaluate.evaluation import evaluate
 from moe_mt.workflows.evaluate.report import REPORT, decoding_speed, read_report
 from moe_mt.workflows.train.fairseq_args import train_args
 from moe_mt.workflows.train.trainer import check_model, parse_fairseq_args, train
-from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
+from moe_mt.workflows.translate.translator import DecodeOptions, Translator
 
 MODES = ("word", "sequence")
 REPORT_FORMAT = 1
@@ -252,7 +253,7 @@ def teacher_outputs(cfg, teacher_cfg, chosen, student_dir: RunDir, console) -> t
     eval_cfg = OmegaConf.merge(cfg.eval, {"beam": cfg.distill.beam})
     eval_cfg.thor_inference = _teacher_inference(cfg)
     options = DecodeOptions.from_config(eval_cfg)
-    overrides = model_overrides(eval_cfg) if _is_thor(teacher_cfg.model) else {}
+    overrides = families.eval_overrides(eval_cfg, teacher_cfg.model.arch)
     fingerprint = {
         "teacher_checkpoint": str(chosen.path),
         "teacher_updates": chosen.num_updates,

@@ -30,9 +30,10 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from moe_mt.errors import MoeMtError
+from moe_mt.models import families
 from moe_mt.workflows.export.ct2_translator import Ct2Translator
 from moe_mt.workflows.export.exporter import ensure_export
-from moe_mt.workflows.translate.translator import DecodeOptions, Translator, model_overrides
+from moe_mt.workflows.translate.translator import DecodeOptions, Translator
 
 ENGINES = ("fairseq", "ctranslate2")
 
@@ -54,7 +55,7 @@ def open_translator(
     threads = torch.get_num_threads()
     if engine == "fairseq":
         translator = Translator.load(
-            cfg.run_dir, chosen.path, options, model_overrides(cfg.eval), direction
+            cfg.run_dir, chosen.path, options, families.eval_overrides(cfg.eval), direction
         )
         return translator, {"name": "fairseq", "quantization": "float32", "threads": threads}
     import ctranslate2  # the fairseq engine runs without it

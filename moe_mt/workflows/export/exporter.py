@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from moe_mt.checkpoints import ChosenCheckpoint, choose_checkpoint
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
+from moe_mt.models import families
 from moe_mt.provenance import provenance
 from moe_mt.workflows.common.manifest import read_manifest, trained_directions
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, building_dir
@@ -39,10 +40,9 @@ from moe_mt.workflows.translate.translator import (
     DecodeOptions,
     Translator,
     count_parameters,
-    model_overrides,
 )
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: single_expert and model_arguments (THOR's keys before)
 EXPORT_JSON = "export.json"
 EXPORT_DIR = "export"
 
@@ -92,9 +92,8 @@ def export_inputs(cfg: DictConfig, checkpoint_sha256: str) -> dict:
         "format": EXPORT_FORMAT,
         "checkpoint_sha256": checkpoint_sha256,
         "quantization": cfg.eval.quantization,
-        # Read by THOR models only; recorded for every model (a dense model ignores them).
-        "thor_inference": cfg.eval.thor_inference,
-        "thor_expert": cfg.eval.thor_expert,
+        # The model arguments the eval config sets for this family (THOR's inference mode).
+        "model_arguments": families.eval_overrides(cfg.eval, cfg.model.arch),
         "ctranslate2": ctranslate2.__version__,
     }
 
@@ -146,7 +145,7 @@ def _build(cfg: DictConfig, chosen: ChosenCheckpoint, out_dir: Path, inputs: dic
     # Decoding options do not matter here: the translator is only the loaded model and task.
     direction = (first.src, first.tgt)
     translator = Translator.load(
-        run_dir.root, chosen.path, DecodeOptions(), model_overrides(cfg.eval), direction
+        run_dir.root, chosen.path, DecodeOptions(), families.eval_overrides(cfg.eval), direction
     )
     dense = dense_model(translator.models[0], translator.arch, translator.task, chosen.path)
     spec = transformer_spec(dense.model, translator.task)
@@ -177,10 +176,10 @@ def _build(cfg: DictConfig, chosen: ChosenCheckpoint, out_dir: Path, inputs: dic
                 "normalize_before": bool(args.encoder_normalize_before),
                 "max_source_positions": args.max_source_positions,
                 "max_target_positions": args.max_target_positions,
-                # the exported (dense) model's: for THOR, one expert per expert layer
+                # the exported (dense) model's: one expert per MoE layer (single_expert)
                 "parameters": count_parameters(dense.model),
             },
-            "thor": dense.thor,
+            "single_expert": dense.single_expert,
             "quantization": cfg.eval.quantization,
             "languages": _languages(translator, manifest),
             "spm": copied,

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from moe_mt.checkpoints import load_state
 from moe_mt.errors import MoeMtError
+from moe_mt.models import families
 from moe_mt.workflows.common.model_init import (
     INTO_EXPERTS,
     InitReport,
@@ -60,13 +61,6 @@ from moe_mt.workflows.common.rundir import RunDir, atomic_write_json
 INIT_DIR = "upcycle"
 INIT_CHECKPOINT = "init.pt"
 LOG = "upcycle.log"
-#: Families whose experts have the dense FFN's shape.
-UPCYCLABLE = ("switch", "xmoe", "thor", "soft_moe")
-MHMOE_REFUSAL = (
-    "MH-MoE cannot be upcycled: its experts take d/h-wide sub-tokens behind multi-head and "
-    "merge projections that the dense model lacks, so no expert can copy the dense FFN; "
-    "upcycle a Switch, X-MoE or THOR model instead"
-)
 #: <layer>.moe.[moe.]experts.<w> (the MoE block, or the one inside CMR) and CMR's shared FFN.
 _EXPERTS = re.compile(r"^(?P<layer>.+?)\.moe\.(?:moe\.experts|experts|shared)\.(?P<w>w1|b1|w2|b2)$")
 #: expert-bank tensor -> (dense tensor, transposed from nn.Linear's [out, in])
@@ -178,16 +172,20 @@ def _check_complete(report, target, dense, target_name: str, source_name: str) -
 
 
 def check_upcyclable(cfg: DictConfig) -> None:
-    """Refuse a dense or MH-MoE target (one line, with the reason)."""
-    name = cfg.model.family or "dense"  # the loaded config names it (from model.arch too)
-    if name == "mhmoe":
-        raise MoeMtError(f"train.upcycle_from: {MHMOE_REFUSAL}")
-    if name not in UPCYCLABLE:
-        raise MoeMtError(
-            f"train.upcycle_from: model.arch={cfg.model.arch} ({name}) has no experts to "
-            f"upcycle into; choose one of the families {', '.join(UPCYCLABLE)} (a dense run "
-            "continues with --finetune-from)"
-        )
+    """Refuse a target family that cannot be upcycled (:attr:`Family.upcyclable
+    <moe_mt.models.families.Family.upcyclable>`; one line, with the reason)."""
+    family = families.family_of_arch(cfg.model.arch)
+    if family is not None and family.upcyclable:
+        return
+    if family is not None and family.upcycle_refusal:
+        raise MoeMtError(f"train.upcycle_from: {family.upcycle_refusal}")
+    choices = ", ".join(f.name for f in families.families() if f.upcyclable)
+    name = family.name if family is not None else cfg.model.family or "dense"
+    raise MoeMtError(
+        f"train.upcycle_from: model.arch={cfg.model.arch} ({name}) has no experts to "
+        f"upcycle into; choose one of the families {choices} (a dense run "
+        "continues with --finetune-from)"
+    )
 
 
 def _dictionary_digests(run_root: Path) -> dict[str, str]:
@@ -240,7 +238,6 @@ def write_upcycled_checkpoint(cfg: DictConfig, run_dir: RunDir, checkpoint: Path
 
 
 __all__ = [
-    "MHMOE_REFUSAL",
     "check_upcyclable",
     "dense_rule",
     "upcycled_state",

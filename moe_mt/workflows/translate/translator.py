@@ -35,7 +35,6 @@ from moe_mt.config import load_config
 from moe_mt.data_prep.segmentation import load_segmenter
 from moe_mt.errors import MoeMtError
 from moe_mt.models.transformer import BETTERTRANSFORMER_PARAMS
-from moe_mt.moe.router_random import MODES
 from moe_mt.workflows.common.manifest import read_manifest, trained_directions
 from moe_mt.workflows.common.rundir import RunDir
 from moe_mt.workflows.common.vocabulary import check_fits_data
@@ -142,7 +141,8 @@ class Translator:
         direction: tuple[str, str] | None = None,
     ):
         """Load ``checkpoint`` with the task, dictionaries and spm model(s) of ``run_dir``;
-        ``model_overrides`` replace model args of the checkpoint (see :func:`model_overrides`).
+        ``model_overrides`` replace model args of the checkpoint
+        (:func:`moe_mt.models.families.eval_overrides`).
         Multilingual runs translate ``direction`` (``(src, tgt)``; default: the first trained)."""
         moe_mt.register()
         from fairseq import checkpoint_utils
@@ -321,18 +321,6 @@ def check_languages(known, src: str, tgt: str) -> None:
             raise MoeMtError(
                 f"{src}-{tgt}: language '{lang}' is not one of the run's ({', '.join(known)})"
             )
-
-
-def model_overrides(eval_cfg: DictConfig) -> dict:
-    """Model args that ``eval`` sets at load time: THOR's inference mode, expert and seed
-    (``eval.thor_inference``, ``eval.thor_expert``, ``eval.seed``; other models ignore them)."""
-    if eval_cfg.thor_inference not in MODES:
-        raise MoeMtError(f"eval.thor_inference={eval_cfg.thor_inference}: expected one of {MODES}")
-    return {
-        "moe_inference": eval_cfg.thor_inference,
-        "moe_inference_expert": eval_cfg.thor_expert,
-        "moe_inference_seed": eval_cfg.seed,
-    }
 
 
 def _generation_config(options: DecodeOptions):
