@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import shutil
 import statistics
@@ -34,6 +33,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from moe_mt.locking import exclusive
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTI30K = ROOT.parent / "shared" / "data" / "multi30k_en_de"
@@ -133,12 +134,8 @@ class Study:
         if not self.args.lock:
             yield
             return
-        with open(self.args.lock, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with open(self.args.lock, "a") as handle, exclusive(handle, RuntimeError, wait=True):
+            yield
 
     def overrides(self, family: Family, seed: int, run_dir: Path) -> list[str]:
         budget = (

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -27,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from moe_mt.locking import exclusive
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "multi30k" / "wu2021_tiny.yaml"
@@ -42,12 +43,8 @@ def cpu_lock(path: str | None):
     if not path:
         yield
         return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with open(path, "a") as handle, exclusive(handle, RuntimeError, wait=True):
+        yield
 
 
 def seconds_per_update(log_lines: list[str], skip: int) -> tuple[float, int]:

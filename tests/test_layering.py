@@ -24,12 +24,7 @@ WORKFLOWS = "moe_mt.workflows"
 LAYERS = ("common", "prep", "train", "translate", "export", "evaluate", "distill", "compare")
 
 #: Imports against the layers that stay for now: (importing module, imported module) -> why.
-ALLOWED_UPWARD = {
-    ("moe_mt.workflows.common.model_init", "moe_mt.workflows.train.fairseq_args"): (
-        "build_model_state builds the fairseq arguments itself; its callers (distill, and "
-        "train.upcycle) are to hand them in"
-    ),
-}
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
 #: Packages that never import the commands: the model code, and the workflows (the CLI's).
 BELOW_THE_COMMANDS = {

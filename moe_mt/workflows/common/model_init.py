@@ -24,12 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
 import moe_mt
 from moe_mt.checkpoints import atomic_torch_save
-from moe_mt.workflows.common.rundir import RunDir
 
 #: How a rule sourced a target tensor: a key of :class:`InitReport` (except ``kept``).
 COPIED, FROM_EXPERTS, INTO_EXPERTS = "copied", "from_experts", "into_experts"
@@ -111,21 +109,17 @@ def same_name_rule(name: str, source: Mapping[str, Tensor]) -> Source:
     return Source(None, "no source tensor of that name")
 
 
-def build_model_state(cfg: DictConfig, run_dir: RunDir) -> dict[str, Tensor]:
-    """A freshly initialised model's state dict, built as ``moemt train`` builds it (seeded
-    with ``train.seed``; the run's prepared data gives the dictionaries)."""
+def build_model_state(fairseq_args: list[str], seed: int) -> dict[str, Tensor]:
+    """A freshly initialised model's state dict, built as ``moemt train`` builds it from the same
+    arguments (``train_args``; the run's prepared data gives the dictionaries), seeded with
+    ``seed`` (``train.seed``)."""
     moe_mt.register()
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    # common/ sits below train/: the one import against the layers (tests/test_layering.py),
-    # until the callers hand in the fairseq arguments.
-    from moe_mt.workflows.train.fairseq_args import train_args
-
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, train_args(cfg, run_dir))
+    args = options.parse_args_and_arch(options.get_training_parser(), fairseq_args)
     fairseq_cfg = convert_namespace_to_omegaconf(args)
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(seed)
     task = tasks.setup_task(fairseq_cfg.task)
     return task.build_model(fairseq_cfg.model).state_dict()
 

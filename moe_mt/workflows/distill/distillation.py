@@ -352,7 +352,7 @@ def prepare_student_data(cfg, teacher_cfg, student_dir: RunDir, outputs: dict | 
 def write_init_checkpoint(cfg, student_cfg, chosen, student_dir: RunDir, console) -> Path:
     """``STUDENT/distill/init.pt``: the student with the teacher's tensors copied in."""
 
-    student = build_model_state(student_cfg, student_dir)
+    student = build_model_state(train_args(student_cfg, student_dir), student_cfg.train.seed)
     teacher = load_state(chosen.path)["model"]
     state, report = student_state_from_teacher(
         student, teacher, cfg.distill.init, cfg.distill.init_expert

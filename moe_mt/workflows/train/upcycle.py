@@ -57,6 +57,7 @@ from moe_mt.workflows.common.model_init import (
     save_init_checkpoint,
 )
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json
+from moe_mt.workflows.train.fairseq_args import train_args
 
 INIT_DIR = "upcycle"
 INIT_CHECKPOINT = "init.pt"
@@ -216,7 +217,7 @@ def write_upcycled_checkpoint(cfg: DictConfig, run_dir: RunDir, checkpoint: Path
     """``RUN/upcycle/init.pt``: the run's model upcycled from ``checkpoint`` (logged)."""
     check_upcyclable(cfg)
     _check_vocabulary(run_dir, checkpoint)
-    target = build_model_state(cfg, run_dir)
+    target = build_model_state(train_args(cfg, run_dir), cfg.train.seed)
     dense = load_state(checkpoint)["model"]
     state, report = upcycled_state(
         target, dense, float(cfg.train.upcycle_noise), int(cfg.train.seed),
