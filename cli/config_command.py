@@ -49,6 +49,21 @@ def selected_keys(key: str | None, docs: dict) -> list[str]:
     return [k for k in leaves if k.startswith(f"{key}.")]
 
 
+def other_familys_key(cfg, key: str) -> bool:
+    """A ``model.moe`` key left null that the run's model family does not take (another
+    family's option): left out of a section's listing."""
+    from omegaconf import OmegaConf
+
+    from moe_mt.models import families
+
+    prefix = "model.moe."
+    if not key.startswith(prefix) or OmegaConf.select(cfg, key) is not None:
+        return False
+    family = families.family_of_arch(cfg.model.arch)
+    taken = {o.name for o in family.all_options()} if family is not None else set()
+    return key.removeprefix(prefix) not in taken
+
+
 def value_text(cfg, key: str) -> str:
     """A value as a recipe would write it (null, true, [a, b], {k: v}; ??? when unset)."""
     from omegaconf import OmegaConf
@@ -108,6 +123,8 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         docs = schema_keys()
         keys = selected_keys(key, docs)  # an unknown KEY fails before the recipe is read
         cfg, origins = load_config_with_origins(config, overrides)
+        if key is None or docs[key].section:
+            keys = [k for k in keys if not other_familys_key(cfg, k)]
         for name in keys:
             console.print(
                 f"{name} = {value_text(cfg, name)}  ({origin_text(origins[name])})",

@@ -212,3 +212,14 @@ def test_config_takes_a_family_piece_beside_the_recipe():
     assert family.startswith("model.family = thor  (") and family.endswith("families/thor.yaml)")
     named = _invoke("config", str(recipe), str(piece), "name")
     assert "name = europarl_en_ro_thor" in named.stdout  # resolved, not ${model.family}
+
+
+def test_config_of_a_section_shows_the_familys_keys_and_its_defaults():
+    """Issue 34, item 14: the values the family fills in, not `null (default)`, and none of
+    another family's keys."""
+    result = _invoke("config", str(RECIPES / "demo_thor.yaml"), "model.moe")
+    assert result.exit_code == 0, result.output
+    keys = [line.split(" = ")[0] for line in result.stdout.splitlines() if " = " in line]
+    assert "model.moe.granularity = batch  (default of family thor)" in result.stdout
+    assert "model.moe.top_k" not in keys and "model.moe.heads" not in keys  # Switch's, MH-MoE's
+    assert "model.moe.num_experts" in keys

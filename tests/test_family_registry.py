@@ -192,3 +192,23 @@ def test_declared_choices_are_the_layers_own():
     assert switch_options.CAPACITY_FORMULA.choices == conventions.CAPACITY_FORMULAS
     assert thor_options.GRANULARITY.choices == router_random.GRANULARITIES
     assert thor_options.INFERENCE.choices == router_random.MODES
+
+
+def test_a_routed_family_trained_without_its_criterion_is_said_in_one_line(tmp_path):
+    """Issue 34, item 1: the criterion follows the family; a dense criterion set on purpose
+    for an MoE family is named, with what it drops."""
+    from moe_mt.workflows.train.trainer import dropped_aux_losses
+
+    switch = demo_config(tmp_path / "run", "model.family=switch")
+    assert switch.train.criterion == "moe_label_smoothed_cross_entropy"
+    assert dropped_aux_losses(switch) is None
+    plain = demo_config(
+        tmp_path / "run", "model.family=switch", "train.criterion=label_smoothed_cross_entropy"
+    )
+    line = dropped_aux_losses(plain)
+    assert line == (
+        "train.criterion=label_smoothed_cross_entropy drops the switch family's auxiliary "
+        "losses (its criterion: moe_label_smoothed_cross_entropy); they are neither optimised "
+        "nor logged"
+    )
+    assert dropped_aux_losses(demo_config(tmp_path / "run")) is None  # dense

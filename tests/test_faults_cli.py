@@ -154,3 +154,11 @@ def test_a_broken_plugin_is_one_line_naming_module_and_place(
     monkeypatch.setenv("MOEMT_PLUGINS", module)
     line = one_error_line(invoke("config", REPO / "recipes" / "demo.yaml", "model.arch"))
     assert re.match(expected.format(m=module), line), line
+
+
+def test_a_mistyped_family_is_one_line_with_the_closest():
+    """Issue 34, item 14: not fairseq's "invalid choice: 'swich_transformer_demo'"."""
+    line = one_error_line(
+        invoke("config", REPO / "recipes" / "demo.yaml", "model.arch", "model.family=swich")
+    )
+    assert line.startswith("override: model.family=swich is not a model family (closest: switch;")

@@ -119,7 +119,7 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
         _resolve_paths(override_cfg, base=Path.cwd())
         apply(override_cfg, OVERRIDE_ORIGIN)
 
-    resolve_architecture(cfg.model, origin=str(path))
+    resolve_architecture(cfg.model, origin=origins.get("model.family", str(path)))
     fill_family_defaults(cfg, origins)
     # What no source set was named by the others (or is a default).
     if "model.arch" in origins:

@@ -2,6 +2,7 @@
 the model's family gives the keys a recipe leaves null (its criterion, its ``model.moe``
 defaults)."""
 
+import difflib
 from typing import Dict
 
 from omegaconf import DictConfig
@@ -75,6 +76,14 @@ def resolve_architecture(model: DictConfig, origin: str) -> None:
     architecture decides (:func:`latest_names_architecture`)."""
     family, size = model.family, model.size
     if model.arch is None:
+        known = [f.name for f in families.families()]
+        if family is not None and family not in known:
+            closest = difflib.get_close_matches(family, known, n=1)
+            hint = f"closest: {closest[0]}; " if closest else ""
+            raise MoeMtError(
+                f"{origin}: model.family={family} is not a model family ({hint}"
+                f"one of {', '.join(known)}; `moemt ls archs`)"
+            )
         model.arch = architecture(family or "dense", size or "demo")
         return _fill(model, model.arch)
     implied = dict(zip(("family", "size"), _family_and_size(model.arch), strict=True))

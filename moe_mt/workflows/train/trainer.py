@@ -48,6 +48,7 @@ from rich.console import Console
 from moe_mt.checkpoints import read_num_updates
 from moe_mt.config import RUN_CONFIG, load_config, to_yaml
 from moe_mt.errors import MoeMtError, WriteError
+from moe_mt.models import families
 from moe_mt.provenance import provenance
 from moe_mt.workflows.common.differences import differences as dict_differences
 from moe_mt.workflows.common.manifest import prepared_data_config, recorded_data_config
@@ -179,6 +180,9 @@ def train(
     # heads not dividing the width) surfaces here, before anything is written.
     fairseq_cfg = parse_fairseq_args(args)
     check_model(cfg)
+    dropped = dropped_aux_losses(cfg)
+    if dropped:
+        console.print(f"warning: {dropped}", highlight=False, soft_wrap=True)
     if dry_run:
         return TrainResult(run_dir.root, args, dry_run=True)
     if launch is not None and not launch.spawn:
@@ -607,6 +611,20 @@ def _check_data(cfg: DictConfig, run_dir: RunDir) -> None:
             f"{run_dir.manifest}: data was prepared with another data config; "
             "run `moemt prep` with this config first"
         )
+
+
+def dropped_aux_losses(cfg: DictConfig) -> str | None:
+    """One line when ``train.criterion`` is the dense baseline's while the model's family trains
+    with its own (an MoE family's auxiliary losses: Switch's balance loss); None otherwise."""
+    family = families.family_of_arch(cfg.model.arch)
+    if family is None or family.criterion == families.DENSE_CRITERION:
+        return None
+    if cfg.train.criterion != families.DENSE_CRITERION:
+        return None
+    return (
+        f"train.criterion={cfg.train.criterion} drops the {family.name} family's auxiliary "
+        f"losses (its criterion: {family.criterion}); they are neither optimised nor logged"
+    )
 
 
 def _guard(cfg: DictConfig, run_dir: RunDir) -> None:
