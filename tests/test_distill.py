@@ -170,5 +170,5 @@ def test_thor_teacher_word_level(prepped_demo, tmp_path):
     assert report["student"]["parameters"] < report["teacher"]["parameters"]
     assert report["teacher"]["arch"] == "thor_transformer_demo"
     config = (student / "config.yaml").read_text()
-    assert "--distill-teacher-inference" in config and "- fixed" in config
+    assert "--distill-teacher-overrides" in config and '"moe_inference": "fixed"' in config
     assert read_num_updates(student / "checkpoints" / "checkpoint_last.pt") == 3

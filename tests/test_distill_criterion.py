@@ -59,7 +59,7 @@ def test_kl_of_a_teacher_with_zero_probabilities_is_finite():
 def _criterion(task, teacher, weight: float) -> DistillLabelSmoothedCrossEntropy:
     return DistillLabelSmoothedCrossEntropy(
         task, False, 0.1, distill_teacher="", distill_teacher_weight=weight,
-        distill_teacher_inference="", distill_teacher_expert=0, teacher=teacher,
+        distill_teacher_overrides="", teacher=teacher,
     )  # fmt: skip
 
 

@@ -210,15 +210,7 @@ FAMILY_MODULES = {
     for suffix in ("", "_options")
 }
 #: Modules that still special-case a family, and why; the list only shrinks.
-FAMILY_SPECIAL_CASES = {
-    "moe_mt/workflows/distill/distillation.py": (
-        "a THOR teacher's inference mode and expert (distill.teacher_inference, the distill "
-        "criterion's --distill-teacher-inference/--distill-teacher-expert)"
-    ),
-    "moe_mt/workflows/evaluate/thor_consistency.py": "THOR's consistency across expert draws",
-    "moe_mt/workflows/evaluate/evaluation.py": "calls thor_consistency, report key thor",
-    "moe_mt/workflows/evaluate/report.py": "the report's thor key",
-}
+FAMILY_SPECIAL_CASES: dict[str, str] = {}
 
 
 def _names_a_family(text: str) -> bool:

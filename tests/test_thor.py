@@ -400,7 +400,7 @@ def test_fixed_expert_exports_as_the_dense_model_fairseq_runs(thor_run, tmp_path
 def test_consistency_report_over_random_draws(thor_run):
     from moe_mt.config import load_config
     from moe_mt.models.families import eval_overrides
-    from moe_mt.workflows.evaluate.thor_consistency import thor_consistency
+    from moe_mt.workflows.evaluate.draw_consistency import draw_consistency
     from moe_mt.workflows.translate.translator import DecodeOptions, Translator
 
     cfg = load_config(thor_run, ["eval.thor_draws=3", "eval.beam=2"])
@@ -411,7 +411,7 @@ def test_consistency_report_over_random_draws(thor_run):
     sources = ["Hello.", "I like tea.", "Where is the station?", "Tom is here."]
     references = ["Hallo.", "Ich mag Tee.", "Wo ist der Bahnhof?", "Tom ist hier."]
     first = translator.translate(sources).hypotheses
-    report = thor_consistency(translator, sources, references, cfg.eval, first)
+    report = draw_consistency(translator, sources, references, 3, cfg.eval.seed, first)
     assert report["draws"] == 3 and report["seeds"] == [cfg.eval.seed + i for i in range(3)]
     assert len(report["bleu"]) == 3 and len(report["pairwise_bleu"]["pairs"]) == 3
     assert report["bleu_range"] == pytest.approx(max(report["bleu"]) - min(report["bleu"]))

@@ -18,9 +18,10 @@ fairseq divides by it, so the optimised objective is ``(1 - w) mean CE_ls + w me
 target token. Validation computes the same mix.
 
 The teacher is loaded in the constructor from ``--distill-teacher`` (a checkpoint path), with
-the student's task (the same dictionaries: the student's data is the teacher's) and, for THOR
-teachers, ``--distill-teacher-inference`` (random | fixed | mean). It is kept outside the module
-tree (not a submodule: fairseq's optimizer takes ``criterion.parameters()`` too, and checkpoints
+the student's task (the same dictionaries: the student's data is the teacher's) and
+``--distill-teacher-overrides``, the model arguments its family's eval sets (a THOR
+teacher's inference mode and expert, :func:`moe_mt.models.families.eval_overrides`). It is kept
+outside the module tree (not a submodule: fairseq's optimizer takes ``criterion.parameters()`` too, and checkpoints
 save the criterion's state), with ``requires_grad`` off, in eval mode.
 
 Logged (per target token, base 2): ``loss`` (the mix), ``nll_loss`` (gold NLL), ``ce_gold``
@@ -28,6 +29,7 @@ Logged (per target token, base 2): ``loss`` (the mix), ``nll_loss`` (gold NLL), 
 """
 
 # No `from __future__ import annotations`: omegaconf 2.0 reads the config dataclass types.
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -53,11 +55,12 @@ class DistillLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionC
     distill_teacher_weight: float = field(
         default=0.25, metadata={"help": "weight w of KL(teacher || student); 1 - w on gold CE"}
     )
-    distill_teacher_inference: str = field(
-        default="", metadata={"help": "THOR teachers: random | fixed | mean ('': as trained)"}
-    )
-    distill_teacher_expert: int = field(
-        default=0, metadata={"help": "THOR teachers: the expert of inference mode fixed"}
+    distill_teacher_overrides: str = field(
+        default="",
+        metadata={
+            "help": "the teacher's model arguments at load, a JSON object (its family's eval "
+            "arguments: THOR's inference mode and expert; '': as trained)"
+        },
     )
 
 
@@ -91,13 +94,11 @@ def distillation_loss(
     return (1.0 - weight) * ce + weight * kl, nll, ce, kl
 
 
-def load_teacher(path: str, task, inference: str = "", expert: int = 0):
-    """The teacher model of checkpoint ``path``, built with ``task``, eval mode, frozen."""
+def load_teacher(path: str, task, overrides: dict | None = None):
+    """The teacher model of checkpoint ``path``, built with ``task``, eval mode, frozen;
+    ``overrides`` replace model arguments of the checkpoint (its family's eval arguments)."""
     from moe_mt.checkpoints import load_state
 
-    overrides = {}
-    if inference:
-        overrides = {"moe_inference": inference, "moe_inference_expert": expert}
     state = load_state(path, overrides or None)
     model = task.build_model(state["cfg"].model)
     model.load_state_dict(state["model"], strict=True, model_cfg=state["cfg"].model)
@@ -120,8 +121,7 @@ class DistillLabelSmoothedCrossEntropy(LabelSmoothedCrossEntropyCriterion):
         *,
         distill_teacher: str,
         distill_teacher_weight: float,
-        distill_teacher_inference: str,
-        distill_teacher_expert: int,
+        distill_teacher_overrides: str,
         teacher=None,
     ):  # defaults are the config dataclass's; `teacher` (a model) is for tests
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
@@ -131,9 +131,8 @@ class DistillLabelSmoothedCrossEntropy(LabelSmoothedCrossEntropyCriterion):
         if teacher is None:
             if not distill_teacher:
                 raise ValueError(f"{CRITERION_NAME} needs --distill-teacher CHECKPOINT")
-            teacher = load_teacher(
-                distill_teacher, task, distill_teacher_inference, distill_teacher_expert
-            )
+            overrides = json.loads(distill_teacher_overrides) if distill_teacher_overrides else {}
+            teacher = load_teacher(distill_teacher, task, overrides)
         # In a list: not a submodule (no parameters for the optimizer, nothing in checkpoints).
         self._teacher = [teacher]
 

@@ -141,6 +141,13 @@ class Family:
     #: experts".
     upcyclable: bool = False
     upcycle_refusal: str = ""
+    #: The eval key holding how many random expert draws ``moemt eval`` compares for a model that
+    #: draws its experts at random at inference (THOR's ``thor_draws``); the report's entry is
+    #: named after the family. None: the family does not draw.
+    draws_key: str | None = None
+    #: The eval key of its inference mode (THOR's ``thor_inference``), which
+    #: ``distill.teacher_inference`` sets for a teacher of this family.
+    inference_key: str | None = None
 
     def all_options(self) -> tuple[OptionSpec, ...]:
         """Its options, and, for a family that takes ``router``, the options of every registered

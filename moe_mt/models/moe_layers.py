@@ -406,6 +406,19 @@ class MoETransformerModel(MoeMtTransformerModel):
         makes it one). None: it routes (the routed families)."""
         return None
 
+    def draws_experts(self) -> bool:
+        """Whether its inference can draw experts at random (:meth:`random_draws`)."""
+        return False
+
+    def draw_seed(self) -> int | None:
+        """The seed of its random expert draws now, or None when it does not draw now."""
+        return None
+
+    def random_draws(self, seed: int) -> contextlib.AbstractContextManager[None]:
+        """Inside the block, inference draws experts at random with ``seed``; the model's own
+        inference settings are restored after it."""
+        raise NotImplementedError(f"{type(self).__name__} does not draw experts at random")
+
     def not_dense_because(self) -> str:
         """Why the model is no dense network at inference, and the way out (one line, after the
         checkpoint and architecture)."""

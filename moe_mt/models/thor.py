@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from contextvars import ContextVar
 
 import torch
@@ -284,6 +285,25 @@ class ThorTransformerModel(MoETransformerModel):
             return None
         (expert,) = {r.fixed_expert for r in routers}  # set_inference gives every layer one
         return expert
+
+    def draws_experts(self) -> bool:
+        return True
+
+    def draw_seed(self) -> int | None:
+        routers = self.routers()
+        if {r.inference for r in routers} != {"random"} or len({r.seed for r in routers}) != 1:
+            return None
+        return routers[0].seed
+
+    @contextlib.contextmanager
+    def random_draws(self, seed: int) -> Iterator[None]:
+        saved = [(r.inference, r.fixed_expert, r.seed) for r in self.routers()]
+        self.set_inference("random", seed=seed)
+        try:
+            yield
+        finally:
+            for router, (mode, expert, old_seed) in zip(self.routers(), saved, strict=True):
+                router.inference, router.fixed_expert, router.seed = mode, expert, old_seed
 
     def not_dense_because(self) -> str:
         modes = "/".join(sorted({r.inference for r in self.routers()}))

@@ -51,6 +51,8 @@ THOR = Family(
     LAYER_OPTIONS + (CONSISTENCY_ALPHA, EXPERT_PARALLEL_SIZE), THOR_CRITERION,
     model_module="moe_mt.models.thor",
     upcyclable=True,
+    draws_key="thor_draws",
+    inference_key="thor_inference",
     eval_arguments=(
         ("thor_inference", INFERENCE), ("thor_expert", INFERENCE_EXPERT), ("seed", INFERENCE_SEED),
     ),

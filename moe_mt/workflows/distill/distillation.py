@@ -117,10 +117,6 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     return load_config(teacher.root)
 
 
-def _is_thor(model_cfg: DictConfig) -> bool:
-    return str(model_cfg.arch).startswith("thor_")
-
-
 def _sequence_direction(manifest: dict) -> Direction:
     """The one direction whose training targets sequence-level KD replaces."""
     directions = trained_directions(manifest)
@@ -134,8 +130,22 @@ def _sequence_direction(manifest: dict) -> Direction:
     return directions[0]
 
 
-def _teacher_inference(cfg: DictConfig) -> str:
-    return cfg.distill.teacher_inference or cfg.eval.thor_inference
+def teacher_eval_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
+    """The eval config the teacher translates and is scored with: the recipe's, with
+    ``distill.teacher_inference`` as the inference mode of the teacher's family
+    (:attr:`~moe_mt.models.families.Family.inference_key`; THOR's ``eval.thor_inference``)."""
+    ev = OmegaConf.merge(cfg.eval, {})
+    family = families.family_of_arch(teacher_cfg.model.arch)
+    if family is not None and family.inference_key and cfg.distill.teacher_inference:
+        ev[family.inference_key] = cfg.distill.teacher_inference
+    return ev
+
+
+def _same_model_arguments(report: dict, run_cfg: DictConfig) -> bool:
+    """Whether ``report`` was made with the eval's model arguments of ``run_cfg``'s family."""
+    family = families.family_of_arch(run_cfg.model.arch)
+    keys = [key for key, _ in family.eval_arguments] if family is not None else []
+    return all(report["eval_config"].get(key) == run_cfg.eval[key] for key in keys)
 
 
 def _strip_distill_args(args: Sequence[str]) -> list[str]:
@@ -160,9 +170,11 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig, teacher_checkpoint:
         student.train.criterion = CRITERION
         args = ["--distill-teacher", str(teacher_checkpoint)]
         args += ["--distill-teacher-weight", str(cfg.distill.teacher_weight)]
-        if _is_thor(teacher_cfg.model):
-            args += ["--distill-teacher-inference", _teacher_inference(cfg)]
-            args += ["--distill-teacher-expert", str(cfg.eval.thor_expert)]
+        overrides = families.eval_overrides(
+            teacher_eval_config(cfg, teacher_cfg), teacher_cfg.model.arch
+        )
+        if overrides:  # the teacher's inference as its family's eval sets it (THOR's mode)
+            args += ["--distill-teacher-overrides", json.dumps(overrides, sort_keys=True)]
         student.train.fairseq_args = [*student.train.fairseq_args, *args]
     elif cfg.distill.mix_original:
         # fairseq 0.12.2's translation task defaults to -1, which its concatenation rejects.
@@ -250,8 +262,7 @@ def teacher_outputs(cfg, teacher_cfg, chosen, student_dir: RunDir, console) -> t
     lines = read_lines(source)
     if cfg.distill.max_sentences > 0:
         lines = lines[: cfg.distill.max_sentences]
-    eval_cfg = OmegaConf.merge(cfg.eval, {"beam": cfg.distill.beam})
-    eval_cfg.thor_inference = _teacher_inference(cfg)
+    eval_cfg = OmegaConf.merge(teacher_eval_config(cfg, teacher_cfg), {"beam": cfg.distill.beam})
     options = DecodeOptions.from_config(eval_cfg)
     overrides = families.eval_overrides(eval_cfg, teacher_cfg.model.arch)
     fingerprint = {
@@ -388,7 +399,7 @@ def _evaluated(run_cfg: DictConfig, console: Console) -> dict:
                 report["checkpoint"]["path"] == str(chosen.path)
                 and report["checkpoint"]["num_updates"] == chosen.num_updates
                 and report["decoding"] == DecodeOptions.from_config(ev).as_dict()
-                and report["eval_config"].get("thor_inference") == ev.thor_inference
+                and _same_model_arguments(report, run_cfg)
             )
             if same:
                 console.print(f"reusing {path}", highlight=False)
@@ -425,9 +436,8 @@ def gain_kept(teacher: float, student: float, baseline: float | None) -> float |
 
 
 def distill_report(cfg, teacher_cfg, student_cfg, console, extra: dict) -> dict:
-    teacher_eval = OmegaConf.merge(teacher_cfg, {"eval": cfg.eval})
+    teacher_eval = OmegaConf.merge(teacher_cfg, {"eval": teacher_eval_config(cfg, teacher_cfg)})
     teacher_eval.eval.checkpoint = cfg.distill.teacher_checkpoint
-    teacher_eval.eval.thor_inference = _teacher_inference(cfg)
     teacher_eval.eval.bootstrap_baseline = None
     student_eval = OmegaConf.merge(student_cfg, {"eval": {"bootstrap_baseline": None}})
     rows = {

@@ -6,7 +6,7 @@ score it (a single-pair run is the one-direction case).
 - :mod:`.report`: the report's schema (format 2) and reading the reports written before.
 - :mod:`.scoring`: sacreBLEU BLEU, chrF2, TER with signatures; paired bootstrap; macro average.
 - :mod:`.expert_usage`: tokens per expert per MoE layer while decoding, and its heat map.
-- :mod:`.thor_consistency`: THOR: how much translations change across random expert draws.
+- :mod:`.draw_consistency`: how much translations change across random expert draws (THOR).
 - :mod:`.legacy_bleu`: tokenised, compound-split BLEU as WMT En-De papers report it.
 """
 

@@ -17,8 +17,8 @@ language's Moses rules), and with ``eval.tokenized_bleu`` the BLEU4 of fairseq's
 the tokens of BPE-prepared data (``data.subword`` bpe or none, whose segmented references lose
 their ``@@`` marks before any scoring); a paired bootstrap against another run's hypotheses
 for the same references with ``eval.bootstrap_baseline``; tokens per expert per MoE layer
-(:mod:`.expert_usage`); THOR's consistency across random expert draws
-(:mod:`.thor_consistency`). Then the macro average over the trained directions, and apart from
+(:mod:`.expert_usage`); the consistency across random expert draws of a model that draws
+them (:mod:`.draw_consistency`). Then the macro average over the trained directions, and apart from
 it over the zero-shot ones (a zero-shot mean is a different quantity, never part of the
 supervised one).
 
@@ -55,6 +55,7 @@ from moe_mt.workflows.common.manifest import (
 from moe_mt.workflows.common.progress import progress_bar
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, atomic_write_text
 from moe_mt.workflows.common.text import check_same_length, read_lines
+from moe_mt.workflows.evaluate.draw_consistency import consistency_entries
 from moe_mt.workflows.evaluate.expert_usage import track_expert_usage, write_expert_usage
 from moe_mt.workflows.evaluate.legacy_bleu import legacy_bleu, tokenized_bleu
 from moe_mt.workflows.evaluate.report import (
@@ -67,7 +68,6 @@ from moe_mt.workflows.evaluate.report import (
     read_report,
 )
 from moe_mt.workflows.evaluate.scoring import macro_average, paired_bootstrap, score
-from moe_mt.workflows.evaluate.thor_consistency import eval_thor_consistency
 from moe_mt.workflows.export.engine import check_engine, open_translator
 from moe_mt.workflows.export.exporter import check_quantization
 from moe_mt.workflows.translate.translator import DecodeOptions
@@ -385,7 +385,9 @@ def _evaluate_direction(
         },
         "truncated_sources": translations.truncated,
         "expert_usage": expert_usage if expert_usage["plot"] is not None else None,
-        "thor": eval_thor_consistency(ev, translator, sources, references, hypotheses, console),
+        **consistency_entries(
+            ev, cfg.model.arch, translator, sources, references, hypotheses, console
+        ),
     }
     return entry, hypotheses
 

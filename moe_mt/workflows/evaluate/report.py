@@ -6,7 +6,8 @@ Format 2, in ``RUN_DIR/eval/<name>/``::
     report.json   run_dir, name, split (null for a file pair), lines (all directions),
                   directions: {<s>-<t>: {lines, zero_shot, files {source, reference (path,
                   sha256), hypotheses (relative to the report)}, scores, legacy_bleu,
-                  bootstrap, timing, truncated_sources, expert_usage, thor}},
+                  bootstrap, timing, truncated_sources, expert_usage, <family that draws
+                  experts: thor>}},
                   average (macro over the trained directions), zero_shot_average,
                   checkpoint, decoding, engine {name (fairseq | ctranslate2), quantization,
                   threads; ctranslate2: version, compute_type, export, export_reused,
@@ -26,6 +27,7 @@ import json
 from pathlib import Path
 
 from moe_mt.errors import MoeMtError
+from moe_mt.models import families
 from moe_mt.workflows.evaluate.scoring import macro_average
 
 #: The decoding options that change the hypotheses, as ``report.json``'s ``decoding`` records them:
@@ -36,9 +38,14 @@ REPORT_FORMAT = 2
 REPORT = "report.json"
 HYPOTHESES = "hyp.txt"
 EXPERT_USAGE_PNG = "expert_usage.png"
-#: Per-direction fields of a format-1 single-pair report, kept at its top level.
+#: Per-direction fields of a format-1 single-pair report, kept at its top level (and the
+#: consistency entry of each family that draws its experts, named after the family).
 _DIRECTION_KEYS = ("files", "scores", "legacy_bleu", "bootstrap", "truncated_sources",
-                   "expert_usage", "thor")  # fmt: skip
+                   "expert_usage")  # fmt: skip
+
+
+def _direction_keys() -> tuple[str, ...]:
+    return _DIRECTION_KEYS + tuple(f.name for f in families.families() if f.draws_key)
 
 
 def read_report(path: Path) -> dict:
@@ -63,12 +70,13 @@ def upgraded(report: dict) -> dict:
         for name, direction in report["directions"].items():
             direction["files"]["hypotheses"] = f"{name}/{HYPOTHESES}"
         return report
-    direction = {key: report.get(key) for key in _DIRECTION_KEYS}
+    keys = _direction_keys()
+    direction = {key: report.get(key) for key in keys}
     direction["files"] = {**report["files"], "hypotheses": HYPOTHESES}
     timing = report.get("timing") or {}
     direction.update(lines=report["lines"], zero_shot=False, timing=timing)
     name = _direction_of(report)
-    rest = {k: v for k, v in report.items() if k not in _DIRECTION_KEYS}
+    rest = {k: v for k, v in report.items() if k not in keys}
     return {
         **rest,
         "directions": {name: direction},
