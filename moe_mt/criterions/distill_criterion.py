@@ -21,8 +21,8 @@ The teacher is loaded in the constructor from ``--distill-teacher`` (a checkpoin
 the student's task (the same dictionaries: the student's data is the teacher's) and
 ``--distill-teacher-overrides``, the model arguments its family's eval sets (a THOR
 teacher's inference mode and expert, :func:`moe_mt.models.families.eval_overrides`). It is kept
-outside the module tree (not a submodule: fairseq's optimizer takes ``criterion.parameters()`` too, and checkpoints
-save the criterion's state), with ``requires_grad`` off, in eval mode.
+outside the module tree (not a submodule: fairseq's optimizer takes ``criterion.parameters()``
+too, and checkpoints save the criterion's state), with ``requires_grad`` off, in eval mode.
 
 Logged (per target token, base 2): ``loss`` (the mix), ``nll_loss`` (gold NLL), ``ce_gold``
 (label-smoothed CE on gold) and ``kl_teacher``.
