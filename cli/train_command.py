@@ -52,7 +52,10 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         overrides: overrides_arg = None,
         overwrite: Annotated[
             bool,
-            typer.Option("--overwrite", help="Delete this run's checkpoints and logs, start over."),
+            typer.Option(
+                "--overwrite",
+                help="Delete this run's checkpoints, logs and eval reports, start over.",
+            ),
         ] = False,
         finetune_from: Annotated[
             str | None,

@@ -223,3 +223,11 @@ def test_config_of_a_section_shows_the_familys_keys_and_its_defaults():
     assert "model.moe.granularity = batch  (default of family thor)" in result.stdout
     assert "model.moe.top_k" not in keys and "model.moe.heads" not in keys  # Switch's, MH-MoE's
     assert "model.moe.num_experts" in keys
+
+
+def test_train_help_says_overwrite_deletes_the_eval_reports_too():
+    """Issue 35, T2: --overwrite deletes eval/ as well; the help says so."""
+    result = _invoke("train", "--help")
+    assert result.exit_code == 0, result.output
+    text = " ".join(re.sub(r"[│\s]+", " ", result.stdout).split())
+    assert "checkpoints, logs and eval reports" in text

@@ -137,6 +137,17 @@ def test_export_is_reused_until_an_input_changes(run_copy, exported, tmp_path):
     assert (int8.out_dir / "model.bin").stat().st_size < model.stat().st_size / 2
 
 
+def test_an_export_with_a_damaged_export_json_is_rebuilt(run_copy, exported, tmp_path):
+    """Issue 35, X2: not called "no export.json", not refused: rebuilt, then reused."""
+    cfg = _cfg(run_copy, f"eval.checkpoint={CHECKPOINT}")
+    out = tmp_path / "damaged"
+    export(cfg, out=out)
+    (out / "export.json").write_text("{ not json")
+    rebuilt = export(cfg, out=out)
+    assert not rebuilt.reused and json.loads((out / "export.json").read_text())["inputs"]
+    assert export(cfg, out=out).reused
+
+
 def test_export_refuses_an_unknown_quantization_and_a_foreign_directory(run_copy, tmp_path):
     with pytest.raises(MoeMtError, match=r"^eval.quantization=int4: expected one of int8, "):
         export(_cfg(run_copy, "eval.quantization=int4"))

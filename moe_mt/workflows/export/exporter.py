@@ -123,7 +123,10 @@ def ensure_export(
     existing = read_export(out_dir)
     if existing is not None and existing.get("inputs") == inputs:
         return ExportResult(out_dir, existing, reused=True)
-    if out_dir.exists() and existing is None and any(out_dir.iterdir()):
+    # A directory with an export.json that cannot be read is a damaged export of ours: rebuilt.
+    # One without is someone else's: refused, left as it is.
+    ours = (out_dir / EXPORT_JSON).exists()
+    if out_dir.exists() and existing is None and not ours and any(out_dir.iterdir()):
         raise MoeMtError(
             f"{out_dir}: exists and is not a moemt export (no {EXPORT_JSON}); choose another --out"
         )
