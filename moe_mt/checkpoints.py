@@ -76,6 +76,10 @@ class ChosenCheckpoint:
 # -- reading ---------------------------------------------------------------------------------
 
 
+#: A torch file that loads safely but holds no fairseq checkpoint (``torch.save(12345, path)``).
+NOT_A_CHECKPOINT = "not a fairseq checkpoint (no model state in it)"
+
+
 def load_state(path: str | Path, arg_overrides: dict | None = None) -> dict:
     """A checkpoint's state on CPU, through fairseq's safe loader; unreadable -> MoeMtError."""
     from fairseq import checkpoint_utils
@@ -84,9 +88,14 @@ def load_state(path: str | Path, arg_overrides: dict | None = None) -> dict:
     if not path.is_file():
         raise MoeMtError(f"{path}: no such checkpoint")
     try:
-        return checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides)
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides)
     except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
         raise MoeMtError(f"{path}: not a loadable checkpoint: {_why_unloadable(exc)}") from exc
+    except (TypeError, AttributeError) as exc:  # fairseq reads keys of what torch gave back
+        raise MoeMtError(f"{path}: {NOT_A_CHECKPOINT}") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise MoeMtError(f"{path}: {NOT_A_CHECKPOINT}")
+    return state
 
 
 def _why_unloadable(exc: BaseException) -> str:

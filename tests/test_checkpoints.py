@@ -204,3 +204,18 @@ def test_a_relative_checkpoint_path_is_the_run_directorys(ckpt_dir, tmp_path, mo
         f"eval.checkpoint=checkpoints/checkpoint9.pt: no such file ({ckpt_dir / 'checkpoint9.pt'}"
         " nor checkpoints/checkpoint9.pt); use last, best, average or a checkpoint path"
     )
+
+
+@pytest.mark.parametrize("content", [12345, {"something": "else"}], ids=["int", "dict"])
+def test_a_torch_file_that_is_no_checkpoint_is_one_line(content, tmp_path):
+    """Issue 35, R4: not fairseq's TypeError."""
+    import torch
+
+    from moe_mt.checkpoints import load_state
+
+    path = tmp_path / "checkpoint_last.pt"
+    torch.save(content, path)
+    with pytest.raises(MoeMtError) as error:
+        load_state(path)
+    assert str(error.value).startswith(f"{path}: not a ")
+    assert "\n" not in str(error.value)

@@ -8,6 +8,7 @@ asked for, which named neither ("hypotheses of split None"); the same eval named
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -96,3 +97,19 @@ def test_a_length_limit_below_one_token_is_refused(file_pair_runs):
         "eval.max_len_a=0.0, eval.max_len_b=0: the length limit max_len_a * source length + "
         "max_len_b must allow at least 1 token"
     )
+
+
+def test_runs_that_translated_other_sources_are_refused(file_pair_runs, tmp_path):
+    """Issue 35, Q6: the same references, another source file (its sha256 in the report)."""
+    a, b, _ = file_pair_runs
+    other = tmp_path / "other"
+    shutil.copytree(b, other)
+    path = other / "eval" / "test" / "report.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    (direction,) = report["directions"].values()
+    direction["files"]["source"]["sha256"] = "0" * 64
+    path.write_text(json.dumps(report), encoding="utf-8")
+    line = one_error_line(
+        invoke("compare", a, other, "--eval-name", "test", "--out", tmp_path / "o")
+    )
+    assert line == (f"runs {a} and {other}: en-de files.source.sha256 differs (different sources)")

@@ -137,7 +137,7 @@ def _what_was_translated(report: dict) -> str:
 
 
 def check_comparable(runs: list[RunRecord]) -> None:
-    """Refuse runs whose scores cannot be compared (other directions, references or
+    """Refuse runs whose scores cannot be compared (other directions, sources, references or
     signatures)."""
     first = runs[0]
     for run in runs[1:]:
@@ -149,10 +149,11 @@ def check_comparable(runs: list[RunRecord]) -> None:
             )
         for name, a in ours.items():
             b = theirs[name]
-            if b["files"]["reference"]["sha256"] != a["files"]["reference"]["sha256"]:
-                raise MoeMtError(
-                    f"{pair}: {name} files.reference.sha256 differs (different references)"
-                )
+            for side, what in (("reference", "references"), ("source", "sources")):
+                if b["files"][side]["sha256"] != a["files"][side]["sha256"]:
+                    raise MoeMtError(
+                        f"{pair}: {name} files.{side}.sha256 differs (different {what})"
+                    )
             if a["lines"] != b["lines"]:
                 raise MoeMtError(f"{pair}: {name} lines differ ({a['lines']} vs {b['lines']})")
             for metric in METRICS:
