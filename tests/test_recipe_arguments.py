@@ -64,6 +64,29 @@ def _portable(value):
     return repr(value)
 
 
+def _plugin_options() -> set[str]:
+    """``moe_<name>`` of the options only test plugins declare (tests/toy_router.py joins every
+    routed family once imported): left out, so the record holds whichever tests ran before."""
+    from moe_mt.models import families
+
+    built_in = {o.name for f in families.families() if f.model_module for o in f.options}
+    declared = {o.name for f in families.families() for o in f.all_options()}
+    return {f"moe_{name}" for name in declared - built_in}
+
+
+def _without(argv: list[str], keys: set[str]) -> list[str]:
+    flags = {"--" + key.replace("_", "-") for key in keys}
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True  # and its value
+        else:
+            out.append(arg)
+    return out
+
+
 def resolve(recipe: str, extra: tuple[str, ...]) -> dict:
     """The argument list and fairseq's parsed namespace for one case."""
     from fairseq import options
@@ -71,9 +94,11 @@ def resolve(recipe: str, extra: tuple[str, ...]) -> dict:
     moe_mt.register()
     arguments = [str(RECIPES / e) if e.endswith(".yaml") else e for e in extra]
     cfg = load_config(RECIPES / recipe, arguments)
+    plugins = _plugin_options()
     argv = train_args(cfg, RunDir(cfg.run_dir))
-    namespace = options.parse_args_and_arch(options.get_training_parser(), argv)
-    return {"argv": _portable(argv), "namespace": _portable(dict(sorted(vars(namespace).items())))}
+    namespace = vars(options.parse_args_and_arch(options.get_training_parser(), argv))
+    namespace = {k: v for k, v in sorted(namespace.items()) if k not in plugins}
+    return {"argv": _portable(_without(argv, plugins)), "namespace": _portable(namespace)}
 
 
 CASES = _cases()
