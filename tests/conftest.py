@@ -75,3 +75,18 @@ def trained_demo(prepped_demo, tmp_path_factory) -> Path:
     )
     train(cfg)
     return run_dir
+
+
+def moemt_with_and_without_plugin(command: list[str], plugin: str):
+    """Run ``command`` (a ``moemt`` process) without any ``MOEMT_PLUGINS``, then with ``plugin``
+    named there: ``(refused, done)``, both ``subprocess.CompletedProcess``."""
+    import subprocess
+
+    from moe_mt.models.families import PLUGINS_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != PLUGINS_ENV}
+    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        command, cwd=REPO, env={**env, PLUGINS_ENV: plugin}, capture_output=True, text=True
+    )
+    return refused, done

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +17,7 @@ from moe_mt.models import families
 from moe_mt.models.families import Family, OptionSpec
 from moe_mt.moe import ExpertBank
 from moe_mt.workflows.train.model_summary import build_model, model_summary, summarize
-from tests.conftest import REPO, TINY_MODEL, demo_config
+from tests.conftest import REPO, TINY_MODEL, demo_config, moemt_with_and_without_plugin
 
 TOY_ARCH = "toy_shared_expert_transformer_demo"
 D, F, SHARED = 64, 128, 32  # TINY_MODEL's width and FFN width; the toy's shared expert width
@@ -161,13 +159,10 @@ def test_moemt_train_trains_the_toy_family_named_in_moemt_plugins(prepped_demo, 
         f"model.moe.shared_dim={SHARED}", "model.moe.num_experts=2", "model.moe.freq=1",
         "train.max_update=4",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != families.PLUGINS_ENV}
-    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    refused, done = moemt_with_and_without_plugin(command, "tests.toy_family")
     assert refused.returncode == 1
     assert "unknown key 'model.moe.shared_dim'" in refused.stderr
 
-    env[families.PLUGINS_ENV] = "tests.toy_family"
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     from moe_mt.checkpoints import load_state
     from moe_mt.workflows.train.trainer import checkpoint_update

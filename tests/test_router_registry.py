@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -17,7 +15,7 @@ import torch
 from moe_mt.errors import MoeMtError
 from moe_mt.models import families
 from moe_mt.workflows.train.model_summary import build_model, model_summary
-from tests.conftest import REPO, TINY_MODEL, demo_config
+from tests.conftest import REPO, TINY_MODEL, demo_config, moemt_with_and_without_plugin
 
 D, E = 64, 4  # TINY_MODEL's width; experts
 
@@ -106,13 +104,10 @@ def test_moemt_train_trains_with_the_router_named_in_moemt_plugins(prepped_demo,
         "model.family=switch", "model.moe.router=hash", "model.moe.num_experts=2",
         "model.moe.freq=1", "train.max_update=4",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != families.PLUGINS_ENV}
-    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    refused, done = moemt_with_and_without_plugin(command, "tests.toy_router")
     assert refused.returncode == 1
     assert "model.moe.router=hash: expected one of topk, cosine" in refused.stderr
 
-    env[families.PLUGINS_ENV] = "tests.toy_router"
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     from moe_mt.checkpoints import load_state
     from moe_mt.workflows.train.trainer import checkpoint_update

@@ -247,12 +247,7 @@ def register_family(family: Family) -> Family:
                     f"family {family.name}: option model.moe.{option.name} ({option}) conflicts "
                     f"with family {other.name}'s ({earlier}); a shared option is declared once"
                 )
-    changed = _FAMILIES.get(family.name) != family
-    _FAMILIES[family.name] = family
-    if changed:
-        for listener in _LISTENERS:
-            listener()
-    return family
+    return _store(_FAMILIES, family.name, family)
 
 
 def register_router(kind: RouterKind) -> RouterKind:
@@ -270,12 +265,18 @@ def register_router(kind: RouterKind) -> RouterKind:
                     f"router {kind.name}: option model.moe.{option.name} conflicts with family "
                     f"{fam.name}'s; a shared option is declared once"
                 )
-    changed = _ROUTERS.get(kind.name) != kind
-    _ROUTERS[kind.name] = kind
+    return _store(_ROUTERS, kind.name, kind)
+
+
+def _store(registry: dict, name: str, record):
+    """Put ``record`` under ``name`` (a re-imported module's replaces the earlier one) and tell
+    the listeners (the schema) when it changed anything; return it."""
+    changed = registry.get(name) != record
+    registry[name] = record
     if changed:
         for listener in _LISTENERS:
             listener()
-    return kind
+    return record
 
 
 def router_names() -> tuple[str, ...]:
