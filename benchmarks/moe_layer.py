@@ -10,6 +10,12 @@ per-repeat ratios MoE / dense, for forward+backward (training mode) and forward 
     python benchmarks/moe_layer.py --tokens 2048 --experts 8 --k 1 --repeats 3   # quick look
     python benchmarks/moe_layer.py --device cuda --dtype bf16 --repeats 50     # on a GPU
     python benchmarks/moe_layer.py --device cuda --dtype bf16 --compile reduce-overhead
+    flock /tmp/moemt-cpu.lock python benchmarks/moe_layer.py --activation swiglu --experts 8 --k 1
+
+``--activation swiglu`` (or ``geglu``) gives both sides GLU FFNs of the same width ``f``
+(Shazeer 2020: experts ``w1, w3, w2``; the dense FFN ``fc1`` gate and up projections, then
+``fc2``): three ``d x f`` matrices per FFN instead of two, so more work per token than the GELU
+table, on both sides alike.
 
 On CUDA the step is timed between device synchronisations, and half precision runs under
 ``torch.autocast`` (fp32 weights, the router in fp32 as always). ``--dispatch-plan`` picks the
@@ -34,18 +40,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe_mt.models.glu import GLUProjection, identity
 from moe_mt.moe import ExpertBank, MoEFeedForward, TopKRouter
-from moe_mt.moe.experts import IMPLS
+from moe_mt.moe.experts import GLU_ACTIVATIONS, IMPLS
 from moe_mt.moe.layer import LAYOUTS, PLANS
+
+#: ``--activation``: the GELU FFN of the documented table, or a GLU FFN on both sides.
+ACTIVATIONS = ("gelu", *GLU_ACTIVATIONS)
 
 
 class DenseFFN(nn.Module):
-    def __init__(self, d: int, f: int) -> None:
+    """``fc2(gelu(fc1(x)))``, or with a GLU ``fc2(act(x w1) * (x w3))`` (the dense baseline's
+    :class:`~moe_mt.models.glu.GLUProjection` as ``fc1``)."""
+
+    def __init__(self, d: int, f: int, activation: str = "gelu") -> None:
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d, f), nn.Linear(f, d)
+        if activation in GLU_ACTIVATIONS:
+            self.fc1, self.act = (
+                GLUProjection(nn.Linear(d, f), nn.Linear(d, f), activation),
+                identity,
+            )
+        else:
+            self.fc1, self.act = nn.Linear(d, f), F.gelu
+        self.fc2 = nn.Linear(f, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 def _train_step(module: nn.Module, forward, x: torch.Tensor, grad: torch.Tensor) -> None:
@@ -129,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experts", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--impl", choices=list(IMPLS), default="auto")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default="gelu")
     parser.add_argument("--dispatch-plan", choices=list(PLANS), default="auto")
     parser.add_argument("--static-layout", choices=list(LAYOUTS), default="auto")
     parser.add_argument("--compile", choices=["none", "default", "reduce-overhead"], default="none")
@@ -146,13 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     # an FFN input inside a model
     x = torch.randn(args.tokens, args.d, device=device, requires_grad=True)
     grad = torch.randn(args.tokens, args.d, device=device)
-    dense = DenseFFN(args.d, args.f).to(device)
+    dense = DenseFFN(args.d, args.f, args.activation).to(device)
     where = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
     )
     print(
         f"torch {torch.__version__}, {where}, {args.dtype}, d={args.d}, f={args.f}, "
-        f"T={args.tokens}, impl={args.impl}, plan={args.dispatch_plan}, "
+        f"T={args.tokens}, activation={args.activation}, impl={args.impl}, "
+        f"plan={args.dispatch_plan}, "
         f"layout={args.static_layout}, "
         f"compile={args.compile}, capacity factor={args.capacity_factor}, "
         f"median of {args.repeats}"
@@ -167,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     for e in args.experts:
         for k in args.k:
             router = TopKRouter(args.d, e, k=k)
-            bank = ExpertBank(e, args.d, args.f, impl=args.impl)
+            bank = ExpertBank(e, args.d, args.f, activation=args.activation, impl=args.impl)
             moe = MoEFeedForward(
                 router, bank, args.capacity_factor,
                 dispatch_plan=args.dispatch_plan, static_layout=args.static_layout,

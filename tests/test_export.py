@@ -303,3 +303,86 @@ def test_checkpoint_is_chosen_as_eval_chooses_it(run_copy, tmp_path):
     chosen = choose_checkpoint(run_copy / "checkpoints", "average", 2)
     assert result.info["checkpoint"]["choice"] == "average"
     assert result.info["checkpoint"]["sha256"] == file_sha256(chosen.path)
+
+
+# -- a GLU FFN (model.moe.expert_activation): CTranslate2's ffn_glu ------------------------------
+
+
+def _untrained_dense_model(data_dir: Path, activation: str, seed: int = 0):
+    """(model, task): a tiny ``moemt_transformer`` with random weights, on dictionaries alone
+    (no training: the export copies weights, and random ones show a misplaced one as well)."""
+    import torch
+    from fairseq import options, tasks
+
+    import moe_mt
+
+    moe_mt.register()
+    data_dir.mkdir(exist_ok=True)
+    for lang in ("en", "de"):
+        (data_dir / f"dict.{lang}.txt").write_text("".join(f"w{i} 1\n" for i in range(40)))
+    sizes = {"layers": 2, "embed-dim": 32, "ffn-embed-dim": 48, "attention-heads": 4}
+    argv = [str(data_dir), "--task", "translation", "-s", "en", "-t", "de"]
+    argv += ["--arch", "moemt_transformer_tiny", "--moe-expert-activation", activation]
+    argv += [f"--{side}-{k}={v}" for side in ("encoder", "decoder") for k, v in sizes.items()]
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    torch.manual_seed(seed)
+    task = tasks.setup_task(args)
+    return task.build_model(args).eval(), task
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "geglu"])
+def test_a_glu_model_exports_and_decodes_as_fairseq(tmp_path, activation):
+    """The gate w1 in linear_0, the up projection w3 in linear_0_noact, Swish (SiLU) or GELU
+    (erf): CTranslate2's greedy hypotheses and token scores are fairseq's; with gate and up
+    swapped they are not (the check can tell)."""
+    import ctranslate2
+    import torch
+    from fairseq.sequence_generator import SequenceGenerator
+
+    from moe_mt.models.glu import GLUProjection
+    from moe_mt.workflows.export.ct2_spec import PAD_NAME, save_spec, transformer_spec
+
+    model, task = _untrained_dense_model(tmp_path / "data", activation)
+    # Larger gates and FFN outputs: GELU's erf and tanh forms then differ in the scores (by
+    # about 2e-4, ten times the tolerance below, itself ten times the float32 noise seen).
+    with torch.no_grad():
+        for layer in [*model.encoder.layers, *model.decoder.layers]:
+            layer.fc1.w1.weight.mul_(8)
+            layer.fc2.weight.mul_(4)
+    src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+    spec = transformer_spec(model, task)
+    assert all(isinstance(layer.fc1, GLUProjection) for layer in model.encoder.layers)
+    save_spec(spec, tmp_path / "ct2", "float32")
+    swapped_spec = transformer_spec(model, task)  # saving consumes a spec: a new one
+    for ffn in (swapped_spec.encoder.layer[0].ffn, swapped_spec.decoder.layer[1].ffn):
+        ffn.linear_0, ffn.linear_0_noact = ffn.linear_0_noact, ffn.linear_0
+    save_spec(swapped_spec, tmp_path / "swapped", "float32")
+    ct2, swapped = (ctranslate2.Translator(str(tmp_path / d)) for d in ("ct2", "swapped"))
+    generator = SequenceGenerator([model], tgt_dict, beam_size=1, max_len_a=0, max_len_b=10)
+    g = torch.Generator().manual_seed(1)
+    hypotheses, differences = set(), []
+    for length in range(3, 9):
+        ids = torch.randint(src_dict.nspecial, len(src_dict), (length,), generator=g)
+        src = torch.cat([ids, torch.tensor([src_dict.eos()])]).unsqueeze(0)
+        net_input = {"src_tokens": src, "src_lengths": torch.tensor([length + 1])}
+        with torch.no_grad():
+            best = generator.generate([model], {"net_input": net_input})[0][0]["tokens"]
+            previous = torch.cat([best.new_tensor([tgt_dict.eos()]), best[:-1]]).unsqueeze(0)
+            out = model(src, net_input["src_lengths"], previous)
+            expected = model.get_normalized_probs(out, log_probs=True)[0]
+        expected = expected.gather(-1, best.unsqueeze(-1)).squeeze(-1).tolist()
+        source = [src_dict[i] for i in ids.tolist()]
+        target = [tgt_dict[i] for i in best.tolist()[:-1]]
+        # fairseq never selects the padding symbol; a trained model never ranks it first, an
+        # untrained one may: CTranslate2 is told to do as fairseq does.
+        (got,) = ct2.translate_batch(
+            [source], beam_size=1, max_decoding_length=10, return_end_token=False,
+            suppress_sequences=[[PAD_NAME]],
+        )  # fmt: skip
+        assert got.hypotheses[0] == target
+        assert ct2.score_batch([source], [target])[0].log_probs == pytest.approx(expected, abs=2e-5)
+        hypotheses.add(tuple(target))
+        wrong = swapped.score_batch([source], [target])[0].log_probs
+        differences.append(max(abs(a - b) for a, b in zip(wrong, expected, strict=True)))
+    assert len(hypotheses) > 1  # input-dependent output
+    assert min(differences) > 1e-3

@@ -51,6 +51,48 @@ def test_switch_top_k_counts_k_experts_as_active(prepped_demo):
     assert s["encoder_flops"] == dense["encoder_flops"] + 2 * (router + 2 * D * F)
 
 
+def test_fine_grained_experts_cost_the_flops_of_their_width(prepped_demo):
+    """DeepSeekMoE's segmentation: 4 experts split in 2 are 8 of width F / 2, top 2 x 1."""
+    _, dense = summary(prepped_demo)
+    overrides = (EVERY_LAYER, "model.moe.num_experts=4", "model.moe.expert_segments=2")
+    _, s = summary(prepped_demo, *overrides, arch="switch_transformer_demo")
+    per_expert = 2 * D * (F // 2) + F // 2 + D
+    assert s["expert_parameters"] == 2 * 8 * per_expert
+    assert s["parameters"] - s["active_parameters"] == 2 * 6 * per_expert  # 6 of 8 idle
+    # FLOPs are 2 MACs; 2 experts of width F / 2 cost the dense FFN, so only the router adds
+    assert s["encoder_flops"] == dense["encoder_flops"] + 2 * 8 * D
+    _, switch = summary(prepped_demo, EVERY_LAYER, "model.moe.num_experts=4",
+                        arch="switch_transformer_demo")  # fmt: skip
+    assert s["encoder_flops"] - switch["encoder_flops"] == 2 * (8 - 4) * D
+
+
+def test_shared_experts_are_always_active_dense_weights(prepped_demo):
+    _, dense = summary(prepped_demo)
+    overrides = (
+        EVERY_LAYER, "model.moe.num_experts=4", "model.moe.num_shared_experts=2",
+        "model.moe.expert_ffn_dim=32", "model.moe.shared_expert_gate=true",
+    )  # fmt: skip
+    _, s = summary(prepped_demo, *overrides, arch="switch_transformer_demo")
+    per_expert = 2 * D * 32 + 32 + D
+    assert s["expert_parameters"] == 2 * 4 * per_expert  # the shared FFN is no expert weight
+    assert s["parameters"] - s["active_parameters"] == 2 * 3 * per_expert
+    routed, shared, gate = 4 * D + 2 * D * 32, 2 * D * 64, D
+    assert s["encoder_flops"] == dense["encoder_flops"] - 2 * 2 * D * F + 2 * (
+        routed + shared + gate
+    )
+
+
+def test_expert_choice_counts_c_experts_per_token_in_the_encoder(prepped_demo):
+    _, dense = summary(prepped_demo)
+    overrides = (
+        EVERY_LAYER, "model.moe.num_experts=4", "model.moe.router=expert_choice",
+        "model.moe.sides=encoder", "model.moe.ec_capacity_factor=2.0",
+    )  # fmt: skip
+    _, s = summary(prepped_demo, *overrides, arch="switch_transformer_demo")
+    assert s["moe_layers"] == 1 and s["decoder_flops"] == dense["decoder_flops"]
+    assert s["encoder_flops"] == dense["encoder_flops"] + 2 * (4 * D + 2 * D * F)  # c = 2
+
+
 def test_thor_has_no_router_and_one_active_expert(prepped_demo):
     _, dense = summary(prepped_demo)
     _, s = summary(prepped_demo, EVERY_LAYER, arch="thor_transformer_demo")

@@ -100,7 +100,15 @@ def test_statistics_of_a_known_routing():
         dispatch_stats(torch.tensor([4, 2, 2, 0]), torch.tensor(9), torch.tensor(1.0)),
         dispatch_stats(torch.tensor([2, 2, 2, 2]), torch.tensor(8), torch.tensor(0.5)),
     ]
-    outputs = [SimpleNamespace(output=SimpleNamespace(stats=s)) for s in stats]
+    # A router's own statistic (expert choice's) is the mean over the layers that report it.
+    router_stats = [
+        {"router_entropy": torch.tensor(1.0)},
+        {"tokens_without_expert": torch.tensor(0.25)},
+    ]
+    outputs = [
+        SimpleNamespace(output=SimpleNamespace(stats=s, routing=SimpleNamespace(stats=r)))
+        for s, r in zip(stats, router_stats, strict=True)
+    ]
     result = {k: round(float(v), 4) for k, v in moe_statistics(outputs).items()}
     assert result == {
         "moe_dropped": round((1 / 9) / 2, 4),
@@ -108,4 +116,5 @@ def test_statistics_of_a_known_routing():
         "moe_entropy": 0.75,
         "moe_load_max": round((2.0 + 1.0) / 2, 4),
         "moe_load_min": 0.5,
+        "moe_tokens_without_expert": 0.25,
     }

@@ -12,6 +12,8 @@ Skipped without a GPU (CI has none); run on a GPU machine with
   (the static dispatch plan on CUDA against the dynamic one on the CPU).
 - A training step (forward and backward) and an inference forward of every router's layer never
   wait for the host (``torch.cuda.set_sync_debug_mode("error")`` raises on a synchronisation).
+- GLU experts (swiglu, geglu: ``w3`` on every path) do both: CUDA fp32 equals the CPU, and the
+  static plan never waits for the host.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 D, F, E, T = 64, 128, 8, 512
 
 
-def _layer(router: str, k: int, capacity: float | None) -> MoEFeedForward:
+def _layer(router: str, k: int, capacity: float | None, activation: str = "gelu") -> MoEFeedForward:
     torch.manual_seed(0)
     if router == "topk":
         gate = TopKRouter(D, E, k=k)
     else:
         gate = CosineRouter(D, E, k=k)
-    return MoEFeedForward(gate, ExpertBank(E, D, F), capacity_factor=capacity)
+    experts = ExpertBank(E, D, F, activation=activation)
+    return MoEFeedForward(gate, experts, capacity_factor=capacity)
 
 
 def _inputs(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,11 +61,15 @@ def _run(layer: MoEFeedForward, x, pad, grad):
     return out, x.grad.detach().float().cpu(), grads
 
 
-@pytest.mark.parametrize("router", ["topk", "cosine"])
-@pytest.mark.parametrize("k", [1, 2])
-@pytest.mark.parametrize("capacity", [None, 1.0])
-def test_cuda_fp32_matches_cpu(router, k, capacity):
-    layer = _layer(router, k, capacity)
+@pytest.mark.parametrize(
+    "router,k,capacity,activation",
+    [
+        *[(r, k, c, "gelu") for r in ("topk", "cosine") for k in (1, 2) for c in (None, 1.0)],
+        *[("topk", k, c, a) for k in (1, 2) for c in (None, 1.0) for a in ("swiglu", "geglu")],
+    ],
+)
+def test_cuda_fp32_matches_cpu(router, k, capacity, activation):
+    layer = _layer(router, k, capacity, activation)
     cuda_layer = copy.deepcopy(layer).cuda()
     layer.train(), cuda_layer.train()
     cpu_out, cpu_dx, cpu_grads = _run(layer, *_inputs("cpu"))
@@ -73,6 +80,7 @@ def test_cuda_fp32_matches_cpu(router, k, capacity):
     torch.testing.assert_close(gpu_dx, cpu_dx, rtol=1e-4, atol=1e-5)
     for name, g in cpu_grads.items():
         torch.testing.assert_close(gpu_grads[name], g, rtol=1e-3, atol=1e-5, msg=name)
+    assert ("experts.w3" in cpu_grads) == (activation != "gelu")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -112,6 +120,8 @@ def test_half_precision_keeps_the_router_fp32(precision, router, mode):
 
 def _any_layer(router: str, k: int):
     torch.manual_seed(0)
+    if router == "topk-swiglu":
+        return _layer("topk", k, 1.25, "swiglu")
     if router == "thor":
         return MoEFeedForward(RandomRouter(E, granularity="sentence", seed=1), ExpertBank(E, D, F))
     if router == "mhmoe":
@@ -122,7 +132,8 @@ def _any_layer(router: str, k: int):
 
 @pytest.mark.parametrize("mode", ["autocast", "half_model", "fp32"])
 @pytest.mark.parametrize(
-    "router,k", [("topk", 1), ("topk", 2), ("cosine", 2), ("thor", 1), ("mhmoe", 2)]
+    "router,k",
+    [("topk", 1), ("topk", 2), ("cosine", 2), ("thor", 1), ("mhmoe", 2), ("topk-swiglu", 2)],
 )
 @pytest.mark.parametrize("layout", ["auto", "slots"])
 def test_layer_never_waits_for_the_host(router, k, mode, layout):

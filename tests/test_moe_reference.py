@@ -16,13 +16,16 @@ from moe_mt.moe import (
     soft_counts,
     soft_dispatch,
 )
-from moe_mt.moe.experts import ACTIVATIONS
+from moe_mt.moe.experts import ACTIVATIONS, GLU_ACTIVATIONS
 
 
 def expert_on_token(bank: ExpertBank, e: int, x_i: torch.Tensor) -> torch.Tensor:
-    """Expert ``e`` of ``bank`` on one token ``x_i`` ``[d]`` (no dropout)."""
+    """Expert ``e`` of ``bank`` on one token ``x_i`` ``[d]`` (no dropout); a GLU bank's as
+    Shazeer 2020 eq. 6 with biases: ``W2(act(x W1 + b1) * (x W3 + b3)) + b2``."""
     h = x_i @ bank.w1[e] + (bank.b1[e] if bank.b1 is not None else 0)
-    h = ACTIVATIONS[bank.activation](h)
+    h = ACTIVATIONS[GLU_ACTIVATIONS.get(bank.activation, bank.activation)](h)
+    if bank.activation in GLU_ACTIVATIONS:
+        h = h * (x_i @ bank.w3[e] + (bank.b3[e] if bank.b3 is not None else 0))
     return h @ bank.w2[e] + (bank.b2[e] if bank.b2 is not None else 0)
 
 

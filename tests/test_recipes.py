@@ -38,19 +38,21 @@ def _composed(recipe: str, family: str, *overrides: str):
 
 
 def test_recipe_count():
-    # One per family plus distillation, multilingual, upcycling and Switch with EOM / CMR;
-    # update when a recipe is added or removed.
+    # One per family plus distillation, multilingual, upcycling, Switch with EOM / CMR, the
+    # DeepSeek-style piece and expert choice; update when a recipe is added or removed.
     assert [p.name for p in RECIPES] == [
-        "demo.yaml", "demo_distill.yaml", "demo_mhmoe.yaml", "demo_multilingual.yaml",
-        "demo_soft_moe.yaml", "demo_switch.yaml", "demo_switch_cmr.yaml", "demo_switch_eom.yaml",
-        "demo_thor.yaml", "demo_upcycle.yaml", "demo_xmoe.yaml",
+        "demo.yaml", "demo_deepseek.yaml", "demo_distill.yaml", "demo_expert_choice.yaml",
+        "demo_mhmoe.yaml", "demo_multilingual.yaml", "demo_soft_moe.yaml", "demo_switch.yaml",
+        "demo_switch_cmr.yaml", "demo_switch_eom.yaml", "demo_thor.yaml", "demo_upcycle.yaml",
+        "demo_xmoe.yaml",
     ]  # fmt: skip
     # Full-size recipes: one per data set (the family is a piece given beside it): every
     # IWSLT-sized corpus of THOR's study (+ IWSLT'14), both WMT corpora, IWSLT'17 multilingual.
     expected = sorted([*IWSLT_DATA.values(), *(f"wmt/{d}.yaml" for d in WMT_DATA),
                        "multilingual/iwslt17_en_xx.yaml"])  # fmt: skip
     assert [str(p.relative_to(REPO / "recipes")) for p in FULL_SIZE] == expected
-    assert sorted(p.stem for p in FAMILY_DIR.glob("*.yaml")) == sorted(FAMILIES)
+    # A piece per family, and the DeepSeek-style piece of the switch family.
+    assert sorted(p.stem for p in FAMILY_DIR.glob("*.yaml")) == sorted([*FAMILIES, "deepseek"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -364,7 +364,10 @@ def test_recipes_load_and_the_architecture_fills_the_family_defaults(tmp_path):
 
     moe_mt.register()
     dense = load_config(REPO / "recipes" / "demo.yaml", [f"run_dir={tmp_path}"])
-    assert not any(a.startswith("--moe") for a in model_args(dense.model))
+    # the dense family's one option, its FFN's activation
+    assert [a for a in model_args(dense.model) if a.startswith("--moe")] == [
+        "--moe-expert-activation"
+    ]
     for recipe, arch, router in (
         ("demo_switch", "switch", "topk"),
         ("demo_xmoe", "xmoe", "cosine"),

@@ -23,8 +23,8 @@ class MoEConfig:
     naming this class). Every key is optional with default null here; loading a recipe writes
     the model family's default into each key left null
     (:func:`moe_mt.config.names.fill_family_defaults`), and each key's help lists those
-    defaults per family. Dense architectures take none of these keys; THOR's inference mode is
-    an eval key (``eval.thor_inference``).
+    defaults per family. Dense architectures take only ``expert_activation`` (their FFN's);
+    THOR's inference mode is an eval key (``eval.thor_inference``).
     """
 
 

@@ -17,7 +17,9 @@ Logged through fairseq's metrics (averaged over MoE layers, token-weighted over 
 reach ``logs/train.log``: ``moe_balance``, ``moe_z`` (unweighted aux losses), ``moe_dropped``
 (share of token assignments dropped by capacity), ``moe_active`` (share of experts that received
 a token), ``moe_entropy`` (router entropy, nats), ``moe_load_max`` / ``moe_load_min`` (tokens of
-the most / least used expert relative to a uniform share: 1.0 = balanced).
+the most / least used expert relative to a uniform share: 1.0 = balanced), and a router's own
+statistics as ``moe_<name>`` (expert choice's ``moe_tokens_without_expert``: the share of tokens
+that no expert took), each averaged over the layers that report it.
 """
 
 # No `from __future__ import annotations`: omegaconf 2.0 reads the config dataclass types.
@@ -78,7 +80,18 @@ def moe_statistics(outputs: Sequence[MoELayerOutput]) -> dict[str, Tensor]:
         rows.append(torch.stack([v.float().to(tokens.device, non_blocking=True) for v in row]))
     # nanmean: routers without a distribution (random routing) report a NaN entropy.
     means = torch.stack(rows).nanmean(0).cpu()
-    return dict(zip(STAT_KEYS, means, strict=True))
+    return {**dict(zip(STAT_KEYS, means, strict=True)), **router_statistics(outputs)}
+
+
+def router_statistics(outputs: Sequence[MoELayerOutput]) -> dict[str, Tensor]:
+    """``moe_<name>`` -> the mean over the layers that report it of a router's own statistic
+    (``Routing.stats`` beyond the entropy, which :data:`STAT_KEYS` holds)."""
+    values: dict[str, list[Tensor]] = {}
+    for o in outputs:
+        for name, value in o.output.routing.stats.items():
+            if name != "router_entropy":
+                values.setdefault(f"moe_{name}", []).append(value.detach().float().cpu())
+    return {name: torch.stack(v).mean() for name, v in values.items()}
 
 
 @register_criterion(CRITERION_NAME, dataclass=MoELabelSmoothedCrossEntropyConfig)

@@ -29,6 +29,7 @@ options are declared in :mod:`moe_mt.models.switch_options` and the families' mo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import NamedTuple
@@ -40,7 +41,15 @@ from torch import Tensor, nn
 from moe_mt.errors import MoeMtError
 from moe_mt.models import families
 from moe_mt.models.families import BlockCount, check_declared, options_record, parameter_count
-from moe_mt.models.switch_options import CONVENTIONS, REGULARISERS, ROUTED
+from moe_mt.models.switch_options import (
+    CONVENTIONS,
+    EXPERT_CHOICE_ROUTER,
+    EXPERT_FORMS,
+    REGULARISERS,
+    ROUTED,
+    TOP_K_SCORES,
+    TOPK_ROUTER,
+)
 from moe_mt.models.transformer import (
     MoeMtDecoder,
     MoeMtEncoder,
@@ -51,11 +60,14 @@ from moe_mt.moe import (
     ConditionalMoE,
     CosineRouter,
     ExpertBank,
+    ExpertChoiceRouter,
     MoEFeedForward,
     MoEOutput,
     RoutingConventions,
+    SharedExpertMoE,
     TopKRouter,
 )
+from moe_mt.moe.balance import end_update
 from moe_mt.moe.expert_parallel import (
     SOFT_MOE_REFUSAL,
     ExpertParallelMoE,
@@ -65,6 +77,7 @@ from moe_mt.moe.expert_parallel import (
     expert_parallel_groups,
     reduce_expert_grads,
 )
+from moe_mt.moe.router_expert_choice import DECODER_REFUSAL, EXPERT_PARALLEL_REFUSAL
 from moe_mt.moe.scoped import scoped_value
 
 #: fairseq ``--activation-fn`` -> the expert bank's activation of the same function.
@@ -100,7 +113,7 @@ def _padding_scope(mask: Tensor | None) -> contextlib.AbstractContextManager[Non
     return scoped_value(_PADDING_MASK, mask)
 
 
-@options_record(ROUTED + CONVENTIONS + REGULARISERS)
+@options_record(ROUTED + EXPERT_FORMS + CONVENTIONS + REGULARISERS)
 class MoEOptions:
     """Where the MoE layers are and how they route: the routed families' model options
     (:mod:`moe_mt.models.switch_options`, one field each), read from fairseq's (legacy) args.
@@ -115,6 +128,57 @@ class MoEOptions:
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"moe_top_k={self.top_k} must be in [1, {self.num_experts}]")
         self.conventions().check(self.top_k)
+        if self.router != TOPK_ROUTER.name:
+            for option in TOP_K_SCORES:
+                if getattr(self, option.name) != option.default:
+                    raise ValueError(
+                        f"moe_{option.name}={getattr(self, option.name)!r} applies to the topk "
+                        f"router, not moe_router={self.router}"
+                    )
+        if self.router == EXPERT_CHOICE_ROUTER.name and self.sides != "encoder":
+            raise ValueError(
+                f"moe_router=expert_choice with moe_sides={self.sides}: {DECODER_REFUSAL}"
+            )
+        if self.num_shared_experts and self.cmr:
+            raise ValueError(
+                f"moe_num_shared_experts={self.num_shared_experts} with moe_cmr=True: both put a "
+                "dense FFN beside the experts (added, or mixed by CMR's gate); choose one"
+            )
+        if self.shared_expert_gate and not self.num_shared_experts:
+            raise ValueError("moe_shared_expert_gate=True needs moe_num_shared_experts >= 1")
+
+    def routed(self) -> MoEOptions:
+        """These options with fine-grained segmentation applied (DeepSeekMoE §3.1): ``m``
+        times the experts and the choices per token (the width is :meth:`expert_width`'s)."""
+        m = self.expert_segments
+        if m == 1:
+            return self
+        return dataclasses.replace(
+            self, num_experts=m * self.num_experts, top_k=m * self.top_k, expert_segments=1
+        )
+
+    def expert_width(self, d_ff: int) -> int:
+        """A routed (and a shared) expert's hidden width: ``expert_ffn_dim`` or the model's FFN
+        width, divided by ``expert_segments``."""
+        width = self.expert_ffn_dim or d_ff
+        if width % self.expert_segments:
+            raise ValueError(
+                f"moe_expert_segments={self.expert_segments} must divide the expert width {width} "
+                "(model.moe.expert_ffn_dim, else the model's FFN width)"
+            )
+        return width // self.expert_segments
+
+    def bank_activation(self, activation_fn: str) -> str:
+        """The experts' activation: ``expert_activation`` (a GLU), else the equivalent of
+        fairseq's ``--activation-fn``."""
+        if self.expert_activation != "auto":
+            return self.expert_activation
+        if activation_fn not in EXPERT_ACTIVATIONS:
+            raise ValueError(
+                f"--activation-fn {activation_fn} has no MoE expert equivalent; "
+                f"use one of {sorted(EXPERT_ACTIVATIONS)}"
+            )
+        return EXPERT_ACTIVATIONS[activation_fn]
 
     def conventions(self) -> RoutingConventions:
         return RoutingConventions(
@@ -127,39 +191,58 @@ class MoEOptions:
 
     def build_block(
         self, d_model: int, d_ff: int, activation_fn: str, activation_dropout: float, cfg=None
-    ) -> MoEFeedForward | ConditionalMoE:
+    ) -> MoEFeedForward | ConditionalMoE | SharedExpertMoE:
         """The MoE FFN: router (``model.moe.router``, :class:`~moe_mt.models.families.RouterKind`;
-        ``cfg``: fairseq's args, for a plugin router's own options), ``num_experts`` experts of
-        width ``d_ff``, capacity factors,
-        conventions and EOM; with ``cmr``, inside :class:`~moe_mt.moe.ConditionalMoE` with a
-        shared FFN of the same width (hidden dropout: the model's activation dropout)."""
-        if activation_fn not in EXPERT_ACTIVATIONS:
-            raise ValueError(
-                f"--activation-fn {activation_fn} has no MoE expert equivalent; "
-                f"use one of {sorted(EXPERT_ACTIVATIONS)}"
-            )
-        router = families.router_kind(self.router).build(d_model, self, cfg)
+        ``cfg``: fairseq's args, for a plugin router's own options), the experts
+        (:meth:`routed`, :meth:`expert_width`, :meth:`bank_activation`), capacity factors (none
+        for expert choice, whose router picks exactly its tokens), conventions, EOM and the
+        balance scope; with ``num_shared_experts``, inside :class:`~moe_mt.moe.SharedExpertMoE`
+        with one FFN of that many experts' width; with ``cmr``, inside
+        :class:`~moe_mt.moe.ConditionalMoE` with a shared FFN of the experts' width (hidden
+        dropout: the model's activation dropout)."""
+        activation = self.bank_activation(activation_fn)
+        routed, width = self.routed(), self.expert_width(d_ff)
+        router = families.router_kind(self.router).build(d_model, routed, cfg)
         dropout = activation_dropout if self.expert_dropout is None else self.expert_dropout
         experts = ExpertBank(
-            self.num_experts, d_model, d_ff, activation=EXPERT_ACTIVATIONS[activation_fn],
-            dropout=dropout,
-        )  # fmt: skip
+            routed.num_experts, d_model, width, activation=activation, dropout=dropout
+        )
+        chooses_tokens = self.router == EXPERT_CHOICE_ROUTER.name
         block = MoEFeedForward(
-            router, experts, self.capacity_factor, self.eval_capacity_factor,
-            self.conventions(), self.eom,
+            router, experts,
+            None if chooses_tokens else self.capacity_factor,
+            None if chooses_tokens else self.eval_capacity_factor,
+            self.conventions(), self.eom, balance_scope=self.balance_scope,
         )  # fmt: skip
+        if self.num_shared_experts:
+            shared_width = self.num_shared_experts * width
+            shared = ExpertBank(
+                1, d_model, shared_width, activation=activation, dropout=activation_dropout
+            )
+            return SharedExpertMoE(block, shared, gate=self.shared_expert_gate)
         if not self.cmr:
             return block
-        activation = EXPERT_ACTIVATIONS[activation_fn]
-        shared = ExpertBank(1, d_model, d_ff, activation=activation, dropout=activation_dropout)
+        shared = ExpertBank(1, d_model, width, activation=activation, dropout=activation_dropout)
         return ConditionalMoE(block, shared, self.cmr_gate_dropout)
 
 
 def build_topk_router(d_in: int, options: MoEOptions, cfg) -> TopKRouter:
-    """Switch's softmax top-k gate (:class:`~moe_mt.moe.TopKRouter`): ``router_init_scale``,
-    ``jitter``."""
+    """The top-k gate (:class:`~moe_mt.moe.TopKRouter`): ``router_init_scale``, ``jitter``,
+    ``score_func``, ``route_norm``, ``route_scale`` and, with ``bias_balance``, the bias's
+    ``bias_update_rate``."""
     return TopKRouter(
-        d_in, options.num_experts, options.top_k, options.jitter, options.router_init_scale
+        d_in, options.num_experts, options.top_k, options.jitter, options.router_init_scale,
+        normalize_top_k=options.route_norm, score_func=options.score_func,
+        route_scale=options.route_scale,
+        bias_update_rate=options.bias_update_rate if options.bias_balance else 0.0,
+    )  # fmt: skip
+
+
+def build_expert_choice_router(d_in: int, options: MoEOptions, cfg) -> ExpertChoiceRouter:
+    """Expert-choice routing (:class:`~moe_mt.moe.ExpertChoiceRouter`): each expert takes
+    ``ceil(ec_capacity_factor * T / E)`` tokens."""
+    return ExpertChoiceRouter(
+        d_in, options.num_experts, options.ec_capacity_factor, options.router_init_scale
     )
 
 
@@ -171,32 +254,52 @@ def build_cosine_router(d_in: int, options: MoEOptions, cfg) -> CosineRouter:
 def count_cmr_block(block: ConditionalMoE, sentence_tokens: int) -> BlockCount:
     """:func:`count_routed_block` of the MoE block plus the shared FFN and the gate per token."""
     inner = count_routed_block(block.moe, sentence_tokens)
-    shared = block.shared
-    dense = shared.d_model * shared.d_ff + shared.d_ff * shared.d_out + shared.d_model
     return BlockCount(
-        macs=inner.macs + dense,
+        macs=inner.macs + expert_macs(block.shared) + block.shared.d_model,
         expert_parameters=inner.expert_parameters,
         inactive_parameters=inner.inactive_parameters,
     )
 
 
+def count_shared_block(block: SharedExpertMoE, sentence_tokens: int) -> BlockCount:
+    """:func:`count_routed_block` of the routed block plus the shared experts (always active,
+    so not counted as expert weights) and their gate per token."""
+    inner = count_routed_block(block.moe, sentence_tokens)
+    gate = 0 if block.gate is None else block.shared.d_model
+    return BlockCount(
+        macs=inner.macs + expert_macs(block.shared) + gate,
+        expert_parameters=inner.expert_parameters,
+        inactive_parameters=inner.inactive_parameters,
+    )
+
+
+def expert_macs(bank: ExpertBank) -> int:
+    """Multiply-accumulates of one expert on one row: one per element of its weight matrices
+    (``d f + f o``; a GLU expert's third matrix ``w3`` adds ``d f``)."""
+    return sum(p.numel() for p in bank.parameters() if p.dim() == 3) // bank.num_experts
+
+
 def count_routed_block(
     block: MoEFeedForward, sentence_tokens: int, reach: int | None = None
 ) -> BlockCount:
-    """Summary counts of a top-k (or random-draw) MoE FFN per routed row (token or sub-token).
+    """Summary counts of a routed MoE FFN per routed row (token or sub-token).
 
     MACs: the router's own (:meth:`~moe_mt.moe.routing.Router.macs_per_row`: ``d E``; cosine
-    ``d r + r E``; none for THOR) plus ``k`` experts ``d f + f d``. ``reach`` (default ``k``):
-    experts one token can use; the others' weights are inactive (MH-MoE's ``h`` sub-tokens reach
+    ``d r + r E``; none for THOR) plus the experts a row uses
+    (:meth:`~moe_mt.moe.routing.Router.choices_per_row`: ``k``; ``c`` on average for expert
+    choice), each :func:`expert_macs`. Fine-grained experts (``m E`` experts of width ``f / m``,
+    top ``m k``) therefore cost ``d m E + 2 k d f``: the dense FFN's expert cost at ``m k``
+    experts of a ``1 / m`` width. ``reach`` (default: the choices per row, rounded): experts one
+    token can use; the others' weights are inactive (MH-MoE's ``h`` sub-tokens reach
     ``min(E, h k)``).
     """
-    bank, k = block.experts, block.router.k
-    reach = k if reach is None else reach
+    bank, choices = block.experts, block.router.choices_per_row()
+    reach = round(choices) if reach is None else reach
     per_expert = parameter_count(bank.parameters()) // bank.num_experts
     return BlockCount(
-        macs=block.router.macs_per_row() + k * (bank.d_model * bank.d_ff + bank.d_ff * bank.d_out),
+        macs=block.router.macs_per_row() + round(choices * expert_macs(bank)),
         expert_parameters=per_expert * bank.num_experts,
-        inactive_parameters=per_expert * (bank.num_experts - reach),
+        inactive_parameters=per_expert * max(bank.num_experts - reach, 0),
     )
 
 
@@ -225,6 +328,8 @@ def prepare_block(block: nn.Module, cfg, name: str) -> nn.Module:
         if size > 1:
             raise MoeMtError(f"model.expert_parallel_size={size}: {SOFT_MOE_REFUSAL}")
         return block
+    if size > 1 and isinstance(inner.router, ExpertChoiceRouter):
+        raise MoeMtError(f"model.expert_parallel_size={size}: {EXPERT_PARALLEL_REFUSAL}")
     if size < 1 or inner.num_experts % size:
         raise MoeMtError(
             f"model.expert_parallel_size={size} must divide the number of experts "
@@ -457,7 +562,10 @@ class MoETransformerModel(MoeMtTransformerModel):
         return model
 
     def all_reduce_grads(self) -> None:
-        """Called by fairseq's optimizer after DDP averaged the shared gradients (DDP has no
-        method of this name, so its proxy forwards the call here): sum and scale the sharded
-        expert gradients (:func:`~moe_mt.moe.expert_parallel.reduce_expert_grads`)."""
+        """Called by fairseq's optimizer after DDP averaged the shared gradients, once per update
+        before the optimizer step (DDP has no method of this name, so its proxy forwards the
+        call here): sum and scale the sharded expert gradients
+        (:func:`~moe_mt.moe.expert_parallel.reduce_expert_grads`), and move the bias of bias
+        balancing by the update's load (:func:`~moe_mt.moe.balance.end_update`)."""
         reduce_expert_grads(self)
+        end_update(self)

@@ -22,10 +22,15 @@ fairseq saves these args in every checkpoint, so a model reloads from its checkp
 from __future__ import annotations
 
 from moe_mt.models import families
-from moe_mt.models.moe_layers import MoETransformerModel, count_cmr_block, count_routed_block
+from moe_mt.models.moe_layers import (
+    MoETransformerModel,
+    count_cmr_block,
+    count_routed_block,
+    count_shared_block,
+)
 from moe_mt.models.switch_options import MOE_CRITERION, SWITCH, XMOE
 from moe_mt.models.transformer import register_family_sizes, register_model_again
-from moe_mt.moe import ConditionalMoE, MoEFeedForward
+from moe_mt.moe import ConditionalMoE, MoEFeedForward, SharedExpertMoE
 
 MODEL_NAME = "moemt_moe_transformer"
 CRITERION = MOE_CRITERION
@@ -44,3 +49,4 @@ class SwitchTransformerModel(MoETransformerModel):
 ARCHITECTURES = register_family_sizes(MODEL_NAME, SWITCH) + register_family_sizes(MODEL_NAME, XMOE)
 families.register_counter(MoEFeedForward, count_routed_block)
 families.register_counter(ConditionalMoE, count_cmr_block)
+families.register_counter(SharedExpertMoE, count_shared_block)

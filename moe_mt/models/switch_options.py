@@ -15,7 +15,8 @@ that they agree.
 
 from __future__ import annotations
 
-from moe_mt.bounds import AT_LEAST_0, AT_LEAST_1, PROBABILITY, Bound
+from moe_mt.bounds import AT_LEAST_0, AT_LEAST_1, POSITIVE, PROBABILITY, Bound
+from moe_mt.models.dense_options import EXPERT_ACTIVATION
 from moe_mt.models.families import (
     Family,
     OptionSpec,
@@ -43,7 +44,8 @@ SIDES = OptionSpec(
     "sides", str, "both", "encoder | decoder | both", choices=("encoder", "decoder", "both")
 )
 ROUTER = OptionSpec(
-    "router", str, "topk", "token-choice router: topk (Switch) | cosine (X-MoE) | a plugin's",
+    "router", str, "topk",
+    "router: topk (Switch) | cosine (X-MoE) | expert_choice (Zhou et al. 2022) | a plugin's",
     choices=router_names,
 )  # fmt: skip
 ROUTER_DIM = OptionSpec("router_dim", int, 16, "cosine router's routing width", bound=AT_LEAST_1)
@@ -53,6 +55,33 @@ ROUTER_INIT_SCALE = OptionSpec(
 JITTER = OptionSpec(
     "jitter", float, 0.0, "top-k gate input noise x * U(1 - j, 1 + j) in training",
     bound=PROBABILITY,
+)  # fmt: skip
+# -- the top-k router's scores and bias balancing (moe_mt/moe/routing.py, balance.py) ---------
+SCORE_FUNC = OptionSpec(
+    "score_func", str, "softmax",
+    "top-k scores: softmax over experts | sigmoid per expert (DeepSeek-V3, Llama 4)",
+    choices=("softmax", "sigmoid"),
+)  # fmt: skip
+ROUTE_NORM = OptionSpec(
+    "route_norm", bool, True, "top-k: renormalise the k chosen weights to sum to 1 (k > 1)"
+)
+ROUTE_SCALE = OptionSpec(
+    "route_scale", float, 1.0, "top-k: factor on the combine weights (DeepSeek-V3: 2.5)",
+    bound=POSITIVE,
+)  # fmt: skip
+BIAS_BALANCE = OptionSpec(
+    "bias_balance", bool, False,
+    "top-k: auxiliary-loss-free balancing, a per-expert selection bias (Wang et al. 2024)",
+)  # fmt: skip
+BIAS_UPDATE_RATE = OptionSpec(
+    "bias_update_rate", float, 0.001,
+    "bias_balance: bias += rate * sign(mean load - load) after each update", bound=POSITIVE,
+)  # fmt: skip
+# -- expert choice (moe_mt/moe/router_expert_choice.py) --------------------------------------
+EC_CAPACITY_FACTOR = OptionSpec(
+    "ec_capacity_factor", float, 2.0,
+    "expert_choice: each expert takes ceil(c T / E) tokens, c experts per token on average",
+    bound=POSITIVE,
 )  # fmt: skip
 CAPACITY_FACTOR = OptionSpec(
     "capacity_factor", float, 1.25, "training capacity factor (<= 0: no dropping)"
@@ -69,6 +98,30 @@ EXPERT_PARALLEL_SIZE = OptionSpec(
     "expert_parallel_size", int, None,
     "experts of every MoE layer spread over P ranks (model.expert_parallel_size)",
     bound=AT_LEAST_1, recipe=False,
+)  # fmt: skip
+
+# -- the experts' form: shared, fine-grained, GLU (moe_mt/moe/shared.py, experts.py) ----------
+NUM_SHARED_EXPERTS = OptionSpec(
+    "num_shared_experts", int, 0,
+    "experts every token passes through beside the routed ones (DeepSeekMoE, Qwen2-MoE)",
+    bound=AT_LEAST_0,
+)  # fmt: skip
+SHARED_EXPERT_GATE = OptionSpec(
+    "shared_expert_gate", bool, False, "sigmoid gate on the shared experts (Qwen2-MoE)"
+)
+EXPERT_FFN_DIM = OptionSpec(
+    "expert_ffn_dim", int, None, "expert hidden width (null: the model's FFN width)",
+    bound=AT_LEAST_1,
+)  # fmt: skip
+EXPERT_SEGMENTS = OptionSpec(
+    "expert_segments", int, 1,
+    "fine-grained experts (DeepSeekMoE): m E experts of width f / m, top m k",
+    bound=AT_LEAST_1,
+)  # fmt: skip
+BALANCE_SCOPE = OptionSpec(
+    "balance_scope", str, "micro_batch",
+    "balance loss over micro_batch | sequence (DeepSeek-V3) | global_batch (Qiu et al. 2025)",
+    choices=("micro_batch", "sequence", "global_batch"),
 )  # fmt: skip
 
 # -- the criterion's keys (moe_label_smoothed_cross_entropy) --------------------------------
@@ -121,15 +174,26 @@ CMR_GATE_DROPOUT = OptionSpec(
 )  # fmt: skip
 
 # -- the routers model.moe.router names (builders in moe_mt/models/moe_layers.py) ------------
+TOP_K_SCORES = (SCORE_FUNC, ROUTE_NORM, ROUTE_SCALE, BIAS_BALANCE, BIAS_UPDATE_RATE)
 TOPK_ROUTER = RouterKind(
-    "topk", "moe_mt.models.moe_layers:build_topk_router", (ROUTER_INIT_SCALE, JITTER)
-)
+    "topk", "moe_mt.models.moe_layers:build_topk_router",
+    (ROUTER_INIT_SCALE, JITTER) + TOP_K_SCORES,
+)  # fmt: skip
 COSINE_ROUTER = RouterKind("cosine", "moe_mt.models.moe_layers:build_cosine_router", (ROUTER_DIM,))
+EXPERT_CHOICE_ROUTER = RouterKind(
+    "expert_choice", "moe_mt.models.moe_layers:build_expert_choice_router",
+    (ROUTER_INIT_SCALE, EC_CAPACITY_FACTOR),
+)  # fmt: skip
 
 #: The options every routed family shares (MH-MoE and Soft MoE take these with the losses).
 ROUTED = (
     NUM_EXPERTS, TOP_K, FREQ, OFFSET, SIDES, ROUTER, ROUTER_DIM, ROUTER_INIT_SCALE, JITTER,
-    CAPACITY_FACTOR, EVAL_CAPACITY_FACTOR, EXPERT_DROPOUT,
+    *TOP_K_SCORES, EC_CAPACITY_FACTOR, CAPACITY_FACTOR, EVAL_CAPACITY_FACTOR, EXPERT_DROPOUT,
+)  # fmt: skip
+#: The token-choice block's expert forms and balance scope (Switch's and X-MoE's only).
+EXPERT_FORMS = (
+    NUM_SHARED_EXPERTS, SHARED_EXPERT_GATE, EXPERT_FFN_DIM, EXPERT_SEGMENTS, EXPERT_ACTIVATION,
+    BALANCE_SCOPE,
 )  # fmt: skip
 LOSSES = (BALANCE_WEIGHT, Z_LOSS, Z_LOSS_WEIGHT)
 CONVENTIONS = (
@@ -137,7 +201,9 @@ CONVENTIONS = (
     EVAL_CAPACITY_TOKEN_FRACTION,
 )  # fmt: skip
 REGULARISERS = (EOM, CMR, CMR_GATE_DROPOUT)
-SWITCH_OPTIONS = ROUTED + LOSSES + CONVENTIONS + REGULARISERS + (EXPERT_PARALLEL_SIZE,)
+SWITCH_OPTIONS = (
+    ROUTED + EXPERT_FORMS + LOSSES + CONVENTIONS + REGULARISERS + (EXPERT_PARALLEL_SIZE,)
+)
 
 SWITCH = Family(
     "switch", ("switch_transformer",), SWITCH_OPTIONS, MOE_CRITERION,
@@ -153,5 +219,5 @@ XMOE = Family(
 )  # fmt: skip
 
 #: Registered, in this order, when the built-in families load (moe_mt.models.families).
-ROUTERS = (TOPK_ROUTER, COSINE_ROUTER)
+ROUTERS = (TOPK_ROUTER, COSINE_ROUTER, EXPERT_CHOICE_ROUTER)
 FAMILIES = (SWITCH, XMOE)

@@ -7,6 +7,11 @@ moemt does not use (see :mod:`moe_mt.compat`), so without them the parameter cou
 state and the checkpoints hold only what is trained. MoE families subclass this model and swap
 layers through :meth:`MoeMtEncoder.build_encoder_layer` / :meth:`MoeMtDecoder.build_decoder_layer`.
 
+``--moe-expert-activation swiglu | geglu`` (``model.moe.expert_activation``, the dense family's
+one option) makes every layer's FFN a GLU FFN (:mod:`moe_mt.models.glu`, Shazeer 2020): ``fc1``
+holds the gate ``w1`` and the up projection ``w3``, ``fc2`` is the down projection, at the
+``ffn_embed_dim`` given (not shrunk to 2/3: choose the width). The MoE layers keep their own FFN.
+
 Sizes (``moemt_transformer_<size>``), layers per side / width / FFN width / heads:
 
 =========  ======  =====  ====  =====  ========================================
@@ -40,6 +45,7 @@ from fairseq.models.transformer import (
     base_architecture,
 )
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
+from fairseq.modules.quant_noise import quant_noise
 from fairseq.modules.transformer_layer import (
     TransformerDecoderLayerBase,
     TransformerEncoderLayerBase,
@@ -48,6 +54,9 @@ from torch import nn
 
 import moe_mt  # noqa: F401  (compat patches before fairseq is imported)
 from moe_mt.models import families
+from moe_mt.models.dense_options import DENSE, EXPERT_ACTIVATION
+from moe_mt.models.glu import GLUProjection, identity
+from moe_mt.moe.experts import GLU_ACTIVATIONS
 
 MODEL_NAME = "moemt_transformer"
 
@@ -74,18 +83,74 @@ SIZES = {
 }
 
 
-class MoeMtEncoderLayer(TransformerEncoderLayerBase):
-    """fairseq's encoder layer without the unused BetterTransformer weight copies."""
+def glu_activation(cfg) -> str | None:
+    """The GLU (``swiglu`` | ``geglu``) that ``--moe-expert-activation`` names for the FFN, or
+    None: fairseq's FFN with ``--activation-fn`` (``auto``, or args saved before the option)."""
+    name = getattr(cfg, "moe_expert_activation", None) or EXPERT_ACTIVATION.default
+    problem = EXPERT_ACTIVATION.problem(name)
+    if problem:
+        raise ValueError(f"moe_expert_activation={name!r}: {problem}")
+    return name if name in GLU_ACTIVATIONS else None
+
+
+class _GLUFFN:
+    """A fairseq layer whose FFN is a GLU FFN when the args ask for one (:func:`glu_activation`).
+
+    :meth:`build_fc1` builds the :class:`~moe_mt.models.glu.GLUProjection`, but hands fairseq's
+    ``__init__`` a meta ``nn.Linear`` of fc1's shape, because the encoder layer's ``__init__``
+    reads ``fc1.weight`` (for its BetterTransformer copies); :meth:`_install_glu`, called once
+    fairseq's ``__init__`` has returned, puts the projection in ``fc1`` and makes
+    ``activation_fn`` the identity. A class earlier in the MRO whose ``build_fc1`` replaces the
+    FFN (the MoE layers') builds no projection and keeps its own FFN.
+    """
+
+    def _expect_glu(self, cfg) -> None:
+        # In __dict__: build_fc1 reads it inside fairseq's __init__, before nn.Module's own.
+        self.__dict__["_glu_activation"] = glu_activation(cfg)
+
+    def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
+        activation = self.__dict__.get("_glu_activation")
+        if activation is None:
+            return super().build_fc1(input_dim, output_dim, q_noise, qn_block_size)
+
+        def linear() -> nn.Module:
+            return quant_noise(nn.Linear(input_dim, output_dim), q_noise, qn_block_size)
+
+        self.__dict__["_glu_fc1"] = GLUProjection(linear(), linear(), activation)  # w1, w3
+        return nn.Linear(input_dim, output_dim, device="meta")
+
+    def _install_glu(self) -> None:
+        self.__dict__.pop("_glu_activation", None)
+        glu = self.__dict__.pop("_glu_fc1", None)
+        if glu is not None:
+            self.fc1 = glu  # replaces the placeholder in place: fc1 stays before fc2
+            self.activation_fn = identity
+
+
+class MoeMtEncoderLayer(_GLUFFN, TransformerEncoderLayerBase):
+    """fairseq's encoder layer without the unused BetterTransformer weight copies (and with a
+    GLU FFN when the args ask for one)."""
 
     def __init__(self, cfg, return_fc: bool = False):
+        self._expect_glu(cfg)
         super().__init__(cfg, return_fc=return_fc)
         for name in BETTERTRANSFORMER_PARAMS:
             delattr(self, name)
         self.can_use_fastpath = False
+        self._install_glu()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # fairseq's version writes the fused copies into state_dict; we load the plain weights.
         nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
+
+
+class MoeMtDecoderLayer(_GLUFFN, TransformerDecoderLayerBase):
+    """fairseq's decoder layer, with a GLU FFN when the args ask for one."""
+
+    def __init__(self, cfg, no_encoder_attn=False, add_bias_kv=False, add_zero_attn=False):
+        self._expect_glu(cfg)
+        super().__init__(cfg, no_encoder_attn, add_bias_kv, add_zero_attn)
+        self._install_glu()
 
 
 def _wrap_layer(layer: nn.Module, cfg) -> nn.Module:
@@ -118,7 +183,7 @@ class MoeMtDecoder(TransformerDecoderBase):
         return _wrap_layer(self.make_layer(cfg, index, no_encoder_attn), cfg)
 
     def make_layer(self, cfg, index: int, no_encoder_attn: bool) -> nn.Module:
-        return TransformerDecoderLayerBase(cfg, no_encoder_attn)
+        return MoeMtDecoderLayer(cfg, no_encoder_attn)
 
 
 def register_model_again(name: str):
@@ -149,6 +214,16 @@ class MoeMtTransformerModel(TransformerModel):
 
     encoder_class = MoeMtEncoder
     decoder_class = MoeMtDecoder
+
+    @classmethod
+    def add_args(cls, parser):
+        """fairseq's Transformer arguments, and for the dense model itself the dense family's
+        options (``--moe-expert-activation``). An MoE family's model calls this through its
+        base class and adds its family's options, which hold the shared ones (argparse takes a
+        flag once)."""
+        super().add_args(parser)
+        if cls is MoeMtTransformerModel:
+            families.add_arguments(parser, (DENSE.name,), "dense baseline (moemt)")
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
@@ -205,4 +280,4 @@ def register_family_sizes(model_name: str, family: families.Family) -> list[str]
     )  # fmt: skip
 
 
-ARCHITECTURES = register_sizes(MODEL_NAME, MODEL_NAME)
+ARCHITECTURES = register_family_sizes(MODEL_NAME, DENSE)

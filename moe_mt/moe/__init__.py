@@ -17,13 +17,16 @@ nothing in the step waits for the host.
 :class:`MoEFeedForward` is that pipeline as a layer (flat ``[t, d]`` or fairseq's ``[n, b, d]``
 via ``forward_tbd``). Soft MoE (per sentence, no discrete choice) uses
 :class:`SoftSlotRouter` with :func:`soft_dispatch` / :func:`soft_combine` and the same bank.
+Expert-choice routing (:class:`ExpertChoiceRouter`: each expert picks its tokens) runs on the
+token-choice pipeline, as a ``Routing`` with a column per expert (``k = e``) and ``active``.
 
 Files, one concept each: ``routing`` (Routing, Router base, top-k selection, layout helpers),
-``router_topk`` / ``router_cosine`` / ``router_random`` / ``soft`` (routers), ``dispatch``
-(capacity, priority rule, plan, gathers), ``experts`` and ``grouped_ffn`` (expert bank),
-``losses`` (balance, z-loss, combination across layers), ``stats``, ``layer``; ``conventions``
-(reference conventions of the balance loss, top-k weights, second expert and capacity),
-``eom`` (Expert Output Masking) and ``cmr`` (Conditional MoE Routing), NLLB-MoE's regularisers.
+``router_topk`` / ``router_cosine`` / ``router_random`` / ``router_expert_choice`` / ``soft``
+(routers), ``dispatch`` (capacity, priority rule, plan, gathers), ``experts`` and
+``grouped_ffn`` (expert bank), ``losses`` (balance, z-loss, combination across layers),
+``stats``, ``layer``; ``conventions`` (reference conventions of the balance loss, top-k weights,
+second expert and capacity), ``eom`` (Expert Output Masking) and ``cmr`` (Conditional MoE
+Routing), NLLB-MoE's regularisers.
 """
 
 from moe_mt.moe.cmr import ConditionalMoE
@@ -40,6 +43,7 @@ from moe_mt.moe.experts import ExpertBank
 from moe_mt.moe.layer import MoEFeedForward, MoEOutput
 from moe_mt.moe.losses import combine_aux_losses, load_balance_loss, router_z_loss
 from moe_mt.moe.router_cosine import CosineRouter
+from moe_mt.moe.router_expert_choice import ExpertChoiceRouter
 from moe_mt.moe.router_random import RandomRouter
 from moe_mt.moe.router_topk import TopKRouter
 from moe_mt.moe.routing import (
@@ -50,6 +54,7 @@ from moe_mt.moe.routing import (
     sentence_index_tbd,
     unflatten_tbd,
 )
+from moe_mt.moe.shared import SharedExpertMoE
 from moe_mt.moe.soft import SoftRouting, SoftSlotRouter, soft_combine, soft_counts, soft_dispatch
 from moe_mt.moe.stats import MoEStats, dispatch_stats, mean_stats, router_entropy
 
@@ -58,6 +63,7 @@ __all__ = [
     "CosineRouter",
     "DispatchPlan",
     "ExpertBank",
+    "ExpertChoiceRouter",
     "MoEFeedForward",
     "MoEOutput",
     "MoEStats",
@@ -65,6 +71,7 @@ __all__ = [
     "Router",
     "Routing",
     "RoutingConventions",
+    "SharedExpertMoE",
     "SoftRouting",
     "SoftSlotRouter",
     "TopKRouter",

@@ -72,7 +72,7 @@ from torch import Tensor, nn
 
 from moe_mt.moe.batch_scope import BatchScope, batch_scope
 from moe_mt.moe.dispatch import choice_major, combine, dispatch, plan_dispatch
-from moe_mt.moe.experts import ExpertBank
+from moe_mt.moe.experts import BANK_TENSORS, ExpertBank
 from moe_mt.moe.layer import MoEFeedForward, MoEOutput
 from moe_mt.moe.routing import Router
 from moe_mt.moe.stats import dispatch_stats
@@ -290,7 +290,7 @@ class ShardedExpertBank(ExpertBank):
                 count, bank.d_model, bank.d_ff, bank.d_out, bank.activation, bank.dropout.p,
                 bank.b1 is not None, bank.impl,
             )  # fmt: skip
-        for name in ("w1", "b1", "w2", "b2"):
+        for name in BANK_TENSORS:
             full = getattr(bank, name)
             if full is not None:
                 param = nn.Parameter(full.detach()[start : start + count].clone())
@@ -337,7 +337,7 @@ def gather_expert_state(model: nn.Module, keep: bool = True) -> None:
     for bank in model.modules():
         if isinstance(bank, ShardedExpertBank):
             bank.gathered = {}
-            for name in ("w1", "b1", "w2", "b2"):
+            for name in BANK_TENSORS:
                 param = getattr(bank, name)
                 if param is None:
                     continue
@@ -402,8 +402,12 @@ class ExpertParallelMoE(MoEFeedForward):
         eval_capacity_factor: float | None = None,
         conventions=None,
         eom: float = 0.0,
+        balance_scope: str = "micro_batch",
     ) -> None:
-        super().__init__(router, experts, capacity_factor, eval_capacity_factor, conventions, eom)
+        super().__init__(
+            router, experts, capacity_factor, eval_capacity_factor, conventions, eom,
+            balance_scope=balance_scope,
+        )  # fmt: skip
         self.groups = experts.groups
 
     @classmethod
@@ -412,7 +416,7 @@ class ExpertParallelMoE(MoEFeedForward):
         experts = ShardedExpertBank.from_bank(layer.experts, groups)
         return cls(
             layer.router, experts, layer.capacity_factor, layer.eval_capacity_factor,
-            layer.conventions, layer.eom,
+            layer.conventions, layer.eom, balance_scope=layer.balance_scope,
         )  # fmt: skip
 
     def forward(

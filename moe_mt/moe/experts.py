@@ -3,6 +3,10 @@
 Axes: ``e`` experts, ``m`` grouped rows (contiguous per expert), ``d`` expert input width,
 ``f`` hidden width, ``o`` output width (``d`` unless set: MH-MoE's sub-token experts have input
 width ``d_model / h``, which is just a smaller ``d`` here).
+
+GLU experts (``activation="swiglu"`` or ``"geglu"``) follow Shazeer 2020, eq. 6 (FFN_SwiGLU,
+FFN_GEGLU; with eq. 5's biases when ``bias=True``): ``w2(act(x w1 + b1) * (x w3 + b3)) + b2``,
+the weights named as Mixtral's and Llama's (``w1`` gate, ``w3`` up, ``w2`` down).
 """
 
 from __future__ import annotations
@@ -23,21 +27,49 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
     "silu": F.silu,
 }
+#: GLU experts: name -> the activation (a key of :data:`ACTIVATIONS`) of the gate ``x w1``;
+#: SwiGLU's Swish_1 is SiLU, GEGLU's GELU the exact (erf) one.
+GLU_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
+#: The bank's tensors, each ``[e, ...]`` (None where absent: biases, a non-GLU bank's w3, b3).
+BANK_TENSORS = ("w1", "b1", "w3", "b3", "w2", "b2")
 
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
     return any(t is not None and t.requires_grad for t in tensors)
 
 
+def _addmm(b: Tensor | None, x: Tensor, w: Tensor) -> Tensor:
+    """``x @ w + b`` (``x @ w`` when ``b`` is None), one expert's rows."""
+    return torch.addmm(b, x, w) if b is not None else x @ w
+
+
+def _bmm(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``x @ w[e] + b[e]`` for every expert, ``x`` ``[e, slots, .]``."""
+    y = torch.bmm(x, w)  # autocast casts bmm's operands
+    return y if b is None else y + b[:, None, :].to(y.dtype)
+
+
+def _grouped_linear(x: Tensor, w: Tensor, b: Tensor | None, offs: Tensor, row_group: Tensor):
+    """``x @ w[e] + b[e]`` for the rows of every group, one grouped GEMM in ``x``'s dtype; the
+    bias of row ``r`` is ``b``'s row ``row_group[r]`` (``e``: a zero row past the last group)."""
+    y = F.grouped_mm(x, w.to(x.dtype), offs=offs)
+    return y if b is None else y + F.pad(b.to(x.dtype), (0, 0, 0, 1)).index_select(0, row_group)
+
+
 class ExpertBank(nn.Module):
-    """``E`` FFN experts ``fc2(dropout(act(fc1(x))))``, weights ``[e, d, f]`` and ``[e, f, o]``.
+    """``E`` FFN experts ``fc2(dropout(act(fc1(x))))``, weights ``[e, d, f]`` and ``[e, f, o]``;
+    GLU experts ``w2(dropout(act(x w1 + b1) * (x w3 + b3))) + b2`` (module docstring) add
+    ``w3`` ``[e, d, f]`` (and ``b3`` ``[e, f]``).
 
     Args:
         num_experts: ``e``.
         d_model: expert input width ``d``.
         d_ff: hidden width ``f``.
         d_out: output width ``o`` (default ``d_model``).
-        activation: name in :data:`ACTIVATIONS`.
+        activation: name in :data:`ACTIVATIONS`, or a GLU expert's in :data:`GLU_ACTIVATIONS`
+            (``swiglu``, ``geglu``). A GLU expert has three ``[d, f]``-sized weights, not two:
+            ``d_ff`` is taken as given, not shrunk to 2/3 (Shazeer's choice for equal
+            parameters and FLOPs); the caller chooses the widths.
         dropout: dropout on the hidden activations inside each expert (Switch's "expert dropout",
             typically higher than the model's dropout).
         bias: add per-expert biases ``[e, f]`` and ``[e, o]``.
@@ -50,7 +82,8 @@ class ExpertBank(nn.Module):
             fp32/bf16/fp16 on the CPU, with rows that are multiples of 16 bytes, else
             ``"fused"``, which reads the group sizes back to the host).
 
-    Initialisation matches ``nn.Linear`` per expert: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+    Initialisation matches ``nn.Linear`` per expert: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
+    (``w3``, ``b3`` as ``w1``, ``b1``, drawn after the others: a non-GLU bank draws as before).
     """
 
     def __init__(
@@ -65,20 +98,31 @@ class ExpertBank(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS or activation not in ACTIVATION_BACKWARD:
-            raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+        act_name = GLU_ACTIVATIONS.get(activation, activation)
+        if act_name not in ACTIVATIONS or act_name not in ACTIVATION_BACKWARD:
+            known = sorted([*ACTIVATIONS, *GLU_ACTIVATIONS])
+            raise ValueError(f"unknown activation {activation!r}; known: {known}")
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; known: {IMPLS}")
         d_out = d_model if d_out is None else d_out
         self.num_experts, self.d_model, self.d_ff, self.d_out = num_experts, d_model, d_ff, d_out
         self.activation, self.impl = activation, impl
-        self.act = ACTIVATIONS[activation]
+        self.act_name = act_name  # the elementwise activation (a GLU expert's gate's)
+        self.act = ACTIVATIONS[act_name]
         self.dropout = nn.Dropout(dropout)
         self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
         self.w2 = nn.Parameter(torch.empty(num_experts, d_ff, d_out))
         self.b1 = nn.Parameter(torch.empty(num_experts, d_ff)) if bias else None
         self.b2 = nn.Parameter(torch.empty(num_experts, d_out)) if bias else None
+        glu = activation in GLU_ACTIVATIONS
+        self.w3 = nn.Parameter(torch.empty(num_experts, d_model, d_ff)) if glu else None
+        self.b3 = nn.Parameter(torch.empty(num_experts, d_ff)) if glu and bias else None
         self.reset_parameters()
+
+    @property
+    def is_glu(self) -> bool:
+        """Whether the experts are GLU FFNs (``w3``, and ``b3`` with biases)."""
+        return self.activation in GLU_ACTIVATIONS
 
     @property
     def num_global_experts(self) -> int:
@@ -87,7 +131,10 @@ class ExpertBank(nn.Module):
         return self.num_experts
 
     def reset_parameters(self) -> None:
-        for w, b, fan_in in ((self.w1, self.b1, self.d_model), (self.w2, self.b2, self.d_ff)):
+        layers = [(self.w1, self.b1, self.d_model), (self.w2, self.b2, self.d_ff)]
+        if self.is_glu:
+            layers.append((self.w3, self.b3, self.d_model))
+        for w, b, fan_in in layers:
             bound = 1.0 / math.sqrt(fan_in)
             nn.init.uniform_(w, -bound, bound)
             if b is not None:
@@ -132,14 +179,11 @@ class ExpertBank(nn.Module):
         e = self.num_experts
         if x.shape[0] != e * slots:
             raise ValueError(f"{x.shape[0]} rows are not {e} experts x {slots} slots")
-        h = torch.bmm(x.view(e, slots, -1), self.w1)  # autocast casts bmm's operands
-        if self.b1 is not None:
-            h = h + self.b1[:, None, :].to(h.dtype)
-        h = self.dropout(self.act(h))
-        y = torch.bmm(h, self.w2)
-        if self.b2 is not None:
-            y = y + self.b2[:, None, :].to(y.dtype)
-        return y.reshape(e * slots, -1)
+        x = x.view(e, slots, -1)
+        h = self.act(_bmm(x, self.w1, self.b1))
+        if self.is_glu:
+            h = h * _bmm(x, self.w3, self.b3)
+        return _bmm(self.dropout(h), self.w2, self.b2).reshape(e * slots, -1)
 
     def _forward_fused(self, x: Tensor, sizes: list[int]) -> Tensor:
         # Autocast does not reach the out= matmuls: cast once here to its dtype, then run off.
@@ -147,13 +191,15 @@ class ExpertBank(nn.Module):
         p = self.dropout.p if self.training else 0.0
         with torch.autocast(device, enabled=False):
             x = x.to(dtype).contiguous()
-            w1, b1, w2, b2 = (None if t is None else t.to(dtype) for t in self._weights())
-            if not (torch.is_grad_enabled() and _needs_grad(x, w1, b1, w2, b2)):
-                return grouped_ffn_inference(x, w1, b1, w2, b2, sizes, self.act, p)
-            return GroupedFFN.apply(x, w1, b1, w2, b2, sizes, self.act, self.activation, p)
+            weights = [None if t is None else t.to(dtype) for t in self._weights()]
+            w1, b1, w2, b2, w3, b3 = weights
+            if not (torch.is_grad_enabled() and _needs_grad(x, *weights)):
+                return grouped_ffn_inference(x, w1, b1, w2, b2, sizes, self.act, p, w3, b3)
+            return GroupedFFN.apply(x, w1, b1, w2, b2, sizes, self.act, self.act_name, p, w3, b3)
 
-    def _weights(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
-        return self.w1, self.b1, self.w2, self.b2
+    def _weights(self) -> tuple[Tensor | None, ...]:
+        """``w1, b1, w2, b2, w3, b3`` (None where the bank has no such tensor)."""
+        return self.w1, self.b1, self.w2, self.b2, self.w3, self.b3
 
     def forward_expert(self, x: Tensor, expert: int) -> Tensor:
         """Run every row of ``x`` ``[m, d]`` through expert ``expert`` (THOR's ``fixed`` mode)."""
@@ -191,15 +237,18 @@ class ExpertBank(nn.Module):
         w1, w2 = self.w1.unbind(0), self.w2.unbind(0)
         b1 = self.b1.unbind(0) if self.b1 is not None else [None] * self.num_experts
         b2 = self.b2.unbind(0) if self.b2 is not None else [None] * self.num_experts
+        w3 = self.w3.unbind(0) if self.is_glu else None
+        b3 = self.b3.unbind(0) if self.b3 is not None else [None] * self.num_experts
         outs = []
         rest = x.shape[0] - sum(sizes)  # rows after the last group: not computed
         for e, xe in enumerate(x.split([*sizes, rest])[: self.num_experts]):
             if xe.shape[0] == 0:
                 outs.append(x.new_empty(0, self.d_out))
                 continue
-            h = torch.addmm(b1[e], xe, w1[e]) if b1[e] is not None else xe @ w1[e]
-            h = self.dropout(self.act(h))
-            outs.append(torch.addmm(b2[e], h, w2[e]) if b2[e] is not None else h @ w2[e])
+            h = self.act(_addmm(b1[e], xe, w1[e]))
+            if w3 is not None:
+                h = h * _addmm(b3[e], xe, w3[e])
+            outs.append(_addmm(b2[e], self.dropout(h), w2[e]))
         if rest:
             outs.append(x.new_zeros(rest, self.d_out))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -217,11 +266,7 @@ class ExpertBank(nn.Module):
             rest = (m - offs[-1:]).to(sizes.dtype)
             groups = torch.arange(self.num_experts + 1, device=x.device)
             row_group = torch.repeat_interleave(groups, torch.cat([sizes, rest]), output_size=m)
-            h = F.grouped_mm(x, self.w1.to(dtype), offs=offs)
-            if self.b1 is not None:
-                h = h + F.pad(self.b1.to(dtype), (0, 0, 0, 1)).index_select(0, row_group)
-            h = self.dropout(self.act(h))
-            y = F.grouped_mm(h, self.w2.to(dtype), offs=offs)
-            if self.b2 is not None:
-                y = y + F.pad(self.b2.to(dtype), (0, 0, 0, 1)).index_select(0, row_group)
-            return y
+            h = self.act(_grouped_linear(x, self.w1, self.b1, offs, row_group))
+            if self.is_glu:
+                h = h * _grouped_linear(x, self.w3, self.b3, offs, row_group)
+            return _grouped_linear(self.dropout(h), self.w2, self.b2, offs, row_group)

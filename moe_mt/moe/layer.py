@@ -10,6 +10,13 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from moe_mt.moe.balance import (
+    BALANCE_SCOPES,
+    GlobalBatchLoad,
+    expert_load,
+    global_batch_balance_loss,
+    sequence_balance_loss,
+)
 from moe_mt.moe.conventions import RoutingConventions, fairseq_capacity, renormalize_kept
 from moe_mt.moe.conventions import apply_routing_conventions as _apply_conventions
 from moe_mt.moe.dispatch import (
@@ -83,6 +90,11 @@ class MoEFeedForward(nn.Module):
             eval without one, groups) or ``"auto"``
             (default: groups where the bank's grouped GEMM takes the dtype, bf16 on CUDA, else
             slots when there is a capacity, else groups).
+        balance_scope: over what the ``"balance"`` loss counts (:mod:`moe_mt.moe.balance`):
+            ``"micro_batch"`` (default: Switch's loss over the layer's batch), ``"sequence"``
+            (DeepSeek-V3's sequence-wise loss) or ``"global_batch"`` (Qiu et al. 2025: the
+            frequencies of the whole update, every micro-batch and data-parallel rank; in eval
+            mode the micro-batch's).
 
     Dropped assignments contribute zero output (the residual around the layer carries the
     token); see :mod:`moe_mt.moe.dispatch` for the token priority rule.
@@ -98,6 +110,7 @@ class MoEFeedForward(nn.Module):
         eom: float = 0.0,
         dispatch_plan: str = "auto",
         static_layout: str = "auto",
+        balance_scope: str = "micro_batch",
     ) -> None:
         super().__init__()
         # A shard of an expert-parallel bank holds fewer experts than the layer routes to.
@@ -108,6 +121,16 @@ class MoEFeedForward(nn.Module):
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.conventions = conventions or RoutingConventions()
         self.conventions.check(router.k)
+        if self.conventions.changes_routing and not router.takes_conventions():
+            raise ValueError(
+                f"the reference conventions {self.conventions} rebuild softmax top-k weights, "
+                f"which {type(router).__name__} does not compute with these options (expert "
+                "choice; sigmoid scores, a route scale, bias balancing or no renormalisation)"
+            )
+        if balance_scope not in BALANCE_SCOPES:
+            raise ValueError(f"unknown balance_scope {balance_scope!r}; known: {BALANCE_SCOPES}")
+        self.balance_scope = balance_scope
+        self.global_load = GlobalBatchLoad(num_experts) if balance_scope == "global_batch" else None
         self.eom = eom
         if dispatch_plan not in PLANS:
             raise ValueError(f"unknown dispatch_plan {dispatch_plan!r}; known: {PLANS}")
@@ -139,7 +162,27 @@ class MoEFeedForward(nn.Module):
         """The router's decision under this layer's conventions."""
         routing = self.router(x, pad_mask, sentence_index=sentence_index)
         generator = getattr(self.router, "generator", None)
-        return _apply_conventions(routing, self.conventions, pad_mask, generator)
+        routing = _apply_conventions(routing, self.conventions, pad_mask, generator)
+        if self.balance_scope != "micro_batch" and "balance" in routing.aux_losses:
+            balance = self.scoped_balance_loss(routing, pad_mask, sentence_index)
+            routing.aux_losses = {**routing.aux_losses, "balance": balance}
+        return routing
+
+    def scoped_balance_loss(
+        self, routing: Routing, pad_mask: Tensor | None, sentence_index: Tensor | None
+    ) -> Tensor:
+        """The ``"balance"`` loss over ``balance_scope``, counting the choices the conventions
+        count (``balance_choices``)."""
+        first = self.conventions.balance_choices == "first"
+        counted = routing.expert_index[:, :1] if first else routing.expert_index
+        if self.balance_scope == "sequence":
+            if sentence_index is None:
+                raise ValueError("balance_scope=sequence needs the tokens' sentence_index")
+            return sequence_balance_loss(routing.probs, counted, sentence_index, pad_mask)
+        if not self.training:  # validation batches are no update's micro-batches
+            return routing.aux_losses["balance"]
+        load = self.global_load.add(expert_load(counted, self.num_experts, pad_mask))
+        return global_batch_balance_loss(routing.probs, load, pad_mask)
 
     def uses_static_plan(self, x: Tensor) -> bool:
         """Whether ``x`` takes the static plan (``dispatch_plan``, by device under ``auto``)."""

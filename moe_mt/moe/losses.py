@@ -16,7 +16,7 @@ from torch import Tensor
 from moe_mt.moe.batch_scope import global_sum
 
 
-def _token_weight(t: int, pad_mask: Tensor | None, like: Tensor) -> Tensor:
+def token_weight(t: int, pad_mask: Tensor | None, like: Tensor) -> Tensor:
     """``[t]`` 1.0 for real tokens, 0.0 for pads."""
     if pad_mask is None:
         return torch.ones(t, dtype=like.dtype, device=like.device)
@@ -43,7 +43,7 @@ def load_balance_loss(
     """
     t, e = router_probs.shape
     k = expert_index.shape[1]
-    w = _token_weight(t, pad_mask, router_probs)
+    w = token_weight(t, pad_mask, router_probs)
     counts = torch.zeros(e, dtype=w.dtype, device=w.device)
     counts.index_add_(0, expert_index.reshape(-1), w.repeat_interleave(k))
     # Under expert parallelism the sums run over the layer's global batch (one collective).
@@ -62,7 +62,7 @@ def router_z_loss(router_logits: Tensor, pad_mask: Tensor | None = None) -> Tens
         pad_mask: ``[t]`` bool, True = pad; the mean runs over non-pad tokens only.
     """
     t = router_logits.shape[0]
-    w = _token_weight(t, pad_mask, router_logits)
+    w = token_weight(t, pad_mask, router_logits)
     z = torch.logsumexp(router_logits, dim=-1)
     sums = global_sum(torch.stack([(z.square() * w).sum(), w.sum()]))
     return sums[0] / sums[1].clamp_min(1.0)

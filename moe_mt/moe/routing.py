@@ -6,6 +6,7 @@ Axes: ``t`` tokens (flat, pads included), ``k`` experts chosen per token, ``e`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -53,6 +54,15 @@ class Routing:
             return pad_mask
         skip = ~self.active
         return skip if pad_mask is None else skip | pad_mask[:, None]
+
+
+def linear_gate(d_in: int, num_experts: int, init_scale: float) -> torch.nn.Parameter:
+    """``[e, d]`` gate weights from a truncated normal with std ``sqrt(init_scale / d)``, cut at
+    two std (Switch §2.4 uses a 10x smaller scale than usual, 0.1)."""
+    weight = torch.nn.Parameter(torch.empty(num_experts, d_in))
+    std = math.sqrt(init_scale / d_in)
+    torch.nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+    return weight
 
 
 def router_dtype(x: Tensor) -> torch.dtype:
@@ -120,23 +130,63 @@ class Router(torch.nn.Module):
         """
         return sum(p.numel() for p in self.parameters() if p.dim() == 2)
 
+    def choices_per_row(self) -> float:
+        """Experts one routed row uses on average (``k`` for token choice), for FLOP counts."""
+        return float(self.k)
+
+    def takes_conventions(self) -> bool:
+        """Whether the reference conventions (:mod:`moe_mt.moe.conventions`), which rebuild the
+        combine weights from the softmax ``probs``, may apply to this router's decision."""
+        return True
+
+
+SCORE_FUNCS = ("softmax", "sigmoid")
+
 
 def route_top_k(
-    logits: Tensor, k: int, pad_mask: Tensor | None = None, normalize_top_k: bool = True
+    logits: Tensor,
+    k: int,
+    pad_mask: Tensor | None = None,
+    normalize_top_k: bool = True,
+    score_func: str = "softmax",
+    selection_bias: Tensor | None = None,
+    scale: float = 1.0,
 ) -> Routing:
     """Top-k routing from router logits ``[t, e]`` (call with autocast disabled, fp32 or wider).
 
-    Combine weights are the chosen softmax probabilities; with ``k > 1`` and ``normalize_top_k``
-    they are renormalised to sum to 1 per token here, before capacity drops any (fairseq's
-    ``--moe-normalize-gate-prob-before-dropping``; fairseq's GShard default renormalises after
-    dropping, over the kept choices). Aux losses: ``"balance"``
-    (:func:`~moe_mt.moe.losses.load_balance_loss`) and ``"z"``
-    (:func:`~moe_mt.moe.losses.router_z_loss`), both over non-pad tokens.
+    Scores ``s = softmax(logits)`` over experts (Switch, GShard) or ``s = sigmoid(logits)`` per
+    expert (DeepSeek-V3 eq. 15, Llama 4; torchtitan's default). The experts chosen are the top-k
+    of ``s + selection_bias`` (auxiliary-loss-free balancing, :mod:`moe_mt.moe.balance`; the bias
+    only selects), and their combine weights are the *unbiased* ``s`` of the chosen experts (the
+    leak that transformers' PR #41647 removed, of gating with the biased scores, cannot happen
+    here). With ``k > 1`` and ``normalize_top_k`` the weights are renormalised to sum to 1 per
+    token, before capacity drops any (fairseq's ``--moe-normalize-gate-prob-before-dropping``;
+    DeepSeek-V3 eq. 13 for sigmoid scores; fairseq's GShard default renormalises after dropping,
+    over the kept choices). Then they are multiplied by ``scale`` (DeepSeek-V3's routed scaling
+    factor, torchtitan's ``route_scale``).
+
+    ``probs`` (entropy, balance loss, conventions) is ``s`` normalised over experts: the softmax
+    itself, or DeepSeek-V3's ``s'_{i,t} = s_{i,t} / sum_j s_{j,t}`` (eq. 19) for sigmoid scores.
+    Aux losses: ``"balance"`` (:func:`~moe_mt.moe.losses.load_balance_loss`) and ``"z"``
+    (:func:`~moe_mt.moe.losses.router_z_loss`, on the logits whatever the score function), both
+    over non-pad tokens.
     """
-    probs = logits.softmax(dim=-1)  # normalises over experts e
-    top_p, top_i = probs.topk(k, dim=-1)
+    if score_func == "softmax":
+        scores = probs = logits.softmax(dim=-1)  # normalises over experts e
+    elif score_func == "sigmoid":
+        scores = torch.sigmoid(logits)
+        probs = scores / scores.sum(dim=-1, keepdim=True)
+    else:
+        raise ValueError(f"unknown score_func {score_func!r}; known: {SCORE_FUNCS}")
+    if selection_bias is None:
+        top_p, top_i = scores.topk(k, dim=-1)
+    else:
+        top_i = (scores.detach() + selection_bias.to(scores.dtype)).topk(k, dim=-1).indices
+        top_p = scores.gather(1, top_i)
     if k > 1 and normalize_top_k:
         top_p = top_p / top_p.sum(dim=-1, keepdim=True)
+    if scale != 1.0:
+        top_p = top_p * scale
     if pad_mask is not None:
         top_p = top_p.masked_fill(pad_mask[:, None], 0.0)
     return Routing(

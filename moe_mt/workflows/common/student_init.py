@@ -39,6 +39,11 @@ EXPERT_SOURCES = {
     "fc1.bias": ("moe.experts.b1", False),
     "fc2.weight": ("moe.experts.w2", True),
     "fc2.bias": ("moe.experts.b2", False),
+    # a GLU FFN (moe_mt.models.glu.GLUProjection): the gate w1 and the up projection w3
+    "fc1.w1.weight": ("moe.experts.w1", True),
+    "fc1.w1.bias": ("moe.experts.b1", False),
+    "fc1.w3.weight": ("moe.experts.w3", True),
+    "fc1.w3.bias": ("moe.experts.b3", False),
 }
 
 __all__ = ["MOE_INITS", "InitReport", "expert_tensor", "student_state_from_teacher"]

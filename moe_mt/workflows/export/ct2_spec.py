@@ -12,6 +12,11 @@ its converter does it:
 - the library's fairseq loader helpers (``ctranslate2.converters.fairseq.set_transformer_encoder``
   / ``set_transformer_decoder``) to copy the weights of the loaded modules: no weight is written
   here by hand;
+- a GLU FFN (``model.moe.expert_activation=swiglu | geglu``, :mod:`moe_mt.models.glu`) as
+  CTranslate2's ``ffn_glu``, which computes ``linear_1(act(linear_0(x)) * linear_0_noact(x))``:
+  the gate ``fc1.w1`` is copied into ``linear_0`` by the same loader (which reads ``fc1``, the gate
+  standing in for it while it copies), the up projection ``fc1.w3`` into ``linear_0_noact`` by
+  its ``set_linear``, ``act`` is Swish (SiLU) for swiglu and GELU (erf) for geglu;
 - the vocabularies of the task's dictionaries (fairseq's ``<pad>`` under the name ``<blank>``,
   which CTranslate2 reserves for padding, as its converter does), decoding started by ``</s>``
   and ``</s>`` appended to each source, as fairseq does;
@@ -21,6 +26,8 @@ its converter does it:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from moe_mt.errors import MoeMtError
@@ -47,6 +54,47 @@ def _activation(name: str):
             f"--activation-fn {name}: CTranslate2 has no such activation ({', '.join(known)})"
         )
     return known[name]
+
+
+def _glu_activation(name: str):
+    from ctranslate2.specs import common_spec
+
+    # CTranslate2's GELU is the exact (erf) one, as geglu's; its Swish is x * sigmoid(x), SiLU.
+    return {"swiglu": common_spec.Activation.SWISH, "geglu": common_spec.Activation.GELU}[name]
+
+
+def _ffn_glu(layers: list) -> str | None:
+    """The GLU of the layers' FFNs (``swiglu`` | ``geglu``, all the same), or None: no GLU FFN.
+
+    Raises:
+        MoeMtError: layers of different FFN kinds (CTranslate2 has one per model).
+    """
+    from moe_mt.models.glu import GLUProjection
+
+    ffns = [layer.fc1 for layer in layers]
+    kinds = {ffn.activation if isinstance(ffn, GLUProjection) else None for ffn in ffns}
+    if len(kinds) > 1:
+        names = ", ".join(sorted(str(k or "no GLU") for k in kinds))
+        raise MoeMtError(
+            f"CTranslate2 cannot express FFNs of different kinds in one model: {names}"
+        )
+    return kinds.pop() if kinds else None
+
+
+@contextlib.contextmanager
+def _gate_as_fc1(layers: list) -> Iterator[None]:
+    """Inside the block, each GLU layer's ``fc1`` is its gate ``w1``, so that the library's
+    fairseq loader copies the gate into ``linear_0`` (the activated half of CTranslate2's GLU)."""
+    from moe_mt.models.glu import GLUProjection
+
+    glus = [(layer, layer.fc1) for layer in layers if isinstance(layer.fc1, GLUProjection)]
+    try:
+        for layer, glu in glus:
+            layer.fc1 = glu.w1
+        yield
+    finally:
+        for layer, glu in glus:
+            layer.fc1 = glu
 
 
 def check_exportable(args) -> None:
@@ -82,16 +130,27 @@ def transformer_spec(model, task):
 
     args = model.args
     check_exportable(args)
+    layers = [*model.encoder.layers, *model.decoder.layers]
+    glu = _ffn_glu(layers)
+    activation = (
+        _glu_activation(glu) if glu else _activation(getattr(args, "activation_fn", "relu"))
+    )
     spec = TransformerSpec.from_config(
         (args.encoder_layers, args.decoder_layers),
         args.encoder_attention_heads,
         pre_norm=args.encoder_normalize_before,
-        activation=_activation(getattr(args, "activation_fn", "relu")),
+        activation=activation,
         layernorm_embedding=bool(getattr(args, "layernorm_embedding", False)),
+        ffn_glu=glu is not None,
     )
     with torch.no_grad():
-        ct2_fairseq.set_transformer_encoder(spec.encoder, model.encoder)
-        ct2_fairseq.set_transformer_decoder(spec.decoder, model.decoder)
+        with _gate_as_fc1(layers):
+            ct2_fairseq.set_transformer_encoder(spec.encoder, model.encoder)
+            ct2_fairseq.set_transformer_decoder(spec.decoder, model.decoder)
+        if glu:
+            layer_specs = [*spec.encoder.layer, *spec.decoder.layer]
+            for layer_spec, layer in zip(layer_specs, layers, strict=True):
+                ct2_fairseq.set_linear(layer_spec.ffn.linear_0_noact, layer.fc1.w3)
     spec.register_source_vocabulary(vocabulary(task.source_dictionary))
     spec.register_target_vocabulary(vocabulary(task.target_dictionary))
     # fairseq starts decoding with </s> and ends every source with </s>.

@@ -63,13 +63,18 @@ INIT_DIR = "upcycle"
 INIT_CHECKPOINT = "init.pt"
 LOG = "upcycle.log"
 #: <layer>.moe.[moe.]experts.<w> (the MoE block, or the one inside CMR) and CMR's shared FFN.
-_EXPERTS = re.compile(r"^(?P<layer>.+?)\.moe\.(?:moe\.experts|experts|shared)\.(?P<w>w1|b1|w2|b2)$")
-#: expert-bank tensor -> (dense tensor, transposed from nn.Linear's [out, in])
+_EXPERTS = re.compile(
+    r"^(?P<layer>.+?)\.moe\.(?:moe\.experts|experts|shared)\.(?P<w>w1|b1|w3|b3|w2|b2)$"
+)
+#: expert-bank tensor -> (dense tensors, the first the dense model has; transposed from
+#: nn.Linear's [out, in]); a GLU FFN's fc1 holds the gate w1 and the up projection w3
 _DENSE_SOURCES = {
-    "w1": ("fc1.weight", True),
-    "b1": ("fc1.bias", False),
-    "w2": ("fc2.weight", True),
-    "b2": ("fc2.bias", False),
+    "w1": (("fc1.weight", "fc1.w1.weight"), True),
+    "b1": (("fc1.bias", "fc1.w1.bias"), False),
+    "w3": (("fc1.w3.weight",), True),
+    "b3": (("fc1.w3.bias",), False),
+    "w2": (("fc2.weight",), True),
+    "b2": (("fc2.bias",), False),
 }
 #: Fresh by design: routers (top-k gate, cosine projection/embeddings/temperature) and CMR's gate.
 _FRESH = re.compile(r"\.moe\.(?:moe\.)?router\.|\.moe\.gate\.")
@@ -84,10 +89,11 @@ def dense_rule(
     match = _EXPERTS.match(name)
     if match is None:
         return same_name_rule(name, dense)
-    key, transpose = _DENSE_SOURCES[match["w"]]
-    key = f"{match['layer']}.{key}"
-    if key not in dense:
-        return Source(None, f"no dense tensor {key}")
+    keys, transpose = _DENSE_SOURCES[match["w"]]
+    found = [f"{match['layer']}.{k}" for k in keys if f"{match['layer']}.{k}" in dense]
+    if not found:
+        return Source(None, f"no dense tensor {match['layer']}.{keys[-1]}")
+    key = found[0]
     return Source(_experts_from(dense[key], transpose, noise, generator), key, INTO_EXPERTS)
 
 
@@ -177,6 +183,7 @@ def check_upcyclable(cfg: DictConfig) -> None:
     <moe_mt.models.families.Family.upcyclable>`; one line, with the reason)."""
     family = families.family_of_arch(cfg.model.arch)
     if family is not None and family.upcyclable:
+        _check_expert_width(cfg)
         return
     if family is not None and family.upcycle_refusal:
         raise MoeMtError(f"train.upcycle_from: {family.upcycle_refusal}")
@@ -187,6 +194,18 @@ def check_upcyclable(cfg: DictConfig) -> None:
         f"upcycle into; choose one of the families {choices} (a dense run "
         "continues with --finetune-from)"
     )
+
+
+def _check_expert_width(cfg: DictConfig) -> None:
+    """Experts copy the dense FFN, so they must have its width (no fine-grained experts)."""
+    moe = cfg.model.get("moe") or {}
+    segments, width = moe.get("expert_segments") or 1, moe.get("expert_ffn_dim")
+    if segments > 1 or (width is not None and width != cfg.model.get("ffn_embed_dim", width)):
+        raise MoeMtError(
+            f"train.upcycle_from: experts of another width than the dense FFN "
+            f"(model.moe.expert_ffn_dim={width}, expert_segments={segments}) cannot copy it; "
+            "upcycle into experts of the FFN's width"
+        )
 
 
 def _dictionary_digests(run_root: Path) -> dict[str, str]:
