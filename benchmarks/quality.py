@@ -88,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown families {unknown}; known: {', '.join(known)}")
     if "dense" not in args.families:
         parser.error("the study compares against dense: keep it in --families")
-    data = Path(args.data).resolve()
-    for split in ("train", "valid", "test"):
-        for lang in ("en", "de"):
-            if not (data / f"{split}.{lang}").is_file():
-                parser.error(f"{data / f'{split}.{lang}'}: missing (Multi30k En-De)")
+    data = checked_data(parser, args.data)
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def checked_data(parser: argparse.ArgumentParser, path: str) -> Path:
+    """The Multi30k En-De directory ``path``, resolved; a missing split file is a usage error."""
+    data = Path(path).resolve()
+    for split in ("train", "valid", "test"):
+        for lang in ("en", "de"):
+            if not (data / f"{split}.{lang}").is_file():
+                parser.error(f"{data / f'{split}.{lang}'}: missing (Multi30k En-De)")
+    return data
+
+
 class Study:
     def __init__(self, args, out: Path, data: Path):
         self.args, self.out, self.data = args, out, data
@@ -137,12 +143,21 @@ class Study:
         with open(self.args.lock, "a") as handle, exclusive(handle, RuntimeError, wait=True):
             yield
 
-    def overrides(self, family: Family, seed: int, run_dir: Path) -> list[str]:
-        budget = (
-            list(TINY)
-            if self.args.tiny
-            else ["train.max_update=0", f"train.max_time_minutes={self.args.minutes}"]
-        )
+    def overrides(
+        self, family: Family, seed: int, run_dir: Path, max_update: int | None = None
+    ) -> list[str]:
+        """The run's overrides; its budget: --minutes of wall-clock (with --tiny: TINY's few
+        updates), or ``max_update`` updates (with --tiny: TINY's small model)."""
+        if max_update is None:
+            budget = (
+                list(TINY)
+                if self.args.tiny
+                else ["train.max_update=0", f"train.max_time_minutes={self.args.minutes}"]
+            )
+        else:
+            tiny = TINY if self.args.tiny else ()
+            budget = [o for o in tiny if not o.startswith("train.max_update=")]
+            budget.append(f"train.max_update={max_update}")
         return [
             f"name={run_dir.name}",
             f"run_dir={run_dir}",
@@ -156,17 +171,30 @@ class Study:
         ]
 
     def run(self, family: Family, seed: int) -> dict:
+        """Prepare, train (the --minutes budget) and evaluate one run; its record."""
+        run = self.train(family, seed)
+        self.evaluate(run)
+        return run
+
+    def train(self, family: Family, seed: int, max_update: int | None = None) -> dict:
+        """Prepare and train one run (resuming a killed one): for the --minutes budget, or up
+        to ``max_update`` updates, where a run already there is not started again (a start adds
+        its seconds to the run's wall-clock). Its record."""
         run_dir = self.out / f"{family.name}-s{seed}"
         recipe = str(ROOT / "recipes" / family.recipe)
-        overrides = self.overrides(family, seed, run_dir)
+        overrides = self.overrides(family, seed, run_dir, max_update)
         shared = self.out / f"dense-s{self.args.seeds[0]}" / "data"
         if not (run_dir / "data").exists() and shared.is_dir():
             shutil.copytree(shared, run_dir / "data")  # same data config: prep is then a no-op
         self.moemt("prep", recipe, *overrides)
-        self.moemt("train", recipe, *overrides, locked=True)
-        if not (run_dir / "eval" / "test" / "report.json").is_file():
-            self.moemt("eval", recipe, *overrides, locked=True)
-        train = json.loads((run_dir / "logs" / "train_summary.json").read_text())
+        summary = run_dir / "logs" / "train_summary.json"
+        if (
+            max_update is None
+            or not summary.is_file()
+            or int(json.loads(summary.read_text())["num_updates"] or 0) < max_update
+        ):
+            self.moemt("train", recipe, *overrides, locked=True)
+        train = json.loads(summary.read_text())
         return {
             "family": family.name,
             "seed": seed,
@@ -175,6 +203,11 @@ class Study:
             "overrides": overrides,
             "updates": train["num_updates"],
         }
+
+    def evaluate(self, run: dict) -> None:
+        """``moemt eval`` of the run's last checkpoint (eval/test), unless it has a report."""
+        if not (Path(run["dir"]) / "eval" / "test" / "report.json").is_file():
+            self.moemt("eval", run["recipe"], *run["overrides"], locked=True)
 
     def evaluate_at(self, run: dict, updates: int) -> None:
         run_dir = Path(run["dir"])

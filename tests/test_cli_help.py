@@ -123,7 +123,7 @@ def test_ls_kinds():
     heading = next(i for i, line in enumerate(recipes) if line.startswith("family pieces"))
     listed = [line for line in recipes[heading + 1 :] if not line.startswith(" ")]
     assert [Path(line).name for line in listed] == [
-        f"{f}.yaml" for f in ("dense", "mhmoe", "soft_moe", "switch", "thor", "xmoe")
+        f"{f}.yaml" for f in ("deepseek", "dense", "mhmoe", "soft_moe", "switch", "thor", "xmoe")
     ]
     demo = next(i for i, line in enumerate(recipes) if line.endswith("demo.yaml"))
     assert recipes[demo + 1].strip().startswith("The shipped demo")
