@@ -14,6 +14,8 @@ Skipped without a GPU (CI has none); run on a GPU machine with
   wait for the host (``torch.cuda.set_sync_debug_mode("error")`` raises on a synchronisation).
 - GLU experts (swiglu, geglu: ``w3`` on every path) do both: CUDA fp32 equals the CPU, and the
   static plan never waits for the host.
+- So do the routers and blocks of docs/methods.md: sigmoid scores with bias balancing and the
+  sequence-level balance loss, expert choice, shared experts.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ import pytest
 import torch
 
 from moe_mt.models.mhmoe import MultiHeadMoE
-from moe_mt.moe import CosineRouter, ExpertBank, MoEFeedForward, RandomRouter, TopKRouter
+from moe_mt.moe import (
+    CosineRouter,
+    ExpertBank,
+    ExpertChoiceRouter,
+    MoEFeedForward,
+    RandomRouter,
+    SharedExpertMoE,
+    TopKRouter,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -35,11 +45,14 @@ D, F, E, T = 64, 128, 8, 512
 
 def _layer(router: str, k: int, capacity: float | None, activation: str = "gelu") -> MoEFeedForward:
     torch.manual_seed(0)
-    if router == "topk":
-        gate = TopKRouter(D, E, k=k)
-    else:
-        gate = CosineRouter(D, E, k=k)
     experts = ExpertBank(E, D, F, activation=activation)
+    if router == "expert_choice":  # the router enforces its capacity: none in the layer
+        return MoEFeedForward(ExpertChoiceRouter(D, E, capacity_factor=2.0), experts, None)
+    if router == "topk-sigmoid-bias":
+        gate = TopKRouter(D, E, k=k, score_func="sigmoid", bias_update_rate=0.01)
+        gate.balancer.bias_steps.copy_(torch.arange(E) - E // 2)
+        return MoEFeedForward(gate, experts, capacity, balance_scope="sequence")
+    gate = TopKRouter(D, E, k=k) if router == "topk" else CosineRouter(D, E, k=k)
     return MoEFeedForward(gate, experts, capacity_factor=capacity)
 
 
@@ -54,7 +67,7 @@ def _inputs(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def _run(layer: MoEFeedForward, x, pad, grad):
     x = x.detach().requires_grad_(True)
-    out = layer(x, pad)
+    out = layer(x, pad, torch.arange(T) // 16)  # sentences of 16 tokens, on the CPU
     loss = (out.y.float() * grad.float()).sum() + sum(out.aux_losses.values())
     loss.backward()
     grads = {name: p.grad.detach().float().cpu() for name, p in layer.named_parameters()}
@@ -66,6 +79,8 @@ def _run(layer: MoEFeedForward, x, pad, grad):
     [
         *[(r, k, c, "gelu") for r in ("topk", "cosine") for k in (1, 2) for c in (None, 1.0)],
         *[("topk", k, c, a) for k in (1, 2) for c in (None, 1.0) for a in ("swiglu", "geglu")],
+        ("topk-sigmoid-bias", 2, 1.0, "gelu"),
+        ("expert_choice", E, None, "gelu"),
     ],
 )
 def test_cuda_fp32_matches_cpu(router, k, capacity, activation):
@@ -122,6 +137,8 @@ def _any_layer(router: str, k: int):
     torch.manual_seed(0)
     if router == "topk-swiglu":
         return _layer("topk", k, 1.25, "swiglu")
+    if router == "shared":
+        return SharedExpertMoE(_layer("topk", k, 1.25), ExpertBank(1, D, F), gate=True)
     if router == "thor":
         return MoEFeedForward(RandomRouter(E, granularity="sentence", seed=1), ExpertBank(E, D, F))
     if router == "mhmoe":
@@ -133,7 +150,17 @@ def _any_layer(router: str, k: int):
 @pytest.mark.parametrize("mode", ["autocast", "half_model", "fp32"])
 @pytest.mark.parametrize(
     "router,k",
-    [("topk", 1), ("topk", 2), ("cosine", 2), ("thor", 1), ("mhmoe", 2), ("topk-swiglu", 2)],
+    [
+        ("topk", 1),
+        ("topk", 2),
+        ("cosine", 2),
+        ("thor", 1),
+        ("mhmoe", 2),
+        ("topk-swiglu", 2),
+        ("topk-sigmoid-bias", 2),
+        ("expert_choice", 8),
+        ("shared", 1),
+    ],  # fmt: skip
 )
 @pytest.mark.parametrize("layout", ["auto", "slots"])
 def test_layer_never_waits_for_the_host(router, k, mode, layout):
@@ -142,7 +169,7 @@ def test_layer_never_waits_for_the_host(router, k, mode, layout):
     if router == "thor" and (mode == "fp32" or layout == "slots"):
         pytest.skip("THOR has no capacity: no fixed slots")
     layer = _any_layer(router, k).cuda()
-    moe = layer.moe if router == "mhmoe" else layer
+    moe = layer.moe if router in ("mhmoe", "shared") else layer
     moe.static_layout = layout
     x, pad, grad = _inputs("cuda")
     sentence = torch.arange(T) // 16  # on the CPU, as forward_tbd builds it

@@ -50,13 +50,19 @@ def world_sum(x: Tensor) -> Tensor:
 def expert_load(expert_index: Tensor, num_experts: int, skip: Tensor | None) -> Tensor:
     """``[e]`` long: assignments per expert, the router's decision before capacity.
 
-    ``skip``: ``[t]`` (pads) or ``[t, k]`` (pads or inactive choices), True = not counted.
+    ``skip``: ``[t]`` (pads) or ``[t, k]`` (pads or inactive choices), True = not counted. A
+    scatter of 0/1 weights, not a masked gather or ``bincount``, which read sizes back from a
+    GPU.
     """
-    index = expert_index
-    if skip is not None:
-        keep = ~skip if skip.dim() == 2 else (~skip)[:, None].expand_as(index)
-        index = index[keep]
-    return torch.bincount(index.reshape(-1), minlength=num_experts)
+    index = expert_index.reshape(-1)
+    if skip is None:
+        weight = torch.ones_like(index)
+    else:
+        keep = ~skip if skip.dim() == 2 else (~skip)[:, None].expand_as(expert_index)
+        weight = keep.reshape(-1).to(torch.long)
+    return torch.zeros(num_experts, dtype=torch.long, device=index.device).index_add_(
+        0, index, weight
+    )
 
 
 def end_update(model: nn.Module) -> None:
@@ -188,7 +194,7 @@ def sequence_balance_loss(
     """
     t, e = router_probs.shape
     k = expert_index.shape[1]
-    sentence = sentence_index.to(router_probs.device)
+    sentence = sentence_index.to(router_probs.device, non_blocking=True)
     num_sentences = int(sentence_index.max()) + 1 if t else 0  # a CPU tensor: no device sync
     w = token_weight(t, pad_mask, router_probs)
     tokens = torch.zeros(num_sentences, dtype=w.dtype, device=w.device).index_add_(0, sentence, w)
