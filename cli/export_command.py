@@ -19,7 +19,7 @@ def export_table(info: dict, out_dir, reused: bool) -> Table:
     table.add_column("", justify="left")
     table.add_column("", justify="left")
     checkpoint, arch = info["checkpoint"], info["architecture"]
-    single = info.get("single_expert")
+    single, merge = info.get("single_expert"), info.get("merge")
     languages = info["languages"]
     rows = [
         ("source run", info["source_run"]),
@@ -28,6 +28,9 @@ def export_table(info: dict, out_dir, reused: bool) -> Table:
         ("sha256", checkpoint["sha256"]),
         ("model", f"{arch['arch']} ({arch['parameters']:,} parameters)"
                   + (f", expert {single['expert']} in every MoE layer" if single else "")),
+        *([("merged", f"experts {merge['method']} per MoE layer, calibrated on "
+                      f"{merge['calibration']['sentences']:,} valid sentences: a different "
+                      "model, score it")] if merge else []),
         ("quantization", info["quantization"]),
         ("directions", ", ".join(languages["directions"])
                        + (" (language tokens)" if languages["tokens"] else "")),
@@ -43,7 +46,8 @@ EXAMPLES = """Examples:
 
   moemt export runs/demo                     # into runs/demo/export/ct2-float32
   moemt export runs/demo eval.checkpoint=average --quantization int8 --out deploy/demo
-  moemt export runs/demo_thor eval.thor_inference=fixed eval.thor_expert=0"""
+  moemt export runs/demo_thor eval.thor_inference=fixed eval.thor_expert=0
+  moemt export runs/demo_switch eval.merge_experts=most_used --quantization int8"""
 
 
 def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
@@ -72,18 +76,31 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         cfg = load_config(config, [*(overrides or []), *chosen])
         result = export(cfg, out)
         console.print(export_table(result.info, result.out_dir, result.reused))
+        merge = cfg.eval.get("merge_experts")
+        keys = f"eval.quantization={cfg.eval.quantization}" + (
+            f" eval.merge_experts={merge}" if merge else ""
+        )
         console.print(
             f"{'reused' if result.reused else 'wrote'} {result.out_dir} (CTranslate2 model, "
             f"export.json, sentencepiece); translate with: moemt translate {cfg.run_dir} "
-            f"--engine ctranslate2 eval.quantization={cfg.eval.quantization}",
+            f"--engine ctranslate2 {keys}",
             highlight=False,
         )
+        if merge:
+            console.print(
+                f"the merged model is not the routed one: score it with moemt eval {cfg.run_dir} "
+                f"eval.engine=ctranslate2 {keys}",
+                highlight=False,
+            )
 
     help_text = "\n\n".join([
         inspect.cleandoc(export_command.__doc__),
         "The checkpoint is the one eval.checkpoint chooses (last, best, average, a path).",
         "Dense Transformers, distilled students and THOR with eval.thor_inference=fixed export; "
-        "other MoE models are refused (distil them first: moemt distill).",
+        "a routed Switch or X-MoE model exports with eval.merge_experts=most_used | "
+        "usage_average (its experts pruned or merged per layer, calibrated on its valid split: "
+        "a different model, to be scored); other MoE models are refused (distil them first: "
+        "moemt distill).",
         "An export whose inputs (checkpoint sha256, quantization, THOR expert) are unchanged is "
         "reused; eval.engine=ctranslate2 (moemt eval) and --engine ctranslate2 (moemt translate) "
         "decode it. See docs/deploy.md.",

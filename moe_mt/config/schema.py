@@ -426,6 +426,16 @@ class EvalConfig:
             )
         },
     )
+    merge_experts: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "engine=ctranslate2 and moemt export of a routed MoE: make each MoE layer one FFN, "
+                "calibrated on the valid split: most_used | usage_average (null: refuse; "
+                "docs/deploy.md). A different model: score it"
+            )
+        },
+    )
     legacy_bleu: bool = field(
         default=False,
         metadata={

@@ -529,7 +529,9 @@ class MoETransformerModel(MoeMtTransformerModel):
         checkpoint and architecture)."""
         return (
             "routes each token to experts, which CTranslate2 cannot run (dense Transformers "
-            "only); distil it into a dense model with `moemt distill` and export the student"
+            "only); distil it into a dense model with `moemt distill` and export the student, "
+            "or export its experts merged with eval.merge_experts=most_used | usage_average (a "
+            "different model: score it)"
         )
 
     @classmethod

@@ -70,6 +70,8 @@ def open_translator(
         "threads": threads,
         "export": str(exported.out_dir),
         "export_reused": exported.reused,
+        # a routed model's experts merged for serving: a different model (export.json's merge)
+        "merge_experts": (exported.info.get("merge") or {}).get("method"),
         "decoding_differences": decoding_differences(options),
     }
 

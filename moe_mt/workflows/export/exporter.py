@@ -36,6 +36,7 @@ from moe_mt.workflows.common.manifest import read_manifest, trained_directions
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, building_dir
 from moe_mt.workflows.export.ct2_spec import QUANTIZATIONS, save_spec, transformer_spec
 from moe_mt.workflows.export.dense_model import dense_model
+from moe_mt.workflows.export.merge import MERGE_METHODS, calibration_sha256
 from moe_mt.workflows.translate.translator import (
     DecodeOptions,
     Translator,
@@ -54,8 +55,9 @@ class ExportResult:
     reused: bool  # an existing export had the same inputs
 
 
-def default_export_dir(run_dir: str | Path, quantization: str) -> Path:
-    return RunDir(run_dir).root / EXPORT_DIR / f"ct2-{quantization}"
+def default_export_dir(run_dir: str | Path, quantization: str, merge: str | None = None) -> Path:
+    """``RUN_DIR/export/ct2-<quantization>``, ``-<merge method>`` added for a merged model."""
+    return RunDir(run_dir).root / EXPORT_DIR / f"ct2-{quantization}{f'-{merge}' if merge else ''}"
 
 
 def check_quantization(quantization: str) -> str:
@@ -95,7 +97,26 @@ def export_inputs(cfg: DictConfig, checkpoint_sha256: str) -> dict:
         # The model arguments the eval config sets for this family (THOR's inference mode).
         "model_arguments": families.eval_overrides(cfg.eval, cfg.model.arch),
         "ctranslate2": ctranslate2.__version__,
+        # a merged MoE: the method and the calibration data it saw
+        **(
+            {
+                "merge_experts": merge_method(cfg),
+                "calibration_sha256": calibration_sha256(RunDir(cfg.run_dir).data / "bin"),
+            }
+            if merge_method(cfg)
+            else {}
+        ),
     }
+
+
+def merge_method(cfg: DictConfig) -> str | None:
+    """``eval.merge_experts``, checked (None: no merging)."""
+    method = cfg.eval.get("merge_experts")
+    if method is not None and method not in MERGE_METHODS:
+        raise MoeMtError(
+            f"eval.merge_experts={method}: expected one of {', '.join(MERGE_METHODS)} or null"
+        )
+    return method
 
 
 def read_export(out_dir: Path) -> dict | None:
@@ -117,7 +138,7 @@ def ensure_export(
     directory if that needed it)."""
     check_quantization(cfg.eval.quantization)
     if out is None:
-        out = default_export_dir(cfg.run_dir, cfg.eval.quantization)
+        out = default_export_dir(cfg.run_dir, cfg.eval.quantization, merge_method(cfg))
     out_dir = Path(out)
     inputs = export_inputs(cfg, file_sha256(chosen.path))
     existing = read_export(out_dir)
@@ -150,7 +171,10 @@ def _build(cfg: DictConfig, chosen: ChosenCheckpoint, out_dir: Path, inputs: dic
     translator = Translator.load(
         run_dir.root, chosen.path, DecodeOptions(), families.eval_overrides(cfg.eval), direction
     )
-    dense = dense_model(translator.models[0], translator.arch, translator.task, chosen.path)
+    dense = dense_model(
+        translator.models[0], translator.arch, translator.task, chosen.path,
+        merge_method(cfg), run_dir.data / "bin",
+    )  # fmt: skip
     spec = transformer_spec(dense.model, translator.task)
     args = dense.model.args
     spm_files = manifest["files"]["spm"]
@@ -183,6 +207,8 @@ def _build(cfg: DictConfig, chosen: ChosenCheckpoint, out_dir: Path, inputs: dic
                 "parameters": count_parameters(dense.model),
             },
             "single_expert": dense.single_expert,
+            # a merged MoE (eval.merge_experts): a different model, to be scored
+            "merge": dense.merge,
             "quantization": cfg.eval.quantization,
             "languages": _languages(translator, manifest),
             "spm": copied,
