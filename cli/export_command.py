@@ -45,9 +45,8 @@ def export_table(info: dict, out_dir, reused: bool) -> Table:
 EXAMPLES = """Examples:
 
   moemt export runs/demo                     # into runs/demo/export/ct2-float32
-  moemt export runs/demo eval.checkpoint=average --quantization int8 --out deploy/demo
-  moemt export runs/demo_thor eval.thor_inference=fixed eval.thor_expert=0
-  moemt export runs/demo_switch eval.merge_experts=most_used --quantization int8"""
+  moemt export runs/demo_switch eval.merge_experts=most_used --quantization int8 --out deploy/sw
+  moemt export runs/demo_thor eval.thor_inference=fixed eval.thor_expert=0"""
 
 
 def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
