@@ -3,11 +3,13 @@
 fairseq (``--log-format json``) logs one JSON record per ``log_interval`` updates under the logger
 name ``train_inner``, one per epoch under ``train`` and one per validation under ``valid``.
 :class:`TrainMonitor` is a logging handler that reads those records: on a terminal it renders a
-rich live view (update, epoch, loss, lr, words/s, ETA where a bound is known;
-for MoE models the balance loss and the share of tokens dropped); otherwise fairseq's
-plain log lines go to stderr, as CI wants them. Everything also goes to ``logs/train.log``.
-In data-parallel training only rank 0 does this; the other ranks show their warnings and errors
-on stderr, prefixed with their rank, and write no file (:func:`rank_logs`).
+rich live view (update, epoch, the last interval's loss, lr and training words/s, the last
+epoch's mean loss, the validation loss and the best one so far, ETA where a bound is known; for
+MoE models the balance loss, the share of tokens dropped, highlighted above
+:data:`DROPPED_WARNING`, the busiest and idlest expert's load and the share of experts used);
+otherwise fairseq's plain log lines go to stderr, as CI wants them. Everything also goes to
+``logs/train.log``. In data-parallel training only rank 0 does this; the other ranks show their
+warnings and errors on stderr, prefixed with their rank, and write no file (:func:`rank_logs`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from rich.live import Live
 from rich.table import Table
 
 STAT_LOGGERS = ("train_inner", "train", "valid")
+#: A share of dropped token assignments (capacity) that the live view highlights.
+DROPPED_WARNING = 0.1
 LOG_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
 
 
@@ -35,7 +39,9 @@ class TrainMonitor(logging.Handler):
         self.max_update = max_update
         self.max_seconds = max_seconds
         self.live = live
-        self.train: dict = {}
+        self.train: dict = {}  # the latest statistics, the epoch's merged over the interval's
+        self.interval: dict = {}  # the latest log interval's (train_inner)
+        self.previous_interval: dict = {}
         self.valid: dict = {}
         self.epoch_end: dict = {}
         self.valid_history: list[dict] = []
@@ -52,6 +58,7 @@ class TrainMonitor(logging.Handler):
         prefix = f"{record.name}_"
         stats = {k.removeprefix(prefix): v for k, v in stats.items()}
         if record.name == "train_inner":
+            self.previous_interval, self.interval = self.interval, stats
             self.train = stats
         elif record.name == "train":
             self.epoch_end = stats
@@ -76,31 +83,57 @@ class TrainMonitor(logging.Handler):
             bounds.append(max(self.max_seconds - wall, 0))
         return min(bounds) if bounds else None
 
+    def words_per_second(self) -> str:
+        """The last interval's target words per second of training, validation left out:
+        fairseq's ``wps`` divides by the interval's wall-clock, a validation inside it included
+        (it halves in every interval with one); ``train_wall`` is the interval's training time.
+        """
+        interval, before = self.interval, self.previous_interval
+        words, seconds = _number(interval.get("wpb")), _number(interval.get("train_wall"))
+        updates = _number(interval.get("num_updates"))
+        earlier = _number(before.get("num_updates")) if before else None
+        if None in (words, seconds, updates, earlier) or not seconds or updates <= earlier:
+            return str(interval.get("wps", "-"))
+        return f"{words * (updates - earlier) / seconds:.1f}"
+
+    def best_valid_loss(self) -> str:
+        """The lowest validation loss seen: fairseq's ``best_loss`` when it logs one, else the
+        minimum of this run's validations (fairseq leaves it out of the first ones)."""
+        if "best_loss" in self.valid:
+            return str(self.valid["best_loss"])
+        losses = [_number(v.get("loss")) for v in self.valid_history]
+        losses = [v for v in losses if v is not None]
+        return f"{min(losses):.3f}" if losses else "-"
+
     def render(self) -> Table:
         table = Table(title="moemt train", show_header=True, expand=False)
-        columns = ["update", "epoch", "loss", "nll", "lr", "words/s", "valid loss", "best", "ETA"]
+        columns = [
+            "update", "epoch", "loss", "nll", "lr", "words/s", "epoch loss", "valid loss", "best",
+            "ETA",
+        ]  # fmt: skip
         train, valid = self.train, self.valid
-        moe = "moe_balance" in train  # logged by moe_label_smoothed_cross_entropy
+        interval = self.interval or train  # the row keeps the last interval, not epoch means
+        moe = "moe_balance" in interval  # logged by moe_label_smoothed_cross_entropy
         if moe:
-            columns.append("MoE balance / dropped")
+            columns += ["MoE balance / dropped", "load max / min", "experts used"]
         for column in columns:
             table.add_column(column, justify="right")
         update = train.get("num_updates", "-")
         if self.max_update:
             update = f"{update}/{self.max_update}"
         eta = self.eta_seconds()
-        moe_cells = [f"{train['moe_balance']} / {train.get('moe_dropped', '-')}"] if moe else []
         table.add_row(
             str(update),
             str(train.get("epoch", "-")),
-            str(train.get("loss", "-")),
-            str(train.get("nll_loss", "-")),
-            str(train.get("lr", "-")),
-            str(train.get("wps", "-")),
+            str(interval.get("loss", "-")),
+            str(interval.get("nll_loss", "-")),
+            str(interval.get("lr", "-")),
+            self.words_per_second(),
+            str(self.epoch_end.get("loss", "-")),
             str(valid.get("loss", "-")),
-            str(valid.get("best_loss", "-")),
+            self.best_valid_loss(),
             _duration(eta) if eta is not None else "-",
-            *moe_cells,
+            *(_moe_cells(interval) if moe else []),
         )
         return table
 
@@ -163,6 +196,18 @@ def rank_logs(rank: int, console: Console) -> Iterator[None]:
     finally:
         root.handlers = saved_handlers
         root.setLevel(saved_level)
+
+
+def _moe_cells(stats: dict) -> list[str]:
+    """Balance / dropped (red above :data:`DROPPED_WARNING`), the busiest and idlest expert's
+    load relative to a uniform share (mean over the MoE layers), the share of experts used."""
+    dropped = stats.get("moe_dropped", "-")
+    share = _number(dropped)
+    cell = f"{stats['moe_balance']} / {dropped}"
+    if share is not None and share > DROPPED_WARNING:
+        cell = f"[bold red]{cell} (high drop)[/]"
+    load = f"{stats.get('moe_load_max', '-')} / {stats.get('moe_load_min', '-')}"
+    return [cell, load, str(stats.get("moe_active", "-"))]
 
 
 def _number(value) -> float | None:
