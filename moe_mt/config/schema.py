@@ -293,7 +293,11 @@ class TrainConfig:
     num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
     log_interval: int = field(default=50, metadata={"help": "updates between log lines"})
     tensorboard_logdir: Optional[str] = field(
-        default=None, metadata={"help": "write TensorBoard logs here (null: none)"}
+        default=None,
+        metadata={
+            "help": "write TensorBoard logs here (fairseq's train/valid scalars, the moe_* "
+            "statistics among them; null: none)"
+        },
     )
     sampling_temperature: float = field(
         default=5.0,

@@ -134,6 +134,8 @@ def checkpoint_args(train: DictConfig, run_dir: RunDir) -> list[str]:
 
 def logging_args(train: DictConfig) -> list[str]:
     # No --log-file: moemt routes every logger to logs/train.log itself (train_view.py).
+    if train.tensorboard_logdir:
+        check_tensorboard_writer(train.tensorboard_logdir)
     return _pairs(
         {
             "log_format": "json",
@@ -142,6 +144,18 @@ def logging_args(train: DictConfig) -> list[str]:
             "num_workers": train.num_workers,
         }
     )
+
+
+def check_tensorboard_writer(logdir: str) -> None:
+    """fairseq writes ``--tensorboard-logdir`` with torch's ``SummaryWriter`` (else tensorboardX)
+    and, when neither imports, logs a warning and writes nothing: refuse that instead."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as exc:
+        raise MoeMtError(
+            f"train.tensorboard_logdir={logdir}: no TensorBoard writer can be imported ({exc}); "
+            "install tensorboard (pip install tensorboard) or leave the key null"
+        ) from None
 
 
 def distributed_args(train: DictConfig) -> list[str]:
