@@ -44,6 +44,22 @@ def train_table(result) -> Table:
     return table
 
 
+def training_config(cfg):
+    """What a training uses of ``cfg``, for the dry run: ``model.moe`` without the keys that
+    the run's family does not take, and no ``distill`` section (``moemt distill`` shows it)."""
+    from omegaconf import OmegaConf
+
+    from moe_mt.models import families
+
+    shown = OmegaConf.to_container(cfg, resolve=False)
+    shown.pop("distill", None)
+    family = families.family_of_arch(cfg.model.arch)
+    taken = {o.name for o in family.all_options()} if family is not None else set()
+    moe = shown.get("model", {}).get("moe") or {}
+    shown["model"]["moe"] = {k: v for k, v in moe.items() if k in taken}
+    return OmegaConf.create(shown)
+
+
 def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
     """Add ``train`` to ``app``."""
 
@@ -90,7 +106,7 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
             console=err_console,
         )
         if dry_run:
-            console.print(to_yaml(cfg), highlight=False, markup=False)
+            console.print(to_yaml(training_config(cfg)), highlight=False, markup=False)
             console.print(
                 "fairseq-train " + shlex.join(result.fairseq_args), highlight=False, markup=False
             )

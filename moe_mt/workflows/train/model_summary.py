@@ -186,20 +186,29 @@ def summary_table(summary: dict) -> Table:
     table = Table(title=summary["arch"])
     table.add_column("parameters, forward FLOPs")
     table.add_column("value", justify="right")
+    moe = summary["moe_layers"] > 0  # a dense model shows no MoE rows
     rows = [
         ("parameters", _millions(summary["parameters"])),
         ("active parameters per token", _millions(summary["active_parameters"])),
-        ("expert parameters", _millions(summary["expert_parameters"])),
-        ("MH-MoE projections (2 d^2 + 2 d / layer)", _millions(summary["projection_parameters"])),
-        ("MoE layers", str(summary["moe_layers"])),
+        *([("expert parameters", _millions(summary["expert_parameters"]))] if moe else []),
+        *(
+            [
+                (
+                    "MH-MoE projections (2 d^2 + 2 d / layer)",
+                    _millions(summary["projection_parameters"]),
+                )
+            ]
+            if summary["projection_parameters"]
+            else []
+        ),
+        *([("MoE layers", str(summary["moe_layers"]))] if moe else []),
         ("encoder MFLOPs per source token", f"{summary['encoder_flops'] / 1e6:,.2f}"),
         ("decoder MFLOPs per target token", f"{summary['decoder_flops'] / 1e6:,.2f}"),
         ("MFLOPs per token pair (2 x MACs)", f"{summary['flops_per_token'] / 1e6:,.2f}"),
     ]
     for name, value in rows:
         table.add_row(name, value)
-    table.caption = (
-        "forward, weight matmuls only (no attention scores); "
-        f"Soft MoE at {summary['sentence_tokens']} tokens per sentence"
+    table.caption = "forward, weight matmuls only (no attention scores)" + (
+        f"; Soft MoE at {summary['sentence_tokens']} tokens per sentence" if moe else ""
     )
     return table
