@@ -65,6 +65,11 @@ def test_cli_compare(two_runs, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "compare test" in result.stdout
     assert json.loads((out / "compare.json").read_text())["baseline"] == str(early.resolve())
+    # An 80-column log gets the runs one by one, nothing truncated, and compare.md's path.
+    lines = result.stdout.splitlines()
+    assert "late" in lines and any(line.startswith("  BLEU ") for line in lines)
+    assert "…" not in result.stdout
+    assert f"wrote {out / 'compare.md'}" in " ".join(result.stdout.split())
 
 
 def _edit_report(run_dir: Path, edit) -> Path:
