@@ -5,13 +5,16 @@ workflow and prints its result table; its ``register`` adds it to the app with t
 helpers. The workflows in :mod:`moe_mt.workflows` are what tests call directly. A
 :class:`MoeMtError` becomes one line on stderr and exit code 1; so does any other exception, its
 traceback saved to a file that the line names (:mod:`moe_mt.cli.unexpected`; ``MOEMT_DEBUG=1``
-shows it instead).
+shows it instead). SIGTERM is Ctrl-C's KeyboardInterrupt, so that it gets the same cleanup
+(temporaries removed, train's summary written); it ends in ``terminated`` and exit code 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
 import sys
 from typing import Annotated
 
@@ -58,6 +61,43 @@ _NO_ARGS_IS_HELP = getattr(_click_errors, "NoArgsIsHelpError", ())
 _ABORTS = tuple({typer.Abort, getattr(_click_errors, "Abort", typer.Abort)})
 
 
+#: Whether this process got SIGTERM: workflows re-raise a plain KeyboardInterrupt after their
+#: cleanup (train does), so the exception's type cannot say which signal it was.
+_terminated = False
+
+
+def _sigterm(signum, frame) -> None:
+    """SIGTERM as Ctrl-C; a second one ends the process at once (SIGTERM's default)."""
+    global _terminated
+    _terminated = True
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_is_an_interrupt():
+    global _terminated
+    _terminated = False
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main thread (an embedding host): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted() -> None:
+    """The line and exit code of Ctrl-C (130) or SIGTERM (143), as a shell reports them."""
+    if _terminated:
+        err_console.print("[yellow]terminated[/]")
+        sys.exit(128 + signal.SIGTERM)
+    err_console.print("[yellow]interrupted[/]")
+    sys.exit(128 + signal.SIGINT)
+
+
 class OneLineUsageErrors(typer.core.TyperGroup):
     """A usage error (a missing argument, an unknown option or command) is one line on stderr,
     as every other error a user's input causes, instead of Typer's usage panel."""
@@ -66,8 +106,9 @@ class OneLineUsageErrors(typer.core.TyperGroup):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
-            # Returns the exit code of an Exit (--help: 0), else the command's return value.
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            with _sigterm_is_an_interrupt():
+                # Returns the exit code of an Exit (--help: 0), else the command's return value.
+                result = super().main(*args, standalone_mode=False, **kwargs)
         except _NO_ARGS_IS_HELP as exc:  # the help is printed already
             sys.exit(exc.exit_code)
         except _click_errors.ClickException as exc:
@@ -77,9 +118,8 @@ class OneLineUsageErrors(typer.core.TyperGroup):
             hint = f" (see {ctx.command_path} --help)" if usage else ""
             print_error(f"{where}{exc.format_message()}{hint}")
             sys.exit(exc.exit_code)
-        except _ABORTS:
-            err_console.print("[yellow]interrupted[/]")
-            sys.exit(130)
+        except (*_ABORTS, KeyboardInterrupt):
+            _interrupted()
         except Exception as exc:  # outside any command (the commands have user_errors)
             if unexpected.debugging():
                 raise
@@ -122,8 +162,7 @@ def user_errors(fn):
             print_error(str(exc))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            sys.exit(130)
+            _interrupted()
         except (typer.Exit, typer.Abort, _click_errors.ClickException):
             raise  # click's own control flow: --help, usage errors
         except Exception as exc:

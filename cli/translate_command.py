@@ -8,6 +8,8 @@ mapping, argument types, consoles) so that this module does not import ``moe_mt.
 # No `from __future__ import annotations`: typer reads the parameter annotations, which are
 # the argument types handed to register().
 import inspect
+import os
+import signal
 import sys
 from typing import Annotated
 
@@ -40,15 +42,35 @@ def _read_stdin_lines():
 
 
 def _write_stdout(lines: list[str]) -> None:
+    """Write ``lines`` to stdout; a reader that went away (``| head``) ends the command as
+    SIGPIPE ends ``cat``: silently, exit code 141."""
     data = "".join(line + "\n" for line in lines)
     stream = getattr(sys.stdout, "buffer", None)
-    if stream is None:
-        sys.stdout.write(data)
-        sys.stdout.flush()
-    else:
-        sys.stdout.flush()
-        stream.write(data.encode("utf-8"))
-        stream.flush()
+    try:
+        if stream is None:
+            sys.stdout.write(data)
+            sys.stdout.flush()
+        else:
+            sys.stdout.flush()
+            stream.write(data.encode("utf-8"))
+            stream.flush()
+    except BrokenPipeError:
+        # What is still buffered goes to /dev/null, so that Python's flush at exit does not
+        # print "Exception ignored ... BrokenPipeError" (the recipe of Python's signal docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise SystemExit(128 + signal.SIGPIPE) from None
+
+
+def _check_streams() -> None:
+    """stdin and stdout closed at start-up (``<&-``, ``>&-``) are None in Python."""
+    for name, stream, role in (
+        ("stdin", sys.stdin, "the lines to translate are read from it"),
+        ("stdout", sys.stdout, "the translations are written to it"),
+    ):
+        if stream is None:
+            raise MoeMtError(f"{name} is closed; {role}")
 
 
 def register(app, *, user_errors, config_arg, overrides_arg, console, err_console) -> None:
@@ -76,6 +98,7 @@ def register(app, *, user_errors, config_arg, overrides_arg, console, err_consol
         # The workflow (torch, fairseq) is imported when the command runs, not at start-up.
         from moe_mt.workflows.export.stream import translate_stream
 
+        _check_streams()
         if (src is None) != (tgt is None):
             raise MoeMtError("--src and --tgt go together")
         direction = [f"eval.directions=[{src}-{tgt}]"] if src is not None else []

@@ -14,7 +14,6 @@ first range only after the others, so two workers take as long as one).
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from fairseq.data import Dictionary
 from fairseq.tokenizer import tokenize_line
 
 import moe_mt  # noqa: F401  (compat patches before fairseq is imported)
+from moe_mt.data_prep.pool import WorkerPool
 
 #: A file of fewer bytes than this per worker is binarised by one process.
 MIN_BYTES_PER_WORKER = 1 << 20
@@ -39,9 +39,30 @@ def build_dictionary(piece_files: Iterable[Path], workers: int = 1) -> Dictionar
     """A fairseq dictionary of every piece seen in ``piece_files`` (no threshold)."""
     dictionary = Dictionary()
     for path in piece_files:
-        Dictionary.add_file_to_dictionary(str(path), dictionary, tokenize_line, workers)
+        _add_file_to_dictionary(path, dictionary, workers)
     dictionary.finalize(threshold=-1, nwords=-1, padding_factor=8)
     return dictionary
+
+
+def _add_file_to_dictionary(path: Path, dictionary: Dictionary, workers: int) -> None:
+    """fairseq's ``Dictionary.add_file_to_dictionary`` (the counts of one byte range per worker,
+    added in file order), on :class:`WorkerPool` rather than its ``multiprocessing.Pool``."""
+    from fairseq.file_chunker_utils import find_offsets
+
+    offsets = find_offsets(str(path), workers)
+    ranges = [
+        (str(path), tokenize_line, dictionary.eos_word, start, end)
+        for start, end in zip(offsets, offsets[1:], strict=False)
+    ]
+    count = Dictionary._add_file_to_dictionary_single_worker
+    if workers == 1:
+        counters = [count(*ranges[0])]
+    else:
+        with WorkerPool(workers) as pool:
+            counters = list(pool.ordered(count, ranges, ahead=workers))
+    for counter in counters:
+        for word, n in sorted(counter.items()):
+            dictionary.add_symbol(word, n)
 
 
 def binarize_file(
@@ -62,8 +83,8 @@ def binarize_file(
     if workers == 1:
         results = [_binarize_range(*parts[0])]
     else:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.starmap(_binarize_range, parts)
+        with WorkerPool(workers) as pool:
+            results = list(pool.ordered(_binarize_range, parts, ahead=workers))
     builder = indexed_dataset.make_builder(
         f"{out_prefix}.bin", impl="mmap", vocab_size=len(dictionary)
     )

@@ -12,12 +12,12 @@ chunks per worker are in flight, so memory does not grow with the corpus.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from moe_mt.data_prep import clean, validate
+from moe_mt.data_prep.pool import WorkerPool
 
 #: Lines per chunk: large enough that a chunk's transfer costs little against its work.
 CHUNK_LINES = 20_000
@@ -76,14 +76,8 @@ def _run(jobs, workers: int):
     if workers == 1:
         yield from (_screen(*job) for job in jobs)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        pending: deque = deque()
-        for job in jobs:
-            pending.append(pool.apply_async(_screen, job))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    with WorkerPool(workers) as pool:
+        yield from pool.ordered(_screen, jobs, ahead=2 * workers)
 
 
 def _screen(inputs, first: int, src_lines, tgt_lines, max_line_chars: int, filters):

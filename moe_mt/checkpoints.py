@@ -27,7 +27,6 @@ import contextlib
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 
 from moe_mt.errors import MoeMtError, writing
+from moe_mt.workflows.common.rundir import temporary_file
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -261,7 +261,8 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     (:mod:`moe_mt.compat`)."""
     path = Path(path)
     with writing(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # Named with the pid: a dead process's is removed by the next save in the directory.
+        fd, tmp = temporary_file(path)
         try:
             with os.fdopen(fd, "wb") as out:
                 writer = _FirstWriteError(out)

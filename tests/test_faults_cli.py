@@ -162,3 +162,98 @@ def test_a_mistyped_family_is_one_line_with_the_closest():
         invoke("config", REPO / "recipes" / "demo.yaml", "model.arch", "model.family=swich")
     )
     assert line.startswith("override: model.family=swich is not a model family (closest: switch;")
+
+
+# -- closed and broken standard streams (issue I1, I2) ---------------------------------------------
+
+#: ``moemt translate ARGS`` with the translation replaced by a copy of each line, 1,000 times:
+#: what matters here is stdin and stdout, not the model.
+_FAKE_TRANSLATE = """
+import sys
+from moe_mt.cli.main import app
+from moe_mt.workflows.export import stream
+
+def translate_stream(cfg, lines, write, chunk_lines):
+    for line in lines:
+        write([line] * 1000)
+
+stream.translate_stream = translate_stream
+app(["translate", *sys.argv[1:]], prog_name="moemt")
+"""
+
+
+def _translate_shell(redirections: str):
+    """``moemt translate recipes/demo.yaml REDIRECTIONS`` (a shell's) with the fake above."""
+    import shlex
+    import subprocess
+    import sys
+
+    command = (
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(_FAKE_TRANSLATE)} "
+        f"{shlex.quote(str(REPO / 'recipes' / 'demo.yaml'))} {redirections}"
+    )
+    return subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "redirections, expected",
+    [
+        ("<&-", "stdin is closed; the lines to translate are read from it"),
+        ("</dev/null >&-", "stdout is closed; the translations are written to it"),
+    ],
+    ids=["stdin", "stdout"],
+)
+def test_translate_with_a_closed_stream_is_one_line(redirections, expected):
+    """Issue I1: `moemt translate RUN <&-` (or `>&-`) ended in an AttributeError."""
+    from tests.faults import own_lines
+
+    result = _translate_shell(redirections)
+    assert result.returncode == 1, result.stderr
+    assert own_lines(result.stderr) == [f"error: {expected}"]
+
+
+def test_translate_into_a_closed_pipe_is_silent_with_sigpipes_code():
+    """Issue I2: `moemt translate RUN < big | head -n 1` ended in a BrokenPipeError and
+    Python's "Exception ignored"; as `cat | head`: nothing on stderr, exit code 141."""
+    import signal
+
+    from tests.faults import own_lines
+
+    result = _translate_shell(
+        '< <(yes "Where is the station?" | head -n 20000) | head -n 1; exit "${PIPESTATUS[0]}"'
+    )
+    assert result.stdout == "Where is the station?\n"
+    assert own_lines(result.stderr) == []
+    assert result.returncode == 128 + signal.SIGPIPE
+
+
+@pytest.mark.parametrize("reraised", [False, True], ids=["as-is", "re-raised-by-the-workflow"])
+def test_sigterm_is_an_interrupt_with_its_own_line_and_code(monkeypatch, reraised):
+    """Issue G2: SIGTERM exited 143 without a word and skipped the cleanup Ctrl-C gets. It is
+    now Ctrl-C's KeyboardInterrupt (so the same cleanup runs), then one line and 143, also
+    when the workflow re-raises a plain KeyboardInterrupt after its cleanup (train does)."""
+    import os
+    import signal
+    import time
+
+    from moe_mt.cli import ls_command
+    from tests.faults import own_lines
+
+    def stopped():
+        # Unhandled, SIGTERM would end pytest itself.
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "not handled"
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        except KeyboardInterrupt:
+            if reraised:
+                raise KeyboardInterrupt from None
+            raise
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setitem(ls_command.LISTINGS, "criteria", stopped)
+    result = invoke("ls", "criteria")
+    assert (result.exit_code, own_lines(result.stderr)) == (143, ["terminated"])
+    assert signal.getsignal(signal.SIGTERM) == before  # restored after the command

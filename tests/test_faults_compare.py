@@ -113,3 +113,49 @@ def test_runs_that_translated_other_sources_are_refused(file_pair_runs, tmp_path
         invoke("compare", a, other, "--eval-name", "test", "--out", tmp_path / "o")
     )
     assert line == (f"runs {a} and {other}: en-de files.source.sha256 differs (different sources)")
+
+
+def _copy_with(run: Path, target: Path, change) -> Path:
+    """A copy of ``run`` whose eval report ``test`` went through ``change(report)``."""
+    shutil.copytree(run, target)
+    path = target / "eval" / "test" / "report.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    change(report)
+    path.write_text(json.dumps(report), encoding="utf-8")
+    return path
+
+
+def test_a_report_of_another_shape_or_a_damaged_summary_is_one_line(file_pair_runs, tmp_path):
+    """Issue Q1: a report of another shape ended in a KeyError, an invalid train_summary.json
+    in a JSONDecodeError; now one line naming the file and what is wrong."""
+    a, b, _ = file_pair_runs
+    args = ("--eval-name", "test", "--resamples", "20")
+    path = _copy_with(b, tmp_path / "no_average", lambda report: report.pop("average"))
+    line = one_error_line(
+        invoke("compare", a, tmp_path / "no_average", "--out", tmp_path / "o", *args)
+    )
+    assert line == f"{path}: not a moemt eval report of this version (no key 'average')"
+
+    def drop_signature(report):
+        (direction,) = report["directions"].values()
+        del direction["scores"]["chrF2"]["signature"]
+
+    path = _copy_with(b, tmp_path / "no_signature", drop_signature)
+    line = one_error_line(
+        invoke("compare", a, tmp_path / "no_signature", "--out", tmp_path / "o", *args)
+    )
+    assert line == (
+        f"{path}: not a moemt eval report of this version "
+        "(no key 'directions.en-de.scores.chrF2.signature')"
+    )
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(b, damaged)
+    summary = damaged / "logs" / "train_summary.json"
+    summary.write_text('{"num_updates": 3', encoding="utf-8")
+    line = one_error_line(invoke("compare", a, damaged, "--out", tmp_path / "o", *args))
+    assert line.startswith(f"{summary}: not valid JSON (")
+    assert line.endswith(
+        "); train the run again, or move the file aside to compare without its training figures"
+    )
+    assert not (tmp_path / "o").exists()

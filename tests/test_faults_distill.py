@@ -8,6 +8,7 @@ does not fit its data (prepared again since), a student option the model's layer
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def test_teacher_checkpoint_that_does_not_fit_its_data(teacher, tmp_path):
         path = shrunk / "data" / "bin" / f"dict.{lang}.txt"
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         path.write_text("".join(lines[:-100]), encoding="utf-8")
+    # As prep writes them: the manifest records the smaller dictionaries (not damaged ones).
+    manifest_path = shrunk / "data" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["dictionary_size"] = {lang: n - 100 for lang, n in manifest["dictionary_size"].items()}
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     student = tmp_path / "student"
     line = one_error_line(_distill(student, *_overrides(shrunk)))
     checkpoint = shrunk / "checkpoints" / "checkpoint_last.pt"

@@ -75,6 +75,11 @@ def reprepared(trained_demo, tmp_path_factory) -> Path:
         path = target / "data" / "bin" / f"dict.{lang}.txt"
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         path.write_text("".join(lines[:-100]), encoding="utf-8")
+    # As prep writes them: the manifest records the smaller dictionaries (not damaged ones).
+    manifest_path = target / "data" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["dictionary_size"] = {lang: n - 100 for lang, n in manifest["dictionary_size"].items()}
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     return target
 
 
@@ -203,3 +208,155 @@ def test_a_deleted_sentencepiece_model_is_one_line_and_prep_rebuilds_it(trained_
         result.manifest["fingerprint"]
         == json.loads((trained_demo / "data" / "manifest.json").read_text())["fingerprint"]
     )
+
+
+def _cut(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".idx"])
+def test_a_truncated_binarised_split_is_one_line(trained_demo, tmp_path, suffix):
+    """Issue R1: a data/bin/*.bin or *.idx cut short ended in fairseq's ValueError (and for the
+    index an "Exception ignored in __del__" traceback); now one line naming the file, before
+    fairseq opens it (eval, translate, and train's model check)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_demo, run)
+    path = run / "data" / "bin" / f"valid.en-de.en{suffix}"
+    size = path.stat().st_size
+    _cut(path, size // 2)
+    line = one_error_line(invoke("eval", run, "eval.beam=1"))
+    assert line.startswith(f"{path} is damaged ({size // 2} bytes; ")
+    assert line.endswith("): prepare the data again (`moemt prep`)")
+    assert not (run / "eval").exists()
+    assert one_error_line(invoke("translate", run, input="Hello.\n")) == line
+    result = invoke("train", run / "config.yaml", f"run_dir={run}", "--dry-run")
+    assert one_error_line(result) == line
+
+
+def test_a_truncated_dictionary_is_damaged_not_prepared_again(trained_demo, tmp_path):
+    """Issue R3: a dictionary cut short was blamed on a re-prep with another config; the
+    manifest records its entries, so it is called damaged."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_demo, run)
+    path = run / "data" / "bin" / "dict.en.txt"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(lines[:-100]), encoding="utf-8")
+    kept, recorded = len(lines) - 100, len(lines)
+    expected = (
+        f"{path} is damaged ({kept} lines, the manifest records {recorded}): prepare the data "
+        "again (`moemt prep`)"
+    )
+    assert one_error_line(invoke("eval", run, "eval.beam=1")) == expected
+    assert one_error_line(invoke("translate", run, input="Hello.\n")) == expected
+    # Cut inside its last line: the same count of lines, the last one without its count.
+    path.write_text("".join(lines)[:-3], encoding="utf-8")
+    line = one_error_line(invoke("eval", run, "eval.beam=1"))
+    assert line == (
+        f"{path} is damaged (its last line is cut short): prepare the data again (`moemt prep`)"
+    )
+
+
+@pytest.mark.parametrize("key", ["languages", "files"])
+def test_a_manifest_of_another_shape_is_one_line(trained_demo, tmp_path, key):
+    """Issue R6: a manifest without its languages or files ended in ``KeyError: 'languages'``
+    (eval) or ``KeyError: 'files'`` (translate)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_demo, run)
+    path = run / "data" / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    del manifest[key]
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+    expected = (
+        f"{path}: not a manifest of prepared data (no key '{key}'); run `moemt prep` on this "
+        "config again"
+    )
+    assert one_error_line(invoke("eval", run, "eval.beam=1")) == expected
+    assert one_error_line(invoke("translate", run, input="Hello.\n")) == expected
+
+
+def test_a_data_override_of_the_test_set_is_refused(run_copy, tmp_path):
+    """Issue E1: ``moemt eval RUN data.test=other/test`` scored the prepared test set, the
+    override neither used nor mentioned; eval.source/eval.reference score other files."""
+    other = tmp_path / "other" / "test"
+    line = one_error_line(invoke("eval", run_copy, f"data.test={other}"))
+    assert line.startswith("data.test: ")
+    assert line.endswith(
+        f" -> '{other}': eval scores the test sets prepared in {run_copy / 'data'}, not data.*; "
+        "to score other files give eval.source=FILE eval.reference=FILE (or translate them with "
+        "`moemt translate`), to prepare others run `moemt prep`"
+    )
+
+
+@pytest.fixture(scope="module")
+def exported_run(trained_demo, tmp_path_factory):
+    """A copy of the trained run, its export made (float32), and the config that made it."""
+    from moe_mt.workflows.export.exporter import export
+
+    run = tmp_path_factory.mktemp("export_faults") / "run"
+    shutil.copytree(trained_demo, run)
+    cfg = _cfg(run, "eval.beam=1")
+    return run, cfg, export(cfg)
+
+
+def _load_export(out: Path):
+    from moe_mt.workflows.export.ct2_translator import Ct2Translator
+    from moe_mt.workflows.translate.translator import DecodeOptions
+
+    info = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    return Ct2Translator.load(out, info, DecodeOptions(beam=1), ("en", "de"), threads=1)
+
+
+def test_a_truncated_export_model_is_rebuilt_not_reused(exported_run):
+    """Issue X1: a model.bin cut short was "reused (same inputs)", then CTranslate2 failed with
+    a RuntimeError; export.json records every file's size, checked at reuse and at load."""
+    from moe_mt.workflows.export.exporter import export
+
+    run, cfg, first = exported_run
+    model = first.out_dir / "model.bin"
+    size = model.stat().st_size
+    assert first.info["files"]["model.bin"] == size
+    _cut(model, size // 2)
+    with pytest.raises(MoeMtError) as refused:
+        _load_export(first.out_dir)
+    assert str(refused.value) == (
+        f"{first.out_dir}: damaged export (model.bin: {size // 2} bytes, export.json records "
+        f"{size}); export it again (`moemt export`)"
+    )
+    again = export(cfg)
+    assert not again.reused and model.stat().st_size == size
+    assert export(cfg).reused
+    _cut(model, size // 2)  # eval and translate with the export rebuild it (ensure_export)
+    result = invoke("translate", run, "eval.beam=1", "--engine", "ctranslate2", input="Hi.\n")
+    assert result.exit_code == 0, result.output
+    assert model.stat().st_size == size
+
+
+def test_an_export_naming_files_outside_it_is_refused(exported_run, tmp_path):
+    """Issue X3: export.json naming ``../../outside.model``, or spm.model a link to
+    /etc/passwd, made translate open a file outside the export."""
+    from moe_mt.workflows.export.exporter import export
+
+    run, cfg, first = exported_run
+    out = first.out_dir
+    info_path = out / "export.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["spm"] = {lang: "../../outside.model" for lang in info["spm"]}
+    info_path.write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(MoeMtError) as refused:
+        _load_export(out)
+    assert str(refused.value) == (
+        f"{out}: damaged export (export.json names '../../outside.model', not a file of the "
+        "export directory); export it again (`moemt export`)"
+    )
+    assert not export(cfg).reused  # rebuilt: its own names again
+    spm = out / "spm.model"
+    spm.unlink()
+    spm.symlink_to("/etc/passwd")
+    with pytest.raises(MoeMtError) as refused:
+        _load_export(out)
+    assert str(refused.value) == (
+        f"{out}: damaged export (spm.model is a link; an export holds its own files); export it "
+        "again (`moemt export`)"
+    )
+    rebuilt = export(cfg)
+    assert not rebuilt.reused and not spm.is_symlink() and spm.is_file()

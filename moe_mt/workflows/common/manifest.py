@@ -96,9 +96,21 @@ def recorded_data_config(manifest: dict) -> dict | None:
     return prepared_data_config(merged)
 
 
+#: What every command reads of a manifest (format 2), as key paths: a manifest without one is
+#: of another shape (not prep's, or hand-edited), one line naming the key.
+REQUIRED_KEYS = (
+    ("languages",),
+    ("languages", "langs"),
+    ("languages", "directions"),
+    ("corpora",),
+    ("files",),
+    ("files", "bin"),
+)
+
+
 def read_manifest(path: Path) -> dict:
-    """The manifest at ``path`` in the format-2 form; a missing or unreadable one is an error
-    that says to run prep."""
+    """The manifest at ``path`` in the format-2 form; a missing or unreadable one, or one
+    without a key of :data:`REQUIRED_KEYS` (named), is an error that says to run prep."""
     try:
         manifest = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -106,7 +118,25 @@ def read_manifest(path: Path) -> dict:
             f"{path}: no prepared data ({type(exc).__name__}); run `moemt prep` on this "
             "config first"
         ) from None
-    return upgraded(manifest)
+    try:
+        manifest = upgraded(manifest)
+    except (KeyError, TypeError, AttributeError) as exc:
+        key = exc.args[0] if isinstance(exc, KeyError) else None
+        raise _of_another_shape(path, key) from None
+    for keys in REQUIRED_KEYS:
+        found = manifest
+        for key in keys:
+            if not isinstance(found, dict) or key not in found:
+                raise _of_another_shape(path, ".".join(keys))
+            found = found[key]
+    return manifest
+
+
+def _of_another_shape(path: Path, key) -> MoeMtError:
+    what = f"no key '{key}'" if key is not None else "a value of another type"
+    return MoeMtError(
+        f"{path}: not a manifest of prepared data ({what}); run `moemt prep` on this config again"
+    )
 
 
 def upgraded(manifest: dict) -> dict:

@@ -8,6 +8,11 @@ renamed when complete, so that an interrupted command never leaves something tha
 A write that fails for a reason outside the program (disk full, read-only, no permission) is
 one line naming the path (:func:`moe_mt.errors.writing`), and its temporary file or directory
 is removed.
+
+A temporary name holds its writer's pid (``.NAME.PID.XXXXXXXX.tmp``,
+``.NAME.building.PID.XXXXXXXX``, ``.NAME.old.PID``): what a process killed past any cleanup
+(SIGKILL, a power cut) left behind is removed by the next write in that directory
+(:func:`remove_stale_temporaries`), and a live writer's is left alone.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -100,10 +106,70 @@ class RunDir:
                     handle.truncate()
                     handle.write(f"pid {os.getpid()}\n")
                     handle.flush()
+                # Before any command reads data/: a data/ moved aside by a writer that died
+                # is back in place.
+                for directory in (self.root, self.checkpoints):
+                    remove_stale_temporaries(directory)
                 yield self
             finally:
                 handle.seek(0)
                 handle.truncate()
+
+
+#: A temporary file of :func:`temporary_file`, and a temporary directory of
+#: :func:`building_dir` or the previous directory it moves aside (``[a-z0-9_]{8}``: mkstemp's).
+_TEMP_FILE = re.compile(r"\..+\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp")
+_BUILDING = re.compile(
+    r"\.(?P<name>.+)\.(?:building\.(?P<pid>\d+)\.[a-z0-9_]{8}|old\.(?P<old>\d+))"
+)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Remove the temporary files and directories in ``directory`` whose writer is dead.
+
+    A previous directory moved aside (``.NAME.old.PID``) whose replacement never arrived (the
+    writer died between the two renames) is put back as ``NAME`` instead.
+    """
+    directory = Path(directory)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if (match := _TEMP_FILE.fullmatch(entry.name)) and not entry.is_dir(follow_symlinks=False):
+            if not _alive(int(match["pid"])):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        elif (match := _BUILDING.fullmatch(entry.name)) and entry.is_dir(follow_symlinks=False):
+            if _alive(int(match["pid"] or match["old"])):
+                continue
+            final = directory / match["name"]
+            if not match["old"]:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif not final.exists():
+                with contextlib.suppress(OSError):  # the next command may try again
+                    os.replace(entry.path, final)
+            else:
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def temporary_file(path: Path) -> tuple[int, str]:
+    """``mkstemp`` beside ``path``, named with this process's pid, after removing the
+    temporaries of dead processes there; ``(fd, name)``."""
+    remove_stale_temporaries(path.parent)
+    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -111,7 +177,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temporary_file(path)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(text)
@@ -153,7 +219,9 @@ def building_dir(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     with writing(final):
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building.", dir=final.parent))
+        remove_stale_temporaries(final.parent)
+        building = f".{final.name}.building.{os.getpid()}."
+        tmp = Path(tempfile.mkdtemp(prefix=building, dir=final.parent))
     try:
         yield tmp
     except BaseException as exc:

@@ -6,16 +6,54 @@ on. Data prepared again with another vocabulary (``data.spm.vocab_size``) no lon
 then fails deep in ``load_state_dict`` with three size mismatches cut off at the first line.
 :func:`check_fits_data` says it in one line, before anything is loaded or written (eval,
 translate, distill's teacher).
+
+A dictionary cut short is another matter: :func:`check_prepared` compares each with the entries
+its manifest records (``dictionary_size``) and says the file is damaged; the binarised splits are
+checked there too (:func:`.binarized.check_binarized`), before fairseq opens anything.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from moe_mt.errors import MoeMtError
+from moe_mt.workflows.common.binarized import check_binarized, damaged
 from moe_mt.workflows.common.manifest import directions, languages
+
+#: Entries of a fairseq dictionary that its file does not list (<s>, <pad>, </s>, <unk>).
+SPECIAL_SYMBOLS = 4
+
+
+def check_dictionaries(bin_dir: Path) -> None:
+    """Refuse a dictionary of ``bin_dir`` with another number of entries than the manifest
+    beside it (``data/manifest.json``) records, or cut inside a line: it is damaged, not
+    prepared again (that rewrites the manifest too). Nothing to check without a manifest."""
+    try:
+        manifest = json.loads((Path(bin_dir).parent / "manifest.json").read_text("utf-8"))
+        recorded = dict(manifest.get("dictionary_size") or {})
+    except (OSError, ValueError, TypeError, AttributeError):
+        return  # read (and reported) where the manifest is read
+    for lang, size in recorded.items():
+        path = Path(bin_dir) / f"dict.{lang}.txt"
+        if not path.is_file():
+            continue  # a missing dictionary is reported where it is read
+        text = path.read_bytes()
+        lines = text.count(b"\n") + (not text.endswith(b"\n") and bool(text))
+        if lines + SPECIAL_SYMBOLS != size:
+            raise damaged(path, f"{lines} lines, the manifest records {size - SPECIAL_SYMBOLS}")
+        if text and not text.endswith(b"\n"):
+            raise damaged(path, "its last line is cut short")
+
+
+def check_prepared(bin_dir: Path) -> None:
+    """Refuse a prepared ``bin_dir`` with a damaged dictionary or binarised split (one line
+    naming the file); nothing to check before prep."""
+    check_dictionaries(bin_dir)
+    check_binarized(bin_dir)
+
 
 #: The embedding of each side in a fairseq encoder-decoder's state dict.
 EMBEDDINGS = {"source": "encoder.embed_tokens.weight", "target": "decoder.embed_tokens.weight"}
@@ -27,6 +65,7 @@ def model_dictionaries(data_cfg: DictConfig, bin_dir: Path):
     prep, a stand-in of ``data.spm.vocab_size`` symbols."""
     from fairseq.data import Dictionary
 
+    check_prepared(bin_dir)
     if data_cfg.pairs:  # multilingual: one dictionary, with the task's language tokens
         joint = task_dictionary(data_cfg, bin_dir)
         return joint, joint

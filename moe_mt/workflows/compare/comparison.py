@@ -102,7 +102,7 @@ def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> R
         raise MoeMtError(f"{given}: no {REPORT} here; has `moemt eval` finished for it?")
     else:
         report_path = run_dir / "eval" / (eval_name or split) / REPORT
-    report = read_report(report_path)
+    report = _read_report(report_path)
     engine = report.get("engine") or {"name": "fairseq"}
     if engine["name"] != "fairseq":
         name += f" ({engine['name']} {engine.get('quantization')}, {engine.get('threads')} threads)"
@@ -124,9 +124,72 @@ def load_run(run_dir: str | Path, split: str, eval_name: str | None = None) -> R
                 f"{hypotheses_file(report_path, report, d)}: {len(lines)} lines, but the report "
                 f"scored {expected}; evaluate the run again"
             )
-    summary_path = run_dir / "logs" / "train_summary.json"
-    train = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    train = _read_train_summary(run_dir / "logs" / "train_summary.json")
     return RunRecord(name, run_dir, report_path.resolve(), report, hypotheses, train)
+
+
+#: What compare reads of an eval report (format 2), as key paths: at the top, then in every
+#: direction (``directions.<d>.``); a report without one is of another shape.
+REPORT_KEYS = (("lines",), *(("average", m, "score") for m in METRICS))
+DIRECTION_KEYS = (
+    ("lines",),
+    ("timing",),
+    ("files", "source", "sha256"),
+    ("files", "source", "path"),
+    ("files", "reference", "sha256"),
+    ("files", "reference", "path"),
+    *(("scores", m, key) for m in METRICS for key in ("score", "signature")),
+)
+
+
+def _missing_key(found, keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` (a path into nested dicts) that ``found`` lacks, dotted, or None."""
+    for depth, key in enumerate(keys):
+        if not isinstance(found, dict) or key not in found:
+            return ".".join(keys[: depth + 1])
+        found = found[key]
+    return None
+
+
+def _read_train_summary(path: Path) -> dict:
+    """``logs/train_summary.json`` as a dict ({} when absent); one line naming it when it is
+    not valid JSON or not an object (cut short, hand-edited)."""
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MoeMtError(
+            f"{path}: not valid JSON ({exc}); train the run again, or move the file aside to "
+            "compare without its training figures"
+        ) from None
+    if not isinstance(summary, dict):
+        raise MoeMtError(
+            f"{path}: not a train summary (a JSON {type(summary).__name__}, not an "
+            "object); move it aside to compare without its training figures"
+        )
+    return summary
+
+
+def _read_report(path: Path) -> dict:
+    """:func:`read_report`, and one line naming the file and the first key compare needs that a
+    report of another shape (another tool's, hand-edited) lacks, instead of a KeyError."""
+    try:
+        report = read_report(path)
+    except (KeyError, TypeError, AttributeError) as exc:  # a format-1 upgrade that fails
+        what = f"no key '{exc.args[0]}'" if isinstance(exc, KeyError) else type(exc).__name__
+        raise MoeMtError(f"{path}: not a moemt eval report of this version ({what})") from None
+    directions = report.get("directions")
+    if not isinstance(directions, dict) or not directions:
+        raise MoeMtError(f"{path}: not a moemt eval report of this version (no key 'directions')")
+    first = next(filter(None, (_missing_key(report, keys) for keys in REPORT_KEYS)), None)
+    for d, info in directions.items():
+        key = next(filter(None, (_missing_key(info, keys) for keys in DIRECTION_KEYS)), None)
+        if first is None and key is not None:
+            first = f"directions.{d}.{key}"
+    if first is not None:
+        raise MoeMtError(f"{path}: not a moemt eval report of this version (no key '{first}')")
+    return report
 
 
 def _what_was_translated(report: dict) -> str:

@@ -45,11 +45,14 @@ from moe_mt.data_prep.download import file_sha256
 from moe_mt.data_prep.segmentation import text_segmenter
 from moe_mt.errors import MoeMtError
 from moe_mt.provenance import provenance
+from moe_mt.workflows.common.differences import differences
 from moe_mt.workflows.common.manifest import (
     Direction,
     has_split,
     parse_direction,
+    prepared_data_config,
     read_manifest,
+    recorded_data_config,
     text_files,
 )
 from moe_mt.workflows.common.progress import progress_bar
@@ -116,6 +119,31 @@ def eval_directions(cfg: DictConfig, manifest: dict) -> list[Direction]:
                     "(several directions need a multilingual run, data.pairs)"
                 )
     return chosen
+
+
+#: ``data.*`` keys that say which text the prepared splits hold: eval scores what prep made of
+#: them, so a value other than the prepared one is refused (it would be neither used nor said).
+TEXT_DATA_KEYS = ("train", "valid", "test", "source", "sources", "zero_shot")
+
+
+def check_prepared_text(cfg: DictConfig, run_dir: RunDir, manifest: dict) -> None:
+    """Refuse ``data.test=...`` (or another key of :data:`TEXT_DATA_KEYS`) that differs from the
+    prepared data's: eval scores the prepared test sets; other files are eval.source's."""
+    recorded = recorded_data_config(manifest)
+    if recorded is None:
+        return
+    given = prepared_data_config(cfg.data)
+    changed = differences(
+        {k: recorded.get(k) for k in TEXT_DATA_KEYS},
+        {k: given.get(k) for k in TEXT_DATA_KEYS},
+        "data.",
+    )
+    if changed:
+        raise MoeMtError(
+            f"{changed[0]}: eval scores the test sets prepared in {run_dir.data}, not data.*; "
+            "to score other files give eval.source=FILE eval.reference=FILE (or translate them "
+            "with `moemt translate`), to prepare others run `moemt prep`"
+        )
 
 
 def test_sets(cfg: DictConfig, run_dir: RunDir, manifest: dict) -> tuple[str, list[TestSet]]:
@@ -248,6 +276,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> EvalResult:
         check_quantization(cfg.eval.quantization)
     with run_dir.locked():
         manifest = read_manifest(run_dir.manifest)
+        check_prepared_text(cfg, run_dir, manifest)
         name, tests = test_sets(cfg, run_dir, manifest)
         if cfg.eval.engine != "fairseq" and cfg.eval.name is None:
             # Beside the fairseq report of the same split, not over it.

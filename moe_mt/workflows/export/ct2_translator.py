@@ -34,6 +34,62 @@ import numpy as np
 from moe_mt.errors import MoeMtError
 from moe_mt.workflows.translate.translator import DecodeOptions, Translations, check_languages
 
+#: An export's own record of itself (:mod:`.exporter`), the one file its ``files`` leave out.
+EXPORT_JSON = "export.json"
+
+
+def export_files(export_dir: Path) -> dict[str, int]:
+    """``{name: bytes}`` of every file of ``export_dir`` but :data:`EXPORT_JSON`: what
+    export.json records as ``files``, so that a file cut short or replaced is not used."""
+    return {
+        path.name: path.stat().st_size
+        for path in sorted(Path(export_dir).iterdir())
+        if path.name != EXPORT_JSON and path.is_file() and not path.is_symlink()
+    }
+
+
+def _own_name(name) -> bool:
+    """Whether ``name`` is a plain file name, of a file inside the directory it is read in."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+
+
+def export_problem(export_dir: Path, info: dict) -> str | None:
+    """Why the files of ``export_dir`` are not those its export.json (``info``) records, or
+    None: a name that leaves the directory, a link (to anywhere), a file missing, or of another
+    size than recorded (an export made before sizes were recorded has none: not checkable)."""
+    export_dir = Path(export_dir)
+    recorded = info.get("files")
+    spm = info.get("spm")
+    if not isinstance(recorded, dict) or not isinstance(spm, dict):
+        return f"{EXPORT_JSON} records no file sizes"
+    for name in [*spm.values(), *recorded]:
+        if not _own_name(name):
+            return f"{EXPORT_JSON} names {name!r}, not a file of the export directory"
+    for path in sorted(export_dir.iterdir()):
+        if path.is_symlink():
+            return f"{path.name} is a link; an export holds its own files"
+    for name, size in recorded.items():
+        path = export_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name}: {path.stat().st_size} bytes, {EXPORT_JSON} records {size}"
+    missing = [name for name in spm.values() if name not in recorded]
+    if missing:
+        return f"{missing[0]} is not among the files {EXPORT_JSON} records"
+    return None
+
+
+def check_export(export_dir: Path, info: dict) -> None:
+    """Refuse to load an export whose files are not those its export.json records
+    (:func:`export_problem`), in one line, before CTranslate2 or sentencepiece opens them."""
+    problem = export_problem(export_dir, info)
+    if problem is not None:
+        raise MoeMtError(
+            f"{export_dir}: damaged export ({problem}); export it again (`moemt export`)"
+        )
+
+
 #: fairseq's default ``--seed``: its inference batches order equal lengths by a permutation
 #: drawn under this seed (``get_batch_iterator(seed=1)``).
 FAIRSEQ_SEED = 1
@@ -119,6 +175,7 @@ class Ct2Translator:
         import sentencepiece
 
         export_dir = Path(export_dir)
+        check_export(export_dir, info)
         translator = ctranslate2.Translator(
             str(export_dir), device="cpu", compute_type="default", intra_threads=threads
         )

@@ -10,12 +10,15 @@ converted (:mod:`.ct2_spec`). The export directory (default ``RUN_DIR/export/ct2
     <the run's sentencepiece model(s)>                                      copied from data/
     export.json   source run, checkpoint (choice, path, updates, sha256), architecture, THOR's
                   expert, quantization, languages and language tokens, sentencepiece files,
-                  versions, and ``inputs``: what the export is a function of
+                  ``files`` (every other file's size), versions, and ``inputs``: what the
+                  export is a function of
 
 An existing export is reused while its ``inputs`` are those of the request (format, checkpoint
-sha256, quantization, THOR inference and expert, CTranslate2 version); otherwise it is built
-beside its place and renamed in (:func:`moe_mt.workflows.common.rundir.building_dir`), so an
-interrupted export never looks complete.
+sha256, quantization, THOR inference and expert, CTranslate2 version) and its files are those
+export.json records (``files``: name and size of each; no links, no names outside the
+directory); otherwise it is built beside its place and renamed in
+(:func:`moe_mt.workflows.common.rundir.building_dir`), so an interrupted export never looks
+complete, and a model.bin cut short is rebuilt, never loaded.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from moe_mt.provenance import provenance
 from moe_mt.workflows.common.manifest import read_manifest, trained_directions
 from moe_mt.workflows.common.rundir import RunDir, atomic_write_json, building_dir
 from moe_mt.workflows.export.ct2_spec import QUANTIZATIONS, save_spec, transformer_spec
+from moe_mt.workflows.export.ct2_translator import export_files, export_problem
 from moe_mt.workflows.export.dense_model import dense_model
 from moe_mt.workflows.export.merge import MERGE_METHODS, calibration_sha256
 from moe_mt.workflows.translate.translator import (
@@ -142,7 +146,13 @@ def ensure_export(
     out_dir = Path(out)
     inputs = export_inputs(cfg, file_sha256(chosen.path))
     existing = read_export(out_dir)
-    if existing is not None and existing.get("inputs") == inputs:
+    # Reused while its inputs are the same and its files are those it records (a model.bin cut
+    # short, a file replaced by a link: rebuilt, never loaded).
+    if (
+        existing is not None
+        and existing.get("inputs") == inputs
+        and export_problem(out_dir, existing) is None
+    ):
         return ExportResult(out_dir, existing, reused=True)
     # A directory with an export.json that cannot be read is a damaged export of ours: rebuilt.
     # One without is someone else's: refused, left as it is.
@@ -212,6 +222,8 @@ def _build(cfg: DictConfig, chosen: ChosenCheckpoint, out_dir: Path, inputs: dic
             "quantization": cfg.eval.quantization,
             "languages": _languages(translator, manifest),
             "spm": copied,
+            # every file's size, checked before reuse and before loading (export_problem)
+            "files": export_files(tmp),
             "inputs": inputs,
             **provenance(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
