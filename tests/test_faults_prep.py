@@ -251,3 +251,254 @@ def test_full_tmpfs(tmp_path, corpus):
         code, message = _run(str(_recipe(tmp_path, corpus)), f"run_dir={disk / 'run'}")
         assert code == 1 and "no space left on device while writing" in message
         assert leftovers(disk) == [] and not (disk / "run" / "data").exists()
+
+
+def test_interpolated_data_key_is_resolved_before_it_is_compared(tmp_path, corpus, monkeypatch):
+    """``data.spm.vocab_size: ${env:MOEMT_TEST_PV}``: the manifest, its fingerprint and
+    config.yaml hold the value, so PV=300 after PV=280 prepares again (it said up to date: the
+    text had not changed); the text as written stays provenance (meta.unresolved)."""
+    path = _recipe(tmp_path, corpus)
+    text = path.read_text().replace("{vocab_size: 300}", '{vocab_size: "${env:MOEMT_TEST_PV}"}')
+    path.write_text(text)
+    recipe = str(path)
+    run = RunDir(tmp_path / "run")
+    for vocab_size in ("280", "300"):
+        monkeypatch.setenv("MOEMT_TEST_PV", vocab_size)
+        assert _run(recipe) == (0, "")
+        manifest = json.loads(run.manifest.read_text())
+        assert manifest["config"]["spm"]["vocab_size"] == int(vocab_size)
+        assert manifest["unresolved"] == {"data.spm.vocab_size": "${env:MOEMT_TEST_PV}"}
+        config = run.config.read_text()
+        assert f"vocab_size: {vocab_size}\n" in config
+        assert "data.spm.vocab_size: ${env:MOEMT_TEST_PV}" in config.partition("\nmeta:\n")[2]
+
+
+# -- signals and dead workers (issues G1, G2, G3) --------------------------------------------------
+
+#: ``moemt prep ARGS`` whose cleaning workers note their pid in MARKS, then sleep (HOW=sleep) or
+#: are killed as by the OOM killer (HOW=kill): ``python -c SCRIPT MARKS HOW ARGS...``.
+_PREP_WITH_WORKERS = """
+import os, signal, sys, time
+from pathlib import Path
+from moe_mt.cli.main import app
+from moe_mt.data_prep import clean_files
+
+def screen(*job):
+    Path(sys.argv[1], str(os.getpid())).touch()
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(120)
+
+clean_files.CHUNK_LINES = 10
+clean_files._screen = screen
+app(["prep", *sys.argv[3:]], prog_name="moemt")
+"""
+
+
+def _prep_with_workers(tmp_path, corpus, how: str, signal_to=None):
+    """Run the script above with two workers; once both work, send ``signal_to(pid)``; the
+    exit code, moemt's lines on stderr and the workers' pids."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    marks = tmp_path / "workers"
+    marks.mkdir()
+    args = [str(marks), how, str(_recipe(tmp_path, corpus)), "data.workers=2"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", _PREP_WITH_WORKERS, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,  # a process group of its own, as a terminal's job
+    )
+    try:
+        if signal_to is not None:
+            deadline = time.monotonic() + 60
+            while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            signal_to(process.pid)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+            process.wait()
+    from tests.faults import own_lines
+
+    return process.returncode, own_lines(stderr), [int(p.name) for p in marks.iterdir()]
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "send, code, line",
+    [
+        ("ctrl-c", 130, "interrupted"),  # the terminal signals the whole process group
+        ("sigterm", 143, "terminated"),  # `kill PID`, a scheduler's stop: the parent only
+    ],
+)
+def test_a_signal_during_the_worker_pool_is_one_line_and_no_leftovers(
+    tmp_path, corpus, send, code, line
+):
+    """Issues G1, G2: Ctrl-C printed two workers' tracebacks (32 lines) before "interrupted";
+    SIGTERM exited 143 without a word and left .data.building.* behind."""
+    import os
+    import signal
+
+    if send == "ctrl-c":
+        signal_to = lambda pid: os.killpg(pid, signal.SIGINT)  # noqa: E731
+    else:
+        signal_to = lambda pid: os.kill(pid, signal.SIGTERM)  # noqa: E731
+    exit_code, lines, workers = _prep_with_workers(tmp_path, corpus, "sleep", signal_to)
+    assert (exit_code, lines) == (code, [line])
+    assert len(workers) == 2 and all(_gone(pid) for pid in workers)
+    assert leftovers(tmp_path / "run") == [] and not (tmp_path / "run" / "data").exists()
+
+
+def test_a_killed_worker_is_one_line_naming_it_and_the_signal(tmp_path, corpus):
+    """Issue G3: a worker killed with SIGKILL (the OOM killer) made prep wait for ever."""
+    import re
+
+    exit_code, lines, workers = _prep_with_workers(tmp_path, corpus, "kill")
+    assert exit_code == 1 and len(lines) == 1, lines
+    match = re.fullmatch(
+        r"error: prep worker process (\d+) was killed by SIGKILL \(the system ran out of "
+        r"memory\? lower data\.workers\); prep stopped",
+        lines[0],
+    )
+    assert match and int(match.group(1)) in workers, lines
+    assert leftovers(tmp_path / "run") == [] and not (tmp_path / "run" / "data").exists()
+
+
+def test_temporaries_of_dead_processes_are_removed_by_the_next_command(tmp_path, corpus):
+    """Issue G2: a command killed past its cleanup left .data.building.*, export/.ct2-*.building.*
+    and checkpoints/.checkpoint_*.tmp that no later command removed. Their names hold the
+    writer's pid: a dead writer's are removed by the next write there, a live one's kept."""
+    import os
+    import subprocess
+
+    from moe_mt.checkpoints import atomic_torch_save
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = os.getpid()
+    run = tmp_path / "run"
+    checkpoints = run / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for pid in (dead.pid, alive):
+        (run / f".data.building.{pid}.abcd_123").mkdir()
+        (run / f".data.building.{pid}.abcd_123" / "train.en").write_text("half")
+        (checkpoints / f".checkpoint_last.pt.{pid}.x1y2z3w4.tmp").write_bytes(b"half")
+    result = prep(_load(tmp_path, corpus))
+    atomic_torch_save({"x": 1}, checkpoints / "checkpoint_best.pt")
+    assert leftovers(run) == [
+        f".data.building.{alive}.abcd_123",
+        f"checkpoints/.checkpoint_last.pt.{alive}.x1y2z3w4.tmp",
+    ]
+    # The previous data/ moved aside by a writer that died before the new one was in place
+    # is put back, before prep looks at it (here: up to date, the checkpoints' data).
+    (run / "data").rename(run / f".data.old.{dead.pid}")
+    again = prep(_load(tmp_path, corpus))
+    assert again.up_to_date and again.manifest == result.manifest
+    assert not (run / f".data.old.{dead.pid}").exists()
+    # export/ is built by the same building_dir.
+    from moe_mt.workflows.common.rundir import building_dir
+
+    (run / "export" / f".ct2-int8.building.{dead.pid}.q9w8e7r6").mkdir(parents=True)
+    with building_dir(run / "export" / "ct2-float32") as tmp:
+        (tmp / "model.bin").write_bytes(b"done")
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["ct2-float32"]
+
+
+# -- hostile archives of a downloaded corpus ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip", "gz"])
+def test_an_archive_that_expands_far_beyond_its_size_is_refused(tmp_path, monkeypatch, kind):
+    """A gzip bomb (32 MiB of zeros in 32 KiB; the issue's: 1 MB expanding to 1 GiB) was
+    extracted until the disk was full. Refused once it passes 100 times its size; nothing left."""
+    import gzip
+    import zipfile
+
+    from moe_mt.data_prep import download_extract
+    from moe_mt.data_prep.download_extract import ExtractError, extract
+    from tests.test_download import make_tar
+
+    monkeypatch.setattr(download_extract, "MIN_EXPANSION_LIMIT", 1 << 20)
+    zeros, member = bytes(32 << 20), "bomb.en"
+    if kind == "gz":
+        archive = tmp_path / "bomb.en.gz"
+        archive.write_bytes(gzip.compress(zeros))
+    elif kind == "tar":
+        archive = make_tar(tmp_path / "bomb.tgz", {"ok.en": b"fine\n", member: zeros})
+    else:
+        archive = tmp_path / "bomb.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("ok.en", b"fine\n")
+            zf.writestr(member, zeros)
+    size = archive.stat().st_size
+    assert size < 1 << 20
+    with pytest.raises(ExtractError) as err:
+        extract(archive, tmp_path / "out", declared_size=size)
+    limit = download_extract._size(100 * size)
+    assert str(err.value) == (
+        f"{archive}: refusing member {member!r}: the archive expands beyond {limit} (100 times "
+        f"the archive's {download_extract._size(size)}); a damaged or hostile archive"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]
+
+
+def test_extraction_checks_the_free_space(tmp_path, monkeypatch):
+    """A member larger than the free space is refused before it is written; extraction stops
+    when the disk is about to fill, instead of filling it."""
+    import collections
+    import gzip
+    import shutil
+
+    from moe_mt.data_prep.download_extract import ExtractError, extract
+    from tests.test_download import make_tar
+
+    usage = collections.namedtuple("usage", "total used free")
+    free = {"bytes": 10 << 20}
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 40, 0, free["bytes"]))
+    archive = make_tar(tmp_path / "a.tgz", {"train.en": b"x" * 4096})
+    with pytest.raises(ExtractError) as err:
+        extract(archive, tmp_path / "out")
+    assert str(err.value) == (
+        f"{archive}: not enough free space in {tmp_path} to extract 'train.en': 4.0 KiB needed, "
+        "10.0 MiB free"
+    )
+    gz = tmp_path / "b.en.gz"  # no trustworthy size before it is unpacked
+    gz.write_bytes(gzip.compress(b"y" * 4096))
+    with pytest.raises(ExtractError, match=r"to extract 'b\.en': 10\.0 MiB left after 4\.0 KiB$"):
+        extract(gz, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz", "b.en.gz"]
+    free["bytes"] = 1 << 30
+    assert (extract(gz, tmp_path / "out") / "b.en").read_bytes() == b"y" * 4096
+
+
+def test_an_interpolated_relative_path_is_relative_to_its_recipe(tmp_path, corpus, monkeypatch):
+    """`data.train: ${env:...}/train` was left relative (to whatever the working directory
+    was): resolved, it is relative to the recipe file that says it, as a written path is."""
+    from moe_mt.config import load_config, unresolved
+
+    path = _recipe(tmp_path, corpus)
+    text = path.read_text().replace(f"train: {corpus}/train", "train: ${env:CORPUS}/train")
+    path.write_text(text)
+    monkeypatch.setenv("CORPUS", corpus.name)  # `corpus`, next to the recipe
+    monkeypatch.chdir(corpus)
+    cfg = load_config(path)
+    assert cfg.data.train == str(corpus / "train")
+    assert unresolved(cfg) == {"data.train": "${env:CORPUS}/train"}

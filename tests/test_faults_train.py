@@ -203,3 +203,72 @@ def test_training_time_and_validations_survive_a_lost_summary(trained_demo, tmp_
     assert [v["num_updates"] for v in history] == [10, 20, 30, 35]
     assert history[:3] == recorded["valid_history"] and history[3]["wall_seconds"] > 3600
     assert summary["cpu_seconds"] > recorded["cpu_seconds"]
+
+
+@pytest.mark.parametrize("where", ["recipe", "override"])
+@pytest.mark.parametrize(
+    ("key", "text", "why"),
+    [
+        ("train.lr", "${env:MOEMT_TEST_UNSET}", "environment variable MOEMT_TEST_UNSET is not set"),
+        ("train.warmup_updates", "${eval.nothing}", "interpolation names no key eval.nothing"),
+        # Read as each source is merged (the architecture's names), not only at the end.
+        (
+            "model.family",
+            "${env:MOEMT_TEST_UNSET}",
+            "environment variable MOEMT_TEST_UNSET is not set",
+        ),
+    ],
+)
+def test_unresolved_interpolation_is_one_line(tmp_path, monkeypatch, where, key, text, why):
+    """It was `unexpected error ... ValidationError` (or ConfigKeyError): now the key, the file
+    (or override), the text and the variable, before anything is written."""
+    monkeypatch.delenv("MOEMT_TEST_UNSET", raising=False)
+    run_dir = tmp_path / "run"
+    if where == "recipe":
+        section, leaf = key.split(".")
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(f"include: [{RECIPE}]\n{section}:\n  {leaf}: {text}\n")
+        result = invoke("train", recipe, f"run_dir={run_dir}", "--dry-run")
+    else:
+        recipe, result = "override", _train_cli(run_dir, f"{key}={text}", "--dry-run")
+    assert one_error_line(result) == f"{recipe}: {key}={text}: {why}"
+    assert not run_dir.exists()
+
+
+def test_guard_compares_resolved_interpolations(prepped_demo, tmp_path, monkeypatch):
+    """`train.warmup_updates: ${train.max_update}` and `train.lr: ${env:...}` resumed with other
+    values were not refused: the configs held the same text. Now the values are recorded (the
+    text in meta.unresolved) and compared."""
+    run_dir = _copy(prepped_demo, tmp_path)
+    interpolated = ["train.warmup_updates=${train.max_update}", "train.lr=${env:MOEMT_TEST_LR}"]
+    monkeypatch.setenv("MOEMT_TEST_LR", "0.001")
+    train(_cfg(run_dir, "train.max_update=4", "train.save_interval_updates=2", *interpolated))
+    config = (run_dir / "checkpoints" / "config.yaml").read_text()
+    assert "  warmup_updates: 4\n" in config and "  lr: 0.001\n" in config
+    meta = config.partition("\nmeta:\n")[2]
+    assert "train.warmup_updates: ${train.max_update}" in meta and "${env:MOEMT_TEST_LR}" in meta
+
+    monkeypatch.setenv("MOEMT_TEST_LR", "0.002")
+    with pytest.raises(MoeMtError) as refused:
+        train(_cfg(run_dir, "train.max_update=6", "train.save_interval_updates=2", *interpolated))
+    assert "train.lr: 0.001 -> 0.002" in str(refused.value)
+    assert "train.warmup_updates: 4 -> 6" in str(refused.value)
+    assert checkpoint_update(run_dir / "checkpoints" / "checkpoint_last.pt") == 4
+
+
+def test_max_tokens_below_every_training_pair_writes_nothing(prepped_demo, tmp_path):
+    """fairseq drops every pair longer than train.max_tokens: it was `unexpected error ... The
+    dataset is empty`, after config.yaml and checkpoints/config.yaml were written."""
+    from moe_mt.workflows.train.trainer import _shortest_training_pair
+
+    run_dir = _copy(prepped_demo, tmp_path)
+    before = (run_dir / "config.yaml").read_bytes()
+    shortest = _shortest_training_pair(RunDir(run_dir))
+    assert shortest is not None and shortest > 2
+    result = _train_cli(run_dir, f"train.max_tokens={shortest - 1}", "train.max_update=1")
+    assert one_error_line(result) == (
+        f"train.max_tokens={shortest - 1}: no training pair fits: the shortest is {shortest} "
+        "tokens (its longer side, end of sentence included)"
+    )
+    assert (run_dir / "config.yaml").read_bytes() == before
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "logs").exists()

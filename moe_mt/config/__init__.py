@@ -18,6 +18,8 @@ each with its own includes), then the ``key=value`` overrides. An include cycle 
 piece is an error naming the file. ``model.arch`` left null is then named by ``model.family`` and
 ``model.size`` (:func:`resolve_architecture`), so a data set's recipe and a family's piece
 compose into one run (``name: europarl_en_ro_${model.family}`` names the run after both).
+Interpolations are resolved once the config is complete: commands see, compare, fingerprint and
+write values; the text as written is provenance only (:func:`unresolved`).
 
 The package, one job per module: :mod:`.schema` and :mod:`.data_schema` (the keys),
 :mod:`.bounds` (their ranges), :mod:`.names` (architecture naming and the family's defaults),
@@ -35,7 +37,9 @@ from moe_mt.config.load import (
     RUN_CONFIG,
     load_config,
     load_config_with_origins,
+    run_config_text,
     to_yaml,
+    unresolved,
 )
 from moe_mt.config.names import (
     architecture,
@@ -62,5 +66,5 @@ __all__ = [
     "DistillConfig", "EvalConfig", "ExperimentConfig", "KeyDoc", "ModelConfig", "MoEConfig",
     "SpmConfig", "TrainConfig", "architecture", "family_default_origin", "fill_family_defaults",
     "load_config", "load_config_with_origins", "resolve_architecture", "schema", "schema_keys",
-    "to_yaml",
+    "run_config_text", "to_yaml", "unresolved",
 ]  # fmt: skip

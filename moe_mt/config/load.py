@@ -7,7 +7,12 @@ from typing import Dict, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from moe_mt.config.bounds import check_bounds
 from moe_mt.config.names import (
@@ -46,7 +51,10 @@ INCLUDE_KEY = "include"  # a recipe's list of pieces merged before it
 def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Load a recipe (or a run directory's ``config.yaml``), apply overrides, validate.
 
-    Returns a fully resolved config with absolute paths and ``run_dir`` set.
+    Returns a fully resolved config with absolute paths and ``run_dir`` set: every
+    interpolation (``${train.max_update}``, ``${env:VAR}``) is replaced by its value, what was
+    written is kept as provenance (:func:`unresolved`, ``meta.unresolved`` of
+    :func:`run_config_text`).
     """
     return _load(source, overrides, origins=None)
 
@@ -88,37 +96,43 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
             raise MoeMtError(f"{source}: not a run directory (no {RUN_CONFIG})")
         raise MoeMtError(f"{path}: no such recipe file")
 
-    loaded = _without_meta(_read_yaml(path))
+    read = _read_yaml(path)
+    loaded = _without_meta(read)
     if from_run_dir:
         # The directory given is the run directory, wherever config.yaml says it was written
         # (a copied or moved run directory works on itself).
         loaded.run_dir = str(source.resolve())
     cfg = schema()
     sections = {key for key, doc in schema_keys().items() if doc.section}
+    relative_to: Dict[str, Path] = {}  # interpolated path keys: the directory they are relative to
 
     def apply(piece: DictConfig, origin: str) -> None:
         nonlocal cfg
         cfg = _merge(cfg, piece, origin=origin)
-        derived = latest_names_architecture(cfg.model, piece)
         origins.update(dict.fromkeys(_leaves_set(piece, sections), origin))
+        # The names of the architecture are read now: an interpolation in them resolves now.
+        _resolve_interpolations(cfg, origins, origin, assign=False, only=NAME_KEYS)
+        derived = latest_names_architecture(cfg.model, piece)
         for key in derived:  # no longer what that file said, but what the others imply
             origins.pop(f"model.{key}", None)
 
     for piece_path, piece in _with_includes(path, loaded, chain=()):
-        _resolve_paths(piece, base=piece_path.parent)  # relative to the file that says it
+        _resolve_paths(piece, piece_path.parent, relative_to)  # relative to the file that says it
         apply(piece, str(piece_path))
 
     pieces, dotlist = _split_arguments(overrides)
     for piece_path in pieces:  # recipe pieces named on the command line, in order
         for part_path, part in _with_includes(piece_path, _read_yaml(piece_path), chain=()):
-            _resolve_paths(part, base=part_path.parent)
+            _resolve_paths(part, part_path.parent, relative_to)
             apply(part, str(part_path))
 
     if dotlist:
         override_cfg = OmegaConf.from_dotlist(dotlist)
-        _resolve_paths(override_cfg, base=Path.cwd())
+        _resolve_paths(override_cfg, Path.cwd(), relative_to)
         apply(override_cfg, OVERRIDE_ORIGIN)
 
+    # Every interpolation resolves (one line naming it if not), before anything reads the values.
+    _resolve_interpolations(cfg, origins, str(path), assign=False)
     resolve_architecture(cfg.model, origin=origins.get("model.family", str(path)))
     fill_family_defaults(cfg, origins)
     # What no source set was named by the others (or is a default).
@@ -126,8 +140,17 @@ def _load(source: str | Path, overrides, origins: Optional[Dict[str, str]]) -> D
         origins.setdefault("model.family", NAMED_BY_ARCH)
         origins.setdefault("model.size", NAMED_BY_ARCH)
     origins.setdefault("model.arch", NAMED_BY_FAMILY_AND_SIZE)
-    if not OmegaConf.is_missing(cfg, "name"):
-        cfg.name = cfg.name  # resolved: `europarl_en_ro_${model.family}` becomes the run's name
+    # Resolved now that model.* is complete: `europarl_en_ro_${model.family}` becomes the run's
+    # name; what was written stays provenance, carried over from a run directory's config.yaml.
+    written = _resolve_interpolations(cfg, origins, str(path), assign=True)
+    _absolute_paths(cfg, relative_to)
+    if from_run_dir:
+        carried = OmegaConf.select(read, f"meta.{UNRESOLVED_KEY}")
+        carried = OmegaConf.to_container(carried, resolve=False) if carried else {}
+        for key, text in carried.items() if isinstance(carried, dict) else ():
+            if _origin_of(key, origins, str(path)) == str(path):
+                written.setdefault(key, str(text))
+    cfg.__dict__[_UNRESOLVED_ATTR] = dict(sorted(written.items()))
     _check_name(cfg, origins.get("name", str(path)))
     if cfg.run_dir is None:
         cfg.run_dir = _default_run_dir(cfg)
@@ -148,6 +171,97 @@ def _leaves_set(node: DictConfig, sections: set, prefix: str = ""):
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg)
+
+
+#: The key of a run directory's ``meta`` that keeps the interpolations as written.
+UNRESOLVED_KEY = "unresolved"
+_UNRESOLVED_ATTR = "_moemt_unresolved"  # where a loaded config keeps them (copies keep it too)
+
+
+def unresolved(cfg: DictConfig) -> Dict[str, str]:
+    """``{key: text}`` of every value of ``cfg`` that its sources wrote as an interpolation
+    (``train.lr: ${env:PLR}``), as written; ``cfg`` holds the resolved values. Provenance
+    only: nothing compares or fingerprints it."""
+    return dict(cfg.__dict__.get(_UNRESOLVED_ATTR) or {})
+
+
+def run_config_text(cfg: DictConfig, meta: Optional[dict] = None) -> str:
+    """A run directory's ``config.yaml``: the resolved config, then ``meta`` (provenance, which
+    loading skips) with the interpolations as written under ``meta.unresolved``."""
+    meta = dict(meta or {})
+    if unresolved(cfg):
+        meta[UNRESOLVED_KEY] = unresolved(cfg)
+    text = to_yaml(cfg)
+    return text + to_yaml(OmegaConf.create({"meta": meta})) if meta else text
+
+
+def _interpolations(node, prefix: str = "") -> Dict[str, str]:
+    """``{dotted key: text}`` of the values of a container (``to_container``, unresolved) that
+    are interpolations (a string holding ``${``)."""
+    found: Dict[str, str] = {}
+    for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+        if isinstance(value, (dict, list)):
+            found.update(_interpolations(value, f"{prefix}{key}."))
+        elif isinstance(value, str) and "${" in value:
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+#: The keys that name the architecture, read as each source is merged.
+NAME_KEYS = ("model.arch", "model.family", "model.size")
+
+
+def _resolve_interpolations(
+    cfg: DictConfig, origins, default_origin: str, assign: bool, only: tuple = ()
+) -> dict:
+    """Resolve every interpolation of ``cfg`` (those of the keys ``only`` if given; in place when
+    ``assign``, which also converts the value to its key's type); one line naming the key, where
+    it was set, the text and the variable or key that does not resolve. Returns ``{key: text}``
+    of the interpolations."""
+    written = _interpolations(OmegaConf.to_container(cfg, resolve=False))
+    for key, text in written.items():
+        if only and key not in only:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        index = int(leaf) if isinstance(parent, ListConfig) else leaf
+        try:
+            value = parent[index]
+            if assign:
+                parent[index] = value
+        except MissingMandatoryValue as exc:
+            if not assign:
+                continue  # filled in later (a family's defaults), or reported as missing then
+            why = f"{_missing_target(exc)} is a missing mandatory key"
+        except OmegaConfBaseException as exc:
+            why = _unresolved_reason(exc)
+        else:
+            continue
+        raise MoeMtError(f"{_origin_of(key, origins, default_origin)}: {key}={text}: {why}")
+    return written
+
+
+def _unresolved_reason(exc: OmegaConfBaseException) -> str:
+    line = _first_line(exc)
+    if match := re.fullmatch(r"Environment variable '(.*)' not found", line):
+        return f"environment variable {match[1]} is not set"
+    if match := re.fullmatch(r"\w+ interpolation key '(.*)' not found", line):
+        return f"interpolation names no key {match[1]}"
+    return f"does not resolve: {line}"
+
+
+def _missing_target(exc: MissingMandatoryValue) -> str:
+    match = re.match(r"Missing mandatory value\s*:\s*(\S+)", _first_line(exc))
+    return match[1] if match else "a key it names"
+
+
+def _origin_of(key: str, origins: Dict[str, str], default: str) -> str:
+    """Where ``key`` (or the leaf holding it: ``model.args.x`` is in ``model.args``) was set."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in origins:
+            return origins[".".join(parts[:n])]
+    return default
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -259,12 +373,28 @@ def _merge(base: DictConfig, extra: DictConfig, origin: str) -> DictConfig:
         raise MoeMtError(f"{origin}: {_first_line(exc)}") from exc
 
 
-def _resolve_paths(cfg: DictConfig, base: Path) -> None:
+def _resolve_paths(cfg: DictConfig, base: Path, relative_to: Dict[str, Path]) -> None:
+    """Make ``cfg``'s relative paths absolute against ``base``; an interpolated one is made so
+    once resolved (:func:`_absolute_paths`), ``relative_to`` records its base."""
     for key in PATH_KEYS:
         parent_key, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-        if not isinstance(node, DictConfig) or leaf not in node:
+        # keys(): `in` resolves the value, and an interpolation fails outside the whole config.
+        if not isinstance(node, DictConfig) or leaf not in node.keys():
             continue
+        relative_to.pop(key, None)
+        if OmegaConf.is_interpolation(node, leaf):  # resolved with the whole config
+            relative_to[key] = base
+            continue
+        value = node[leaf]
+        if isinstance(value, str) and value and value != MISSING:
+            node[leaf] = str((base / Path(value).expanduser()).resolve())
+
+
+def _absolute_paths(cfg: DictConfig, relative_to: Dict[str, Path]) -> None:
+    for key, base in relative_to.items():
+        parent_key, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         value = node[leaf]
         if isinstance(value, str) and value and value != MISSING:
             node[leaf] = str((base / Path(value).expanduser()).resolve())

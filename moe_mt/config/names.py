@@ -5,7 +5,7 @@ defaults)."""
 import difflib
 from typing import Dict
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from moe_mt.errors import MoeMtError
 from moe_mt.models import families
@@ -55,6 +55,7 @@ def latest_names_architecture(model: DictConfig, piece: DictConfig) -> tuple:
     ``model.family=switch``: ``switch_transformer_iwslt``). Returns the keys it cleared or
     filled in (``("family", "size")``, ``("arch", "size")``, ...)."""
     given = piece.get("model") if isinstance(piece.get("model"), DictConfig) else {}
+    given = OmegaConf.to_container(given, resolve=False) if given else {}  # as the piece says
     names_arch = given.get("arch") is not None
     names_parts = "family" in given or "size" in given
     if names_arch and not names_parts:

@@ -42,7 +42,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import Progress
 
-from moe_mt.config import to_yaml
+from moe_mt.config import run_config_text, unresolved
 from moe_mt.data_prep import binarize, clean, clean_files, segmentation, spm, validate
 from moe_mt.data_prep.download import file_sha256
 from moe_mt.errors import MoeMtError
@@ -98,7 +98,7 @@ def prep(cfg: DictConfig, console: Console | None = None, overwrite: bool = Fals
             and existing.get("fingerprint") == fingerprint
             and not _missing_files(run_dir.data, existing)
         ):
-            atomic_write_text(run_dir.config, to_yaml(cfg))
+            atomic_write_text(run_dir.config, run_config_text(cfg))
             return PrepResult(run_dir.root, existing, up_to_date=True)
         if existing is not None and not overwrite:
             _guard_trained_data(run_dir, existing, cfg.data, inputs)
@@ -115,10 +115,14 @@ def prep(cfg: DictConfig, console: Console | None = None, overwrite: bool = Fals
         with building_dir(run_dir.data) as tmp, progress_bar(console) as progress:
             manifest = build(cfg.data, files, inputs, tmp, progress)
             manifest["fingerprint"] = fingerprint
+            # Provenance: the data keys written as interpolations (config holds their values).
+            written = {k: v for k, v in unresolved(cfg).items() if k.startswith("data.")}
+            if written:
+                manifest["unresolved"] = written
             manifest["seconds"] = round(time.time() - started, 2)
             # Written last: a data/ directory with a manifest is a complete one.
             atomic_write_json(tmp / "manifest.json", manifest)
-        atomic_write_text(run_dir.config, to_yaml(cfg))
+        atomic_write_text(run_dir.config, run_config_text(cfg))
         return PrepResult(run_dir.root, manifest, up_to_date=False)
 
 

@@ -3,7 +3,8 @@
 Run directory contract:
 
 - ``config.yaml``: the resolved config of the latest command, with ``meta`` (package versions,
-  git commit); ``checkpoints/config.yaml``: the config the checkpoints were trained with.
+  git commit, the interpolations as written); ``checkpoints/config.yaml``: the config the
+  checkpoints were trained with.
 - Rerunning resumes from ``checkpoints/checkpoint_last.pt`` (fairseq restores model, optimizer,
   lr schedule, data position and cumulative training time). A config that differs from the
   checkpoints' one in anything but the keys of :data:`RESUMABLE_KEYS` (budgets, intervals,
@@ -46,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from moe_mt.checkpoints import read_num_updates
-from moe_mt.config import RUN_CONFIG, load_config, to_yaml
+from moe_mt.config import RUN_CONFIG, load_config, run_config_text
 from moe_mt.errors import MoeMtError, WriteError
 from moe_mt.models import families
 from moe_mt.provenance import provenance
@@ -111,10 +112,11 @@ class TrainResult:
 
 
 def config_differences(old: DictConfig, new: DictConfig) -> list[str]:
-    """``key: old -> new`` for every key outside :data:`RESUMABLE_KEYS` whose value differs."""
+    """``key: old -> new`` for every key outside :data:`RESUMABLE_KEYS` whose value differs,
+    values resolved (``train.warmup_updates: ${train.max_update}`` is the number it names)."""
     differences = dict_differences(
-        OmegaConf.to_container(old),
-        OmegaConf.to_container(new),
+        OmegaConf.to_container(old, resolve=True),
+        OmegaConf.to_container(new, resolve=True),
         skip=lambda key: any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS),
     )
     before, after = (_batches_per_update(c) for c in (old, new))
@@ -233,6 +235,7 @@ def _prepare(
     training resumes from.
     """
     _check_data(cfg, run_dir)
+    _check_a_pair_fits(cfg.train.max_tokens, run_dir)
     last = run_dir.checkpoints / LAST_CHECKPOINT
     if last.exists():
         if overwrite:
@@ -254,7 +257,7 @@ def _prepare(
         args = [*args, "--finetune-from-model", str(init)]
 
     meta = {**provenance(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    text = to_yaml(cfg) + to_yaml(OmegaConf.create({"meta": meta}))
+    text = run_config_text(cfg, meta)  # resolved; interpolations as written in meta.unresolved
     for directory in (run_dir.checkpoints, run_dir.logs):  # fairseq and the log write there
         check_writable(directory)
     atomic_write_text(run_dir.config, text)
@@ -611,6 +614,43 @@ def _check_data(cfg: DictConfig, run_dir: RunDir) -> None:
             f"{run_dir.manifest}: data was prepared with another data config; "
             "run `moemt prep` with this config first"
         )
+
+
+def _check_a_pair_fits(max_tokens: int | None, run_dir: RunDir) -> None:
+    """fairseq drops the training pairs with a side longer than ``train.max_tokens`` (its
+    ``max_positions``): refuse a budget below every pair, which fairseq reports as an empty
+    dataset after the run directory was written."""
+    shortest = _shortest_training_pair(run_dir)
+    if max_tokens is not None and shortest is not None and max_tokens < shortest:
+        raise MoeMtError(
+            f"train.max_tokens={max_tokens}: no training pair fits: the shortest is {shortest} "
+            "tokens (its longer side, end of sentence included)"
+        )
+
+
+def _shortest_training_pair(run_dir: RunDir) -> int | None:
+    """The fewest tokens of a training pair's longer side over the binarised training splits
+    (``data/bin/train.A-B.{A,B}``; without language tokens, a lower bound); None if none."""
+    import numpy
+    from fairseq.data import indexed_dataset
+
+    shortest = None
+    for src_idx in sorted((run_dir.data / "bin").glob("train.*-*.*.idx")):
+        pair, lang = src_idx.name.removesuffix(".idx").rsplit(".", 1)
+        a, _, b = pair.removeprefix("train.").partition("-")
+        if lang != a or not src_idx.with_name(f"{pair}.{b}.idx").is_file():
+            continue
+        sides = []
+        for side in (a, b):
+            prefix = str(src_idx.with_name(f"{pair}.{side}"))
+            impl = indexed_dataset.infer_dataset_impl(prefix)
+            dataset = indexed_dataset.make_dataset(prefix, impl=impl)
+            sides.append(numpy.array(dataset.sizes))  # a copy: the view dies with the mmap
+            del dataset
+        if len(sides[0]) and len(sides[0]) == len(sides[1]):
+            fewest = int(numpy.maximum(sides[0], sides[1]).min())
+            shortest = fewest if shortest is None else min(shortest, fewest)
+    return shortest
 
 
 def dropped_aux_losses(cfg: DictConfig) -> str | None:
