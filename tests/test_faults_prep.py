@@ -280,6 +280,9 @@ def test_interpolated_data_key_is_resolved_before_it_is_compared(tmp_path, corpu
 _PREP_WITH_WORKERS = """
 import os, signal, sys, time
 from pathlib import Path
+# As at a terminal: a shell's background job (a test run started with `&`) inherits SIGINT
+# ignored, and Python then keeps it ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from moe_mt.cli.main import app
 from moe_mt.data_prep import clean_files
 
