@@ -231,6 +231,10 @@ def test_a_truncated_binarised_split_is_one_line(trained_demo, tmp_path, suffix)
     assert one_error_line(invoke("translate", run, input="Hello.\n")) == line
     result = invoke("train", run / "config.yaml", f"run_dir={run}", "--dry-run")
     assert one_error_line(result) == line
+    # and `moemt prep`, as the line advises, rebuilds the damaged data (not "up to date")
+    prepped = invoke("prep", run / "config.yaml", f"run_dir={run}")
+    assert prepped.exit_code == 0, prepped.output
+    assert "up to date" not in prepped.output and path.stat().st_size == size
 
 
 def test_a_truncated_dictionary_is_damaged_not_prepared_again(trained_demo, tmp_path):

@@ -97,6 +97,7 @@ def prep(cfg: DictConfig, console: Console | None = None, overwrite: bool = Fals
             existing is not None
             and existing.get("fingerprint") == fingerprint
             and not _missing_files(run_dir.data, existing)
+            and not _damaged(run_dir.data)
         ):
             atomic_write_text(run_dir.config, run_config_text(cfg))
             return PrepResult(run_dir.root, existing, up_to_date=True)
@@ -203,6 +204,18 @@ def _missing_files(data_dir: Path, manifest: dict) -> list[str]:
     if files.get("bpe_codes"):
         names.append(files["bpe_codes"])
     return [name for name in dict.fromkeys(names) if not (data_dir / name).is_file()]
+
+
+def _damaged(data_dir: Path) -> bool:
+    """Whether a dictionary or binarised split is damaged (cut short): such data are rebuilt,
+    as the other commands' one-line error advises (``check_prepared``)."""
+    from moe_mt.workflows.common.vocabulary import check_prepared
+
+    try:
+        check_prepared(data_dir / "bin")
+    except MoeMtError:
+        return True
+    return False
 
 
 def _tools(data_cfg) -> tuple[str, ...]:
