@@ -68,6 +68,7 @@ def two_rank_run(prepped_demo, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # seconds; the default run stays near 6 min (-m slow runs it)
 def test_two_ranks_equal_one_process(two_rank_run, prepped_demo, tmp_path):
     """fairseq shards an epoch's batch list round-robin (rank r takes batches r, r+N, ...), so
     2 ranks with update_freq 1 see, per update, the two consecutive batches that 1 process with

@@ -94,6 +94,7 @@ def test_a_constant_routing_merges_into_the_same_network(prepped_demo, method):
     torch.testing.assert_close(merged[real], routed[real], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # seconds; the default run stays near 6 min (-m slow runs it)
 def test_export_of_a_merged_switch_model_records_how_and_warns(switch_run, tmp_path):  # noqa: F811
     out = tmp_path / "ct2"
     result = CliRunner().invoke(

@@ -197,6 +197,7 @@ def _translate_shell(redirections: str):
     )
 
 
+@pytest.mark.slow  # seconds; the default run stays near 6 min (-m slow runs it)
 @pytest.mark.parametrize(
     "redirections, expected",
     [

@@ -214,7 +214,10 @@ def _cut(path: Path, keep: int) -> None:
     path.write_bytes(path.read_bytes()[:keep])
 
 
-@pytest.mark.parametrize("suffix", [".bin", ".idx"])
+@pytest.mark.parametrize(
+    "suffix",
+    [".bin", pytest.param(".idx", marks=pytest.mark.slow)],  # the .idx: -m slow, 7 s
+)
 def test_a_truncated_binarised_split_is_one_line(trained_demo, tmp_path, suffix):
     """Issue R1: a data/bin/*.bin or *.idx cut short ended in fairseq's ValueError (and for the
     index an "Exception ignored in __del__" traceback); now one line naming the file, before

@@ -345,6 +345,7 @@ def _gone(pid: int) -> bool:
     return False
 
 
+@pytest.mark.slow  # seconds; the default run stays near 6 min (-m slow runs it)
 @pytest.mark.parametrize(
     "send, code, line",
     [

@@ -272,3 +272,41 @@ def test_max_tokens_below_every_training_pair_writes_nothing(prepped_demo, tmp_p
     )
     assert (run_dir / "config.yaml").read_bytes() == before
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "logs").exists()
+
+
+def test_a_sigterm_to_the_launcher_reaches_every_rank_as_an_interrupt():
+    """Issue G2 with several ranks: a SIGTERM (kill, a scheduler's stop) reaches the launching
+    process alone; it is sent on to every live rank as SIGINT, so they stop as on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from moe_mt.workflows.train.trainer import _forward_sigterm
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys, time\n"
+         "signal.signal(signal.SIGINT, lambda *a: sys.exit(7))\n"
+         "print('ready', flush=True)\ntime.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    class Rank:  # what torch's spawn context holds: is_alive() and pid
+        pid = child.pid
+
+        @staticmethod
+        def is_alive():
+            return child.poll() is None
+
+    assert child.stdout.readline().strip() == "ready"
+    previous = _forward_sigterm([Rank()])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        assert child.wait(timeout=10) == 7  # the rank got SIGINT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if child.poll() is None:
+            child.kill()

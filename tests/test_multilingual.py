@@ -429,6 +429,7 @@ def test_train_and_eval_dense_end_to_end(recipe, trained, tmp_path):
     assert "BLEU per direction" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
+@pytest.mark.slow  # seconds; the default run stays near 6 min (-m slow runs it)
 def test_training_resumes_with_the_sampled_multilingual_data(recipe, trained, tmp_path):
     from moe_mt.workflows.train.trainer import checkpoint_update, train
 
@@ -488,6 +489,7 @@ def test_moe_family_trains_and_evaluates_on_multilingual_batches(recipe, prepped
     ],
     ids=lambda f: f[0].split("_transformer")[0],
 )
+@pytest.mark.slow  # seconds; the default run stays near 6 min (-m slow runs it)
 def test_other_moe_families_train_and_evaluate(recipe, prepped, tmp_path, family):
     from moe_mt.workflows.train.trainer import train
 

@@ -211,6 +211,7 @@ def test_a_local_multi_way_test_set_replaces_the_sources_test(tmp_path, release)
         assert "/corpora/" in corpus["inputs"]["valid"][x]["path"]
 
 
+@pytest.mark.slow  # seconds; the default run stays near 6 min (-m slow runs it)
 def test_pairs_without_a_source_read_local_files(tmp_path, release):
     tatoeba = SHARED_DATA / "tatoeba_en_xx" / "{pair}"
     cfg = _config(

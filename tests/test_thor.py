@@ -355,6 +355,7 @@ def test_checkpoint_reloads_with_the_eval_inference_mode(thor_run):
     assert len(translator.translate(["Hello.", "", "How are you?"]).hypotheses) == 3
 
 
+@pytest.mark.slow  # seconds; the default run stays near 6 min (-m slow runs it)
 def test_fixed_expert_exports_as_the_dense_model_fairseq_runs(thor_run, tmp_path):
     """THOR with eval.thor_inference=fixed exported to CTranslate2: each expert's export scores
     and translates as fairseq's THOR with that fixed expert; random and mean are refused."""

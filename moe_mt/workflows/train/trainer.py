@@ -36,6 +36,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -332,6 +333,7 @@ def _spawn(job: RankJob) -> dict:
     import torch.multiprocessing as mp
 
     context = mp.spawn(_spawned_rank, args=(job,), nprocs=job.launch.world_size, join=False)
+    previous = _forward_sigterm(context.processes)
     try:
         while not context.join():
             pass
@@ -341,13 +343,43 @@ def _spawn(job: RankJob) -> dict:
         how = f"signal {exc.signal_name}" if exc.signal_name else f"exit code {exc.exit_code}"
         raise MoeMtError(f"rank {exc.error_index} stopped ({how})") from None
     except KeyboardInterrupt:
-        # The ranks got the same Ctrl-C: let rank 0 write its summary, then make sure.
+        # The ranks got the same Ctrl-C (or the forwarded SIGTERM): let rank 0 write its
+        # summary, then make sure.
         for process in context.processes:
             process.join(timeout=30)
             if process.is_alive():
                 process.terminate()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return _read_json(RunDir(job.run_dir).logs / "train_summary.json")
+
+
+def _forward_sigterm(processes):
+    """While the ranks run, a SIGTERM to this process (which a terminal's Ctrl-C reaches with
+    the ranks, but ``kill`` or a scheduler's stop reaches alone) is sent on to every live rank
+    as SIGINT, so that they stop as on Ctrl-C (rank 0 writes its summary); then this process's
+    own SIGTERM handling runs (the CLI's: an interrupt, ``terminated``, exit 143). Returns the
+    handler it replaced, None off the main thread (where no handler can be set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None:  # a handler not set from Python: restore the default afterwards
+        previous = signal.SIG_DFL
+
+    def forward(signum, frame):
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, forward)
+    return previous
 
 
 def _spawned_rank(index: int, job: RankJob) -> None:
