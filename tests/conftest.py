@@ -90,3 +90,25 @@ def moemt_with_and_without_plugin(command: list[str], plugin: str):
         command, cwd=REPO, env={**env, PLUGINS_ENV: plugin}, capture_output=True, text=True
     )
     return refused, done
+
+
+def kill_after_first_checkpoint(command: list[str], run_dir: Path, timeout: float = 120) -> None:
+    """Run ``command`` (a ``moemt train`` process of ``run_dir``) until its first checkpoint is
+    saved, then kill it with SIGKILL, as a crash or the OOM killer would."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "checkpoint_last.pt"
+    log = run_dir / "logs" / "train.log"
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if log.exists() and "Saved checkpoint" in log.read_text() and last.exists():
+                return
+            time.sleep(0.2)
+        pytest.fail(f"no checkpoint within {timeout:.0f} s")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

@@ -5,17 +5,14 @@ bias of an uninterrupted run."""
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from moe_mt.checkpoints import load_state
 from moe_mt.workflows.train.trainer import checkpoint_update, train
-from tests.conftest import REPO, TINY_MODEL, demo_config
+from tests.conftest import REPO, TINY_MODEL, demo_config, kill_after_first_checkpoint
 
 BIAS = (
     "model.arch=switch_transformer_demo", "model.moe.num_experts=4", "model.moe.bias_balance=true",
@@ -38,22 +35,8 @@ def test_a_killed_run_resumes_with_the_bias_of_an_uninterrupted_one(prepped_demo
     shutil.copytree(prepped_demo, killed)
     recipe = str(REPO / "recipes" / "demo.yaml")
     command = [sys.executable, "-m", "moe_mt.cli.main", "train", recipe, *_overrides(killed)]
-    proc = subprocess.Popen(
-        [*command, "train.max_update=100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    kill_after_first_checkpoint([*command, "train.max_update=100000"], killed, timeout=180)
     last = killed / "checkpoints" / "checkpoint_last.pt"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            log = killed / "logs" / "train.log"
-            if last.exists() and log.exists() and "Saved checkpoint" in log.read_text():
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("no checkpoint within 180 s")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     saved = checkpoint_update(last)
     at_kill = _biases(last)
     assert len(at_kill) == 2, "one bias per MoE layer (encoder and decoder)"

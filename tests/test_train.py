@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from moe_mt.cli.main import app
 from moe_mt.workflows.common.rundir import RunDir
 from moe_mt.workflows.train.trainer import checkpoint_update, config_differences, train
-from tests.conftest import REPO, TINY_MODEL, demo_config
+from tests.conftest import REPO, TINY_MODEL, demo_config, kill_after_first_checkpoint
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
@@ -109,22 +105,8 @@ def test_resume_after_kill(trained_demo, tmp_path):
     ]
     recipe = str(REPO / "recipes" / "demo.yaml")
     command = [sys.executable, "-m", "moe_mt.cli.main", "train", recipe]
-    proc = subprocess.Popen(
-        [*command, *overrides], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    kill_after_first_checkpoint([*command, *overrides], run_dir)
     last = run_dir / "checkpoints" / "checkpoint_last.pt"
-    log = run_dir / "logs" / "train.log"
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline:
-            if log.exists() and "Saved checkpoint" in log.read_text() and last.exists():
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("no checkpoint within 120 s")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     saved = checkpoint_update(last)
     assert saved >= 10 and saved % 10 == 0
 
